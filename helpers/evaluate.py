@@ -1,0 +1,103 @@
+"""Measuring a text-to-image pipeline in the shapes world: generate from captions, let the
+judge read the images back, count what is right.
+
+    acc = judge_accuracy(pipe, n=256, guidance_scale=7.5, steps=25)   # {"color": 0.97, ...}
+
+Used by the model card (`helpers.model_card`), by the tests and by the labs' experiments.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from helpers import shapes
+
+SCHEDULERS = {  # the schedulers a Stable Diffusion user swaps in with from_config
+    "DDPM": "DDPMScheduler",
+    "DDIM": "DDIMScheduler",
+    "PNDM": "PNDMScheduler",
+    "Euler": "EulerDiscreteScheduler",
+    "Euler a": "EulerAncestralDiscreteScheduler",
+    "DPM++ 2M": "DPMSolverMultistepScheduler",
+    "UniPC": "UniPCMultistepScheduler",
+}
+
+
+def make_scheduler(name: str, config):
+    """A scheduler by its UI name ("DPM++ 2M", ...) from another scheduler's config."""
+    import diffusers
+    return getattr(diffusers, SCHEDULERS[name]).from_config(config)
+
+
+def eval_prompts(n: int, seed: int = 1234, split: str = "train", template: int | None = None):
+    """n captions and their attributes, deterministic; templates cycle unless fixed."""
+    attrs = shapes.sample_attributes(n, seed=seed, split=split)
+    caps = [shapes.caption(a, template=(i % len(shapes.TEMPLATES)) if template is None else template)
+            for i, a in enumerate(attrs)]
+    return caps, attrs
+
+
+@torch.no_grad()
+def generate(pipe, captions, guidance_scale=7.5, steps=25, seed=0, batch_size=128,
+             negative_prompt=None):
+    """Images (B, 3, H, W) in [0, 1] on the CPU, batch by batch, seeded per batch."""
+    out = []
+    for i in range(0, len(captions), batch_size):
+        chunk = captions[i:i + batch_size]
+        gen = torch.Generator(device="cpu").manual_seed(seed + i)
+        neg = None if negative_prompt is None else [negative_prompt] * len(chunk)
+        res = pipe(prompt=chunk, negative_prompt=neg, num_inference_steps=steps,
+                   guidance_scale=guidance_scale, generator=gen, output_type="pt")
+        out.append(res.images.float().cpu())
+    return torch.cat(out)
+
+
+def judge_accuracy(pipe, n=256, guidance_scale=7.5, steps=25, seed=1234, split="train",
+                   scheduler=None, batch_size=128) -> dict:
+    """Judge accuracy per attribute of n generated images, plus the wall time in seconds."""
+    if scheduler is not None:
+        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    caps, attrs = eval_prompts(n, seed=seed, split=split)
+    t0 = time.perf_counter()
+    images = generate(pipe, caps, guidance_scale, steps, seed=seed, batch_size=batch_size)
+    seconds = time.perf_counter() - t0
+    result = shapes.judge(images, targets=attrs)
+    return {**{k: round(v, 4) for k, v in result.accuracy.items()}, "seconds": round(seconds, 2)}
+
+
+@torch.no_grad()
+def vae_psnr(vae, n=256, seed=777, split="all") -> float:
+    """Mean PSNR (dB, images in [0, 1]) of the VAE's reconstruction (posterior mean) of n
+    images the VAE was not trained on (seeds disjoint from the training set's)."""
+    batch = shapes.make_batch(n, seed=seed, split=split)
+    x = batch["pixel_values"].to(vae.device, vae.dtype)                    # (n, 3, 64, 64) in [-1, 1]
+    rec = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+    mse = ((rec - x) / 2).pow(2).flatten(1).mean(1).float()                # in [0, 1] units
+    return float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean())
+
+
+def benchmark(pipe, n=8, steps=25, guidance_scale=7.5, repeats=3) -> float:
+    """Median wall time (s) of one pipeline call making n images with CFG."""
+    caps, _ = eval_prompts(n, seed=5)
+    generate(pipe, caps, guidance_scale, 2, batch_size=n)                  # warm-up
+    times = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        generate(pipe, caps, guidance_scale, steps, seed=r, batch_size=n)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def param_count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def human(n: float) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.{max(0, 3 - int(math.log10(abs(n) / div)) - 1)}f}{unit}"
+    return str(int(n))
