@@ -52,7 +52,7 @@ class TinySDConfig:
     vae_channels: tuple = (16, 32, 32, 32)
     vae_steps: int = 1_600
     vae_crop: int = 32          # most VAE steps train on random crops (convs do not care)
-    vae_full_steps: int = 300   # then full 64x64 images (the mid-block attention sees them whole)
+    vae_full_steps: int = 200   # then full 64x64 images (the mid-block attention sees them whole)
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
@@ -62,7 +62,7 @@ class TinySDConfig:
     text_heads: int = 4
     # unet
     unet_channels: tuple = (32, 64, 64)
-    unet_steps: int = 3_500
+    unet_steps: int = 2_800
     unet_batch: int = 96
     unet_lr: float = 1e-3
     warmup: int = 200
@@ -287,8 +287,12 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="a smoke run of a few steps (weights are not good)")
     ap.add_argument("--unet-steps", type=int, default=None)
     ap.add_argument("--vae-steps", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for torch (1 is fastest on a CPU shared with other work)")
     ap.add_argument("--no-eval", action="store_true", help="skip the judge evaluation and model card")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = TinySDConfig.quick() if args.quick else TinySDConfig()
     cfg.seed = args.seed
     if args.unet_steps is not None:

@@ -1,0 +1,182 @@
+"""Shared tools of every check module: comparisons with precise messages, and the runner
+that turns one check into a :class:`Result` without ever crashing.
+
+A check (see docs/CONTRACT.md) is ``check_<name>(fn, gen) -> None``: it draws random inputs
+from the ``torch.Generator`` ``gen``, calls the learner's ``fn`` and compares with the
+reference, raising :class:`CheckFailed` with a message a learner can act on.
+"""
+from __future__ import annotations
+
+import hashlib
+import linecache
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+STATUSES = ("passed", "failed", "todo", "error")
+
+
+class CheckFailed(AssertionError):
+    """A learner's function ran but gave a wrong answer; the message says how."""
+
+
+# --------------------------------------------------------------------------- inputs
+
+def make_generator(seed: int, name: str, stream: str = "notebook") -> torch.Generator:
+    """A CPU generator for the check of ``name``, derived from (stream, seed, name), so one
+    function's inputs do not depend on which other checks ran. The grader uses
+    ``stream="grade"``: a notebook seed never reproduces the grader's inputs."""
+    digest = hashlib.sha256(f"{stream}:{seed}:{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def randint(gen: torch.Generator, low: int, high: int) -> int:
+    """A random int in ``[low, high]`` (both included) drawn from ``gen``."""
+    return int(torch.randint(low, high + 1, (1,), generator=gen))
+
+
+def choice(gen: torch.Generator, options: Sequence[Any]) -> Any:
+    """A random element of ``options`` drawn from ``gen``."""
+    return options[randint(gen, 0, len(options) - 1)]
+
+
+# --------------------------------------------------------------------------- comparisons
+
+def describe(t: Any) -> str:
+    """``tensor(shape=(2, 3), dtype=torch.float32, device=cpu)``, or the type of a non-tensor."""
+    if isinstance(t, torch.Tensor):
+        return f"tensor(shape={tuple(t.shape)}, dtype={t.dtype}, device={t.device})"
+    if isinstance(t, (int, float, bool)):
+        return f"{type(t).__name__} {t!r}"
+    return type(t).__name__ if t is not None else "None"
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise ``CheckFailed(message)`` unless ``condition``."""
+    if not condition:
+        raise CheckFailed(message)
+
+
+def _matches(got: torch.Tensor, cand: Any, atol: float, rtol: float) -> bool:
+    if not isinstance(cand, torch.Tensor) or cand.shape != got.shape:
+        return False
+    try:
+        return bool(torch.allclose(got.detach().double().cpu(), cand.detach().double().cpu(),
+                                   atol=atol, rtol=rtol, equal_nan=False))
+    except RuntimeError:
+        return False
+
+
+def assert_close(name: str, got: Any, expected: torch.Tensor, *, atol: float, rtol: float,
+                 hint: str | None = None,
+                 diagnose: Sequence[tuple[str, Any]] | None = None) -> None:
+    """Check ``|got - expected| <= atol + rtol * |expected|`` elementwise, after checking
+    that ``got`` is a tensor of the right shape, dtype and device, and finite where
+    ``expected`` is.
+
+    ``diagnose``: ``[(hint, candidate), ...]`` where each candidate is what a known typical
+    bug returns on the same inputs; if ``got`` matches one, its hint leads the message.
+    ``hint``: added at the end of any failure message (e.g. the equation to re-read).
+    """
+    def fail(msg: str) -> None:
+        lead = ""
+        if diagnose and isinstance(got, torch.Tensor):
+            for label, cand in diagnose:
+                if _matches(got, cand, atol, rtol):
+                    lead = f"Likely bug: {label}\n"
+                    break
+        tail = f"\nHint: {hint}" if hint else ""
+        raise CheckFailed(f"{lead}{name}: {msg}{tail}")
+
+    if not isinstance(got, torch.Tensor):
+        fail(f"expected a torch.Tensor, got {describe(got)}")
+    if tuple(got.shape) != tuple(expected.shape):
+        fail(f"wrong shape: expected {tuple(expected.shape)}, got {tuple(got.shape)}")
+    if got.dtype != expected.dtype:
+        fail(f"wrong dtype: expected {expected.dtype}, got {got.dtype}")
+    if got.device != expected.device:
+        fail(f"wrong device: expected {expected.device}, got {got.device}")
+    g, e = got.detach(), expected.detach()
+    if g.is_floating_point() or g.is_complex():
+        bad = ~torch.isfinite(g) & torch.isfinite(e)
+        if bad.any():
+            idx = tuple(int(i) for i in bad.nonzero()[0])
+            fail(f"{int(bad.sum())} non-finite value(s) (NaN/inf); first at index {idx}: "
+                 f"got {g[idx].item()}, expected {e[idx].item()}")
+    as64 = lambda t: t.cpu().to(torch.complex128 if t.is_complex() else torch.float64)  # noqa: E731
+    g64, e64 = as64(g), as64(e)
+    err = (g64 - e64).abs()
+    tol = atol + rtol * e64.abs()
+    both_nan = torch.isnan(g64) & torch.isnan(e64)
+    wrong = (err > tol) & ~both_nan
+    if err.numel() and wrong.any():
+        idx = tuple(int(i) for i in wrong.nonzero()[0])
+        max_abs = float(err[~both_nan].max())
+        rel = max_abs / max(float(e64.abs().max()), 1e-12)
+        fail(f"{int(wrong.sum())} of {err.numel()} values differ (atol={atol:g}, rtol={rtol:g}); "
+             f"max abs error {max_abs:.3g}, relative error {rel:.3g}; "
+             f"first at index {idx}: got {g64[idx].item():.6g}, expected {e64[idx].item():.6g}")
+
+
+# --------------------------------------------------------------------------- running
+
+@dataclass
+class Result:
+    """The outcome of one check: ``status`` is one of ``STATUSES``."""
+
+    name: str
+    status: str
+    message: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def describe_exception(exc: BaseException, learner_file: str | os.PathLike | None = None) -> str:
+    """``ZeroDivisionError: division by zero\\n  at lab01_x.py line 12, in add_noise: x / 0``:
+    the exception and the last traceback frame inside ``learner_file`` (or the last frame
+    at all, when none is in the learner's file)."""
+    head = f"{type(exc).__name__}: {exc}".rstrip(": ") if str(exc) else type(exc).__name__
+    frames = traceback.extract_tb(exc.__traceback__)
+    mine = [f for f in frames if learner_file and _same_file(f.filename, str(learner_file))]
+    frame = mine[-1] if mine else (frames[-1] if frames else None)
+    if frame is None:
+        return head
+    line = frame.line or linecache.getline(frame.filename, frame.lineno).strip()
+    where = "at" if mine else "(not in your file) at"
+    return f"{head}\n  {where} {os.path.basename(frame.filename)} line {frame.lineno}, " \
+           f"in {frame.name}: {line.strip()}"
+
+
+def run_check(check_fn: Callable, obj: Any, gen: torch.Generator,
+              learner_file: str | os.PathLike | None = None, name: str | None = None) -> Result:
+    """Run ``check_fn(obj, gen)`` and classify: passed; ``CheckFailed`` -> failed;
+    ``NotImplementedError`` -> todo; any other exception (``SystemExit`` included) ->
+    error, naming the line of ``learner_file`` it came from. Only ``KeyboardInterrupt``
+    propagates."""
+    name = name or check_fn.__name__.removeprefix("check_")
+    t0 = time.perf_counter()
+    try:
+        check_fn(obj, gen)
+        status, message = "passed", ""
+    except KeyboardInterrupt:
+        raise
+    except NotImplementedError as exc:
+        status, message = "todo", str(exc) or "TODO"
+    except CheckFailed as exc:
+        status, message = "failed", str(exc)
+    except BaseException as exc:  # noqa: BLE001 - a learner's bug must never crash us
+        status, message = "error", describe_exception(exc, learner_file)
+    return Result(name, status, message, round(time.perf_counter() - t0, 4))

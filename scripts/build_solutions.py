@@ -1,0 +1,102 @@
+"""Rebuild the generated notebooks from the lab pages (maintainers).
+
+    python -m scripts.build_solutions              # every lab with a page labs/NN_*.md
+    python -m scripts.build_solutions 01 lab03     # some labs
+    python -m scripts.build_solutions --no-execute # only notebooks/ (no solutions/)
+
+For each lab page ``labs/NN_slug.md`` (THE source):
+
+1. ``notebooks/NN_slug.ipynb`` <- the page, via ``jupytext --update`` (cell ids kept, so
+   diffs stay small), outputs stripped: what learners open.
+2. ``solutions/NN_slug.ipynb`` <- that notebook executed top to bottom with
+   ``DIFFUSION_LABS_MODE=solutions`` (every exercise uses the reference), outputs kept:
+   what a reader browses without running anything.
+
+Run ``python -m helpers.make_starters`` first if a solution module changed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pages(selected: list[str]) -> list[Path]:
+    """Lab pages, all or those whose number matches ``selected`` ("01", "lab01", "1")."""
+    found = sorted((ROOT / "labs").glob("[0-9][0-9]_*.md"))
+    if not selected:
+        return found
+    nums = {int("".join(c for c in s if c.isdigit())) for s in selected}
+    return [p for p in found if int(p.name[:2]) in nums]
+
+
+def strip_outputs(nb) -> bool:
+    """Remove outputs and execution counts in place; True if anything changed."""
+    changed = False
+    for cell in nb.cells:
+        if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None):
+            cell.outputs, cell.execution_count, changed = [], None, True
+    return changed
+
+
+def build_notebook(page: Path) -> Path:
+    """``labs/NN.md`` -> ``notebooks/NN.ipynb`` (inputs only)."""
+    target = ROOT / "notebooks" / f"{page.stem}.ipynb"
+    target.parent.mkdir(exist_ok=True)
+    cmd = [sys.executable, "-m", "jupytext", "--quiet", "--to", "ipynb", "--output", str(target), str(page)]
+    if target.exists():
+        cmd.insert(3, "--update")
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    nb = nbformat.read(target, as_version=4)
+    if strip_outputs(nb):
+        nbformat.write(nb, target)
+    return target
+
+
+def execute(notebook: Path, timeout: int = 600) -> Path:
+    """Run ``notebook`` with the references; write ``solutions/<name>.ipynb`` with outputs."""
+    from nbclient import NotebookClient
+
+    target = ROOT / "solutions" / notebook.name
+    target.parent.mkdir(exist_ok=True)
+    nb = nbformat.read(notebook, as_version=4)
+    os.environ["DIFFUSION_LABS_MODE"] = "solutions"
+    os.environ.pop("MPLBACKEND", None)  # let the kernel's inline backend capture figures
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(notebook.parent)}})
+    client.execute()
+    nbformat.write(nb, target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m scripts.build_solutions", description=__doc__.splitlines()[0])
+    p.add_argument("labs", nargs="*", help="lab numbers (default: all pages)")
+    p.add_argument("--no-execute", action="store_true", help="only regenerate notebooks/")
+    p.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    args = p.parse_args(argv)
+    todo = pages(args.labs)
+    if not todo:
+        print("no lab pages found", file=sys.stderr)
+        return 1
+    for page in todo:
+        nb = build_notebook(page)
+        print(f"{page.relative_to(ROOT)} -> {nb.relative_to(ROOT)}")
+        if not args.no_execute:
+            t0 = time.perf_counter()
+            out = execute(nb, args.timeout)
+            print(f"  executed -> {out.relative_to(ROOT)} ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
