@@ -73,8 +73,8 @@ class TinySDConfig:
     @classmethod
     def quick(cls):
         """A minutes-long smoke configuration (tests, CI); its weights are not good."""
-        return cls(n_train_images=512, vae_steps=20, vae_full_steps=5, unet_steps=20,
-                   unet_batch=16, warmup=5)
+        return cls(n_train_images=256, vae_steps=10, vae_full_steps=3, unet_steps=10,
+                   unet_batch=16, warmup=3)
 
 
 def build_components(cfg: TinySDConfig, tokenizer_dir: Path):
