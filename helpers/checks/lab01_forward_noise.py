@@ -1,0 +1,410 @@
+"""Checks of Lab 01 (forward noise process): one ``check_<name>(fn, gen)`` per exercise.
+
+Every check draws fresh inputs from ``gen`` (schedule, T in [50, 1000], beta range, sample
+rank 1..5 with random sizes, batch, timesteps, dtype) and compares the learner's output
+with the reference solution AND with ``diffusers.DDPMScheduler`` on the same inputs. When
+the output matches what a typical bug returns, the message names that bug (the
+``diagnose`` candidates below are those bugs, computed on the same inputs).
+"""
+import math
+
+import torch
+from diffusers import DDPMScheduler
+
+from helpers.checks._core import CheckFailed, assert_close, choice, describe, describe_exception, randint
+from helpers.solutions import lab01_forward_noise as ref
+
+LAB = "lab01"
+
+SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+# Tolerances, |got - expected| <= atol + rtol * |expected| elementwise.
+# betas: the cosine ratio computed in float32 torch instead of Python floats (as diffusers
+# does) is off by up to 1.3e-4 relative beyond 1e-6 absolute; the cap bug is off by 1e-3.
+# abar: exp(cumsum(log(1 - beta))) in float32 drifts up to ~1e-4 relative over 1000 steps.
+# Every typical bug is off by far more.
+TOL_BETAS = dict(atol=1e-6, rtol=5e-4)
+TOL_ABAR = dict(atol=1e-7, rtol=1e-4)
+# x_t: float32 / float64 / float16 samples (float16 keeps ~3 significant digits).
+TOL_XT = {torch.float32: dict(atol=1e-5, rtol=1e-5),
+          torch.float64: dict(atol=1e-6, rtol=1e-6),  # abar itself is float32
+          torch.float16: dict(atol=1e-2, rtol=1e-2)}
+# SNR: 1/(1/abar - 1) and similar rewrites lose up to ~2e-3 relative in float32 near t = 0.
+TOL_SNR = {torch.float32: dict(atol=1e-7, rtol=5e-3),
+           torch.float64: dict(atol=1e-12, rtol=1e-8)}
+
+SCHEDULE_HINTS = {
+    "linear": "'linear' is torch.linspace(beta_start, beta_end, T) (Ho et al. 2020, DDPM, Sec. 4).",
+    "scaled_linear": "'scaled_linear' is torch.linspace(beta_start ** 0.5, beta_end ** 0.5, T) ** 2.",
+    "squaredcos_cap_v2": "'squaredcos_cap_v2' is beta_t = min(1 - f((t+1)/T) / f(t/T), 0.999) for t = 0..T-1, "
+                         "f(u) = cos((u + 0.008) / 1.008 * pi / 2) ** 2 (Nichol & Dhariwal 2021, eq. 17), "
+                         "computed with Python floats (math.cos) and converted to float32 at the end.",
+}
+EQ4 = "DDPM eq. 4: x_t = sqrt(abar_t) * x_0 + sqrt(1 - abar_t) * eps, with abar_t = alphas_cumprod[t]"
+RESHAPE_HINT = (
+    "abar_t = alphas_cumprod[timesteps] has shape (B,); reshape it to (B, 1, ..., 1) with one 1 "
+    "per dimension after the batch one, e.g. abar_t.reshape(-1, *[1] * (x.ndim - 1)), so it "
+    "broadcasts for samples of ANY rank ((B, D), (B, C, H, W), (B, C, F, H, W)); a fixed "
+    "[:, None, None, None] only works for 4-D input."
+)
+
+
+# --------------------------------------------------------------------------- random inputs
+
+def _uniform(gen, low, high):
+    return low + (high - low) * float(torch.rand((), generator=gen, dtype=torch.float64))
+
+
+def _random_schedule(gen, schedule=None):
+    """(schedule, T, beta_start, beta_end), rounded so a message can be retyped."""
+    schedule = schedule or choice(gen, SCHEDULES)
+    T = randint(gen, 50, 1000)
+    beta_start = float(f"{10 ** _uniform(gen, math.log10(5e-5), -3):.3g}")  # 5e-5 .. 1e-3
+    beta_end = float(f"{_uniform(gen, 0.005, 0.03):.3g}")
+    return schedule, T, beta_start, beta_end
+
+
+def _call_str(schedule, T, beta_start, beta_end):
+    return (f"make_betas({schedule!r}, num_train_timesteps={T}, "
+            f"beta_start={beta_start:g}, beta_end={beta_end:g})")
+
+
+def _diffusers(schedule, T, beta_start, beta_end):
+    return DDPMScheduler(beta_schedule=schedule, num_train_timesteps=T,
+                         beta_start=beta_start, beta_end=beta_end)
+
+
+def _shape(gen, rank, batch):
+    """(batch, d1, ..., d_{rank-1}); every later size differs from batch and from 1, so an
+    abar_t shaped for one rank cannot broadcast silently into another."""
+    sizes = [s for s in range(2, 8) if s != batch]
+    return (batch,) + tuple(choice(gen, sizes) for _ in range(rank - 1))
+
+
+def _randn(gen, shape, dtype=torch.float32):
+    return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+
+
+# --------------------------------------------------------------------------- make_betas
+
+def _cosine_f(u, s=0.008):
+    return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+
+
+def _make_betas_bugs(schedule, T, beta_start, beta_end):
+    """What typical wrong make_betas return on these arguments."""
+    f32 = dict(dtype=torch.float32)
+    lin = torch.linspace(beta_start, beta_end, T, **f32)
+    sqrt_lin = torch.linspace(beta_start**0.5, beta_end**0.5, T, **f32)
+    bugs = []
+    if schedule == "scaled_linear":
+        bugs += [
+            ("you returned the plain linear schedule. 'scaled_linear' spaces sqrt(beta) evenly "
+             "from sqrt(beta_start) to sqrt(beta_end) and squares the result.", lin),
+            ("you spaced sqrt(beta) evenly but did not square it at the end.", sqrt_lin),
+        ]
+    if schedule == "linear":
+        bugs += [("you returned 'scaled_linear' (evenly spaced sqrt(beta), squared); 'linear' "
+                  "spaces beta itself evenly: torch.linspace(beta_start, beta_end, T).", sqrt_lin**2)]
+    if schedule == "squaredcos_cap_v2":
+        raw = [1 - _cosine_f((t + 1) / T) / _cosine_f(t / T) for t in range(T)]
+        bugs += [
+            ("no cap at 0.999: your last beta is 1.0. Nichol & Dhariwal (text after eq. 17) and "
+             "diffusers' betas_for_alpha_bar clip every beta to min(beta, 0.999); beta = 1 would make "
+             "abar_{T-1} exactly 0.", torch.tensor(raw, **f32)),
+            ("beta_t is shifted by one step: diffusers' beta_t = 1 - f((t+1)/T) / f(t/T) for "
+             "t = 0..T-1 (the paper's t+1 and t, since the paper counts 1..T).",
+             torch.tensor([min(1 - _cosine_f(t / T) / _cosine_f((t - 1) / T), 0.999) for t in range(T)], **f32)),
+            ("you returned abar_t = f(t)/f(0), not beta_t. Turn abar into betas with "
+             "beta_t = 1 - abar_{t+1}/abar_t, i.e. 1 - f((t+1)/T) / f(t/T), capped at 0.999.",
+             torch.tensor([_cosine_f((t + 1) / T) / _cosine_f(0) for t in range(T)], **f32)),
+            ("the offset s = 0.008 is missing: f(u) = cos((u + 0.008) / 1.008 * pi / 2) ** 2.",
+             torch.tensor([min(1 - _cosine_f((t + 1) / T, 0) / max(_cosine_f(t / T, 0), 1e-300), 0.999)
+                           for t in range(T)], **f32)),
+        ]
+    return bugs
+
+
+def check_make_betas(fn, gen):
+    """All three schedules with random T and beta range; an unknown name must raise ValueError."""
+    for schedule in SCHEDULES:
+        schedule, T, beta_start, beta_end = _random_schedule(gen, schedule)
+        name = _call_str(schedule, T, beta_start, beta_end)
+        got = fn(schedule, T, beta_start, beta_end)
+        expected = ref.make_betas(schedule, T, beta_start, beta_end)
+        if isinstance(got, torch.Tensor) and got.ndim == 1 and abs(got.shape[0] - T) == 1:
+            raise CheckFailed(
+                f"Likely bug: off-by-one length: expected T = {T} betas, got {got.shape[0]}.\n"
+                f"{name}: one beta per timestep t = 0..T-1. torch.linspace(a, b, T) gives exactly T "
+                f"values; the cosine loop runs over range(T).")
+        if isinstance(got, torch.Tensor) and got.shape == expected.shape and got.dtype != torch.float32:
+            raise CheckFailed(
+                f"Likely bug: wrong dtype: betas must be float32 (like DDPMScheduler.betas), got {got.dtype}.\n"
+                f"{name}: create the tensor with dtype=torch.float32 (numpy arrays and torch.float64 "
+                f"math give float64).")
+        assert_close(name, got, expected, **TOL_BETAS, diagnose=_make_betas_bugs(schedule, T, beta_start, beta_end),
+                     hint=SCHEDULE_HINTS[schedule])
+        assert_close(f"{name} vs diffusers DDPMScheduler(beta_schedule={schedule!r}, ...).betas", got,
+                     _diffusers(schedule, T, beta_start, beta_end).betas, **TOL_BETAS)
+    bad = choice(gen, ["cosine", "quadratic", "Linear", "sigmoid_v9"])
+    call = f"make_betas({bad!r}, 100, 1e-4, 0.02)"
+    try:
+        got = fn(bad, 100, 1e-4, 0.02)
+    except ValueError:
+        return
+    except Exception as exc:  # noqa: BLE001 - NotImplementedError included: diffusers raises that one
+        raise CheckFailed(f"{call}: expected a ValueError for an unknown schedule name, got "
+                          f"{type(exc).__name__}. (DDPMScheduler raises NotImplementedError here; this "
+                          f"exercise asks for raise ValueError(...).)") from exc
+    raise CheckFailed(f"{call}: expected a ValueError for an unknown schedule name, but it returned "
+                      f"{describe(got)}. End the function with raise ValueError(...).")
+
+
+# --------------------------------------------------------------------------- alphas_cumprod
+
+def _alphas_cumprod_bugs(betas):
+    abar = torch.cumprod(1 - betas, 0)
+    return [
+        ("you returned alpha_t = 1 - beta_t, the fraction kept in ONE step. abar_t is the product "
+         "alpha_0 * ... * alpha_t: torch.cumprod(1 - betas, dim=0).", 1 - betas),
+        ("you multiplied the betas, not the alphas: use torch.cumprod(1 - betas, dim=0).",
+         torch.cumprod(betas, 0)),
+        ("you returned 1 - abar_t (the noise variance), not abar_t.", 1 - abar),
+        ("you summed where you should multiply: cumprod, not cumsum.", torch.cumsum(1 - betas, 0)),
+        ("abar_t is shifted by one: abar_0 must already include alpha_0 (it is 1 - beta_0, not 1).",
+         torch.cat([torch.ones_like(abar[:1]), abar[:-1]])),
+        ("you returned sqrt(abar_t); abar_t itself is the cumulative product (the square root comes "
+         "later, in add_noise).", abar.sqrt()),
+    ]
+
+
+def check_alphas_cumprod(fn, gen):
+    """A random schedule (float32, vs diffusers) and random non-monotone betas (float64)."""
+    schedule, T, beta_start, beta_end = _random_schedule(gen)
+    betas = ref.make_betas(schedule, T, beta_start, beta_end)  # (T,) float32
+    name = f"alphas_cumprod(betas of {_call_str(schedule, T, beta_start, beta_end)})"
+    betas_in = betas.clone()
+    got = fn(betas_in)
+    if not torch.equal(betas_in, betas):
+        raise CheckFailed(f"{name}: your function changed its input `betas` in place; compute a new "
+                          f"tensor instead (e.g. 1 - betas, not betas.mul_(-1).add_(1)).")
+    assert_close(name, got, ref.alphas_cumprod(betas), **TOL_ABAR, diagnose=_alphas_cumprod_bugs(betas),
+                 hint="abar_t = prod_{s<=t} (1 - beta_s) (DDPM, above eq. 4).")
+    assert_close(f"{name} vs diffusers DDPMScheduler(...).alphas_cumprod", got,
+                 _diffusers(schedule, T, beta_start, beta_end).alphas_cumprod, **TOL_ABAR)
+
+    T = randint(gen, 20, 300)
+    betas = (torch.rand(T, generator=gen, dtype=torch.float64) * 0.05 + 1e-4)  # (T,) float64, random order
+    name = f"alphas_cumprod(random float64 betas of shape ({T},))"
+    got = fn(betas)
+    if isinstance(got, torch.Tensor) and got.shape == betas.shape and got.dtype != betas.dtype:
+        raise CheckFailed(f"Likely bug: dtype not kept: float64 betas must give float64 abar, got {got.dtype}.\n"
+                          f"{name}: expected {betas.dtype} (the dtype of "
+                          f"betas), got {got.dtype}. Do not pass a dtype; 1 - betas keeps it.")
+    assert_close(name, got, ref.alphas_cumprod(betas), **TOL_ABAR, diagnose=_alphas_cumprod_bugs(betas),
+                 hint="abar_t = prod_{s<=t} (1 - beta_s) (DDPM, above eq. 4).")
+
+
+# --------------------------------------------------------------------------- add_noise
+
+def _add_noise_bugs(x, eps, t, abar):
+    """Typical wrong x_t on these inputs (computed in float64, compared at the check's tolerance)."""
+    x, eps, abar = x.double(), eps.double(), abar.double()
+    shape = (-1,) + (1,) * (x.ndim - 1)
+
+    def xt(a_signal, a_noise):  # a_*: (B,) coefficients
+        return a_signal.reshape(shape) * x + a_noise.reshape(shape) * eps
+
+    a = abar[t]  # (B,)
+    bugs = [
+        ("missing square root on the signal coefficient: it is sqrt(abar_t) * x_0, not abar_t * x_0.",
+         xt(a, (1 - a).sqrt())),
+        ("missing square root on the noise coefficient: it is sqrt(1 - abar_t) * eps, not "
+         "(1 - abar_t) * eps. (1 - abar_t) is the noise VARIANCE; the standard deviation multiplies eps.",
+         xt(a.sqrt(), 1 - a)),
+        ("missing square roots on both coefficients: abar_t and 1 - abar_t are variances; x_t uses "
+         "their square roots.", xt(a, 1 - a)),
+        ("the two coefficients are swapped: the clean sample gets sqrt(abar_t) and the noise "
+         "sqrt(1 - abar_t).", xt((1 - a).sqrt(), a.sqrt())),
+    ]
+    prev = torch.cat([abar.new_ones(1), abar[:-1]])  # abar_{t-1}, with abar_{-1} = 1
+    alpha = abar / prev  # alpha_t = 1 - beta_t
+    bugs.append(("you used the one-step alpha_t = 1 - beta_t where the closed form needs the cumulative "
+                 "abar_t = alpha_0 * ... * alpha_t: index alphas_cumprod, do not divide it.",
+                 xt(alpha[t].sqrt(), (1 - alpha[t]).sqrt())))
+    a_prev = abar[t - 1]  # t = 0 wraps to abar[-1], as the bug does
+    bugs.append(("timesteps are off by one: you used abar_{t-1} (alphas_cumprod[t - 1]). Timesteps "
+                 "are 0-based indices: use alphas_cumprod[t].", xt(a_prev.sqrt(), (1 - a_prev).sqrt())))
+    if int(t.max()) + 1 < abar.shape[0]:
+        a_next = abar[t + 1]
+        bugs.append(("timesteps are off by one: you used abar_{t+1} (alphas_cumprod[t + 1]). Timesteps "
+                     "are 0-based indices: use alphas_cumprod[t].", xt(a_next.sqrt(), (1 - a_next).sqrt())))
+    return bugs
+
+
+def _noise_inputs(gen, rank, dtype, T, edges):
+    B = randint(gen, 2, 6)
+    shape = _shape(gen, rank, B)
+    x, eps = _randn(gen, shape, dtype), _randn(gen, shape, dtype)
+    if edges:  # 0 and T-1 always present
+        t = torch.randint(0, T, (B,), generator=gen)
+        t[0], t[-1] = 0, T - 1
+    else:  # interior only, so every off-by-one bug gives finite, distinguishable values
+        t = torch.randint(1, T - 1, (B,), generator=gen)
+    return x, eps, t
+
+
+def _describe_inputs(x, t):
+    return (f"add_noise(original_samples {tuple(x.shape)} {str(x.dtype).replace('torch.', '')} "
+            f"on {x.device}, timesteps {t.tolist()})")
+
+
+def _run_add_noise(fn, x, eps, t, abar, reshape_hint_on_error=False):
+    """Call the learner; turn the errors we can explain into CheckFailed with a hint."""
+    name = _describe_inputs(x, t)
+    try:
+        return name, fn(x, eps, t, abar)
+    except NotImplementedError:
+        raise
+    except IndexError as exc:
+        if int(t.max()) == abar.shape[0] - 1:
+            raise CheckFailed(
+                f"Likely bug: timesteps off by one (t + 1?): t = T-1 indexes past the end.\n"
+                f"{name} raised {describe_exception(exc)}\n"
+                f"Hint: timesteps run 0..T-1 = 0..{abar.shape[0] - 1}: index alphas_cumprod[timesteps] "
+                f"directly.") from exc
+        raise
+    except RuntimeError as exc:
+        if reshape_hint_on_error or "size of tensor" in str(exc):
+            raise CheckFailed(f"Likely bug: abar_t broadcasts for one rank only: reshape it to (B, 1, ..., 1).\n"
+                              f"{name} raised {describe_exception(exc)}\nHint: {RESHAPE_HINT}") from exc
+        raise
+
+
+def _compare_add_noise(name, got, x, eps, t, abar, sched, diagnose=True):
+    dtype = x.dtype
+    expected = ref.add_noise(x, eps, t, abar)
+    if isinstance(got, torch.Tensor) and got.shape != x.shape:
+        raise CheckFailed(f"Likely bug: abar_t broadcasts for one rank only: reshape it to (B, 1, ..., 1).\n"
+                          f"{name}: expected shape {tuple(x.shape)} (the samples' shape), got "
+                          f"{tuple(got.shape)}.\nHint: {RESHAPE_HINT}")
+    if isinstance(got, torch.Tensor) and got.dtype != dtype:
+        raise CheckFailed(
+            f"Likely bug: dtype not kept: cast alphas_cumprod to the samples' dtype.\n"
+            f"{name}: expected {dtype} (the samples' dtype), got {got.dtype}.\nHint: alphas_cumprod is "
+            f"float32; cast it first, like diffusers: "
+            f"alphas_cumprod.to(device=original_samples.device, dtype=original_samples.dtype).")
+    if dtype == torch.float16 and isinstance(got, torch.Tensor) and got.shape == x.shape:
+        # diffusers computes in float16, where abar_t ~ 0.9999 rounds to 1 and the noise
+        # coefficient of small t to 0; computing in float32/64 and casting at the end is more
+        # accurate and also correct: accept either.
+        precise = ref.add_noise(x.double(), eps.double(), t, abar).to(dtype)
+        if torch.allclose(got.double(), precise.double(), **TOL_XT[dtype]):
+            return
+    bugs = _add_noise_bugs(x, eps, t, abar) if diagnose else None
+    assert_close(name, got, expected, **TOL_XT[dtype], diagnose=bugs, hint=EQ4 + ".")
+    assert_close(f"{name} vs diffusers DDPMScheduler.add_noise", got, sched.add_noise(x, eps, t), **TOL_XT[dtype])
+
+
+def check_add_noise(fn, gen):
+    """Rank 4 (interior t, then t = 0 and T-1), ranks 1, 2, 3, 5, float64 and float16, and a
+    second device (CUDA when present, else PyTorch's 'meta' device)."""
+    schedule, T, beta_start, beta_end = _random_schedule(gen)
+    sched = _diffusers(schedule, T, beta_start, beta_end)
+    abar = ref.alphas_cumprod(ref.make_betas(schedule, T, beta_start, beta_end))  # (T,) float32, CPU
+    abar_in = abar.clone()
+
+    # 1. 4-D float32, interior timesteps: the value bugs.
+    x, eps, t = _noise_inputs(gen, 4, torch.float32, T, edges=False)
+    name, got = _run_add_noise(fn, x, eps, t, abar_in)
+    if not torch.equal(abar_in, abar):
+        raise CheckFailed(f"{name}: your function changed `alphas_cumprod` in place; build new tensors "
+                          f"(abar_t ** 0.5, not abar_t.sqrt_()).")
+    _compare_add_noise(name, got, x, eps, t, abar, sched)
+
+    # 2. 4-D float32 with t = 0 and t = T-1 in the batch.
+    x, eps, t = _noise_inputs(gen, 4, torch.float32, T, edges=True)
+    name, got = _run_add_noise(fn, x, eps, t, abar)
+    _compare_add_noise(name, got, x, eps, t, abar, sched)
+
+    # 3. Every other rank: (B,), (B, D), (B, C, L), (B, C, F, H, W).
+    ranks = [1, 2, 3, 5]
+    ranks = [ranks[i] for i in torch.randperm(4, generator=gen).tolist()]
+    for rank in ranks:
+        x, eps, t = _noise_inputs(gen, rank, torch.float32, T, edges=True)
+        name, got = _run_add_noise(fn, x, eps, t, abar, reshape_hint_on_error=True)
+        _compare_add_noise(name, got, x, eps, t, abar, sched)
+
+    # 4. float64 and float16 samples (alphas_cumprod stays float32).
+    for dtype in (torch.float64, torch.float16):
+        x, eps, t = _noise_inputs(gen, randint(gen, 1, 5), dtype, T, edges=True)
+        name, got = _run_add_noise(fn, x, eps, t, abar)
+        _compare_add_noise(name, got, x, eps, t, abar, sched, diagnose=False)
+
+    # 5. Samples on another device while alphas_cumprod stays on the CPU.
+    device = "cuda" if torch.cuda.is_available() else "meta"
+    x, eps, t = _noise_inputs(gen, randint(gen, 1, 5), torch.float32, T, edges=True)
+    x, eps = x.to(device), eps.to(device)
+    name = _describe_inputs(x, t)
+    why = ("" if device == "cuda" else
+           " (the 'meta' device stands in for a GPU: its tensors have a shape and dtype but no data)")
+    device_hint = ("move alphas_cumprod (and timesteps) to original_samples.device before using them, "
+                   "like diffusers: alphas_cumprod.to(device=original_samples.device, "
+                   "dtype=original_samples.dtype).")
+    try:
+        got = fn(x, eps, t, abar)
+    except NotImplementedError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - explained below
+        raise CheckFailed(f"Likely bug: device not kept: move alphas_cumprod to the samples' device.\n"
+                          f"{name}{why} raised {describe_exception(exc)}\nHint: {device_hint}") from exc
+    if isinstance(got, torch.Tensor) and got.device != x.device:
+        raise CheckFailed(f"Likely bug: device not kept: the output must be on the samples' device.\n"
+                          f"{name}{why}: expected the output on {x.device}, got {got.device}.\n"
+                          f"Hint: {device_hint}")
+    if device == "cuda":
+        _compare_add_noise(name, got, x, eps, t, abar, sched, diagnose=False)
+    elif not (isinstance(got, torch.Tensor) and got.shape == x.shape and got.dtype == x.dtype):
+        raise CheckFailed(f"{name}{why}: expected {describe(x)}, got {describe(got)}.")
+
+
+# --------------------------------------------------------------------------- snr
+
+def _snr_bugs(abar):
+    ratio = abar / (1 - abar)
+    return [
+        ("you returned the inverse, (1 - abar_t) / abar_t: noise over signal. SNR is signal power "
+         "over noise power, abar_t / (1 - abar_t); it should be large at t = 0 and tiny at T-1.", 1 / ratio),
+        ("you returned log SNR. The exercise asks for the ratio itself; take the log only when "
+         "plotting (torch.log(snr(...))).", torch.log(ratio)),
+        ("you returned sqrt(abar_t / (1 - abar_t)), a ratio of standard deviations. SNR compares "
+         "powers (variances): abar_t / (1 - abar_t).", ratio.sqrt()),
+        ("you returned abar_t itself; divide by the noise variance 1 - abar_t.", abar.clone()),
+    ]
+
+
+def check_snr(fn, gen):
+    """abar of a random schedule (float32, vs diffusers' compute_snr formula), and the float64
+    abar of random betas, gathered at random timesteps (a (B,) input)."""
+    schedule, T, beta_start, beta_end = _random_schedule(gen)
+    abar = ref.alphas_cumprod(ref.make_betas(schedule, T, beta_start, beta_end))  # (T,) float32
+    name = f"snr(alphas_cumprod of {_call_str(schedule, T, beta_start, beta_end)})"
+    got = fn(abar.clone())
+    hint = "SNR_t = abar_t / (1 - abar_t) (Kingma et al. 2021, Variational Diffusion Models, in DDPM notation)."
+    assert_close(name, got, ref.snr(abar), **TOL_SNR[torch.float32], diagnose=_snr_bugs(abar), hint=hint)
+    # diffusers.training_utils.compute_snr, inlined (importing training_utils takes seconds):
+    # (sqrt(abar) / sqrt(1 - abar)) ** 2 on the scheduler's own alphas_cumprod.
+    ac = _diffusers(schedule, T, beta_start, beta_end).alphas_cumprod
+    assert_close(f"{name} vs diffusers' compute_snr", got, (ac**0.5 / (1.0 - ac) ** 0.5) ** 2,
+                 **TOL_SNR[torch.float32])
+
+    T = randint(gen, 20, 300)
+    abar = torch.cumprod(1 - (torch.rand(T, generator=gen, dtype=torch.float64) * 0.05 + 1e-4), 0)
+    t = torch.randint(0, T, (randint(gen, 3, 9),), generator=gen)
+    name = f"snr(float64 alphas_cumprod[timesteps] for timesteps {t.tolist()})"
+    got = fn(abar[t])
+    if isinstance(got, torch.Tensor) and got.shape == t.shape and got.dtype != abar.dtype:
+        raise CheckFailed(f"Likely bug: dtype not kept: float64 input must give float64 SNR.\n"
+                          f"{name}: expected {abar.dtype} (the input's "
+                          f"dtype), got {got.dtype}.")
+    assert_close(name, got, ref.snr(abar[t]), **TOL_SNR[torch.float64], diagnose=_snr_bugs(abar[t]), hint=hint)

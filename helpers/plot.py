@@ -1,0 +1,75 @@
+"""Small figure helpers shared by the labs (matplotlib only; no global style changes).
+
+    image_grid([[img, img], [img, img]], row_labels=[...], col_labels=[...])
+    plot_curves({"linear": y1, "cosine": y2}, xlabel="t", ylabel="abar_t")
+
+Each helper returns the Figure (or Axes) and never calls ``plt.show()``: a notebook cell ends
+with ``plt.show()`` itself, so a figure is never displayed twice.
+"""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+__all__ = ["to_image", "image_grid", "plot_curves"]
+
+
+def to_image(x, value_range=(-1.0, 1.0)) -> np.ndarray:
+    """A (C, H, W) or (H, W, C) tensor/array (C = 1 or 3) in ``value_range`` -> an
+    (H, W, 3) float array in [0, 1], clipped, ready for ``imshow``."""
+    a = x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
+        a = np.moveaxis(a, 0, -1)  # (C, H, W) -> (H, W, C)
+    lo, hi = value_range
+    a = np.clip((a - lo) / (hi - lo), 0.0, 1.0)
+    return np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a
+
+
+def image_grid(rows, row_labels=None, col_labels=None, title=None, cell=1.4, value_range=(-1.0, 1.0)):
+    """A grid of images: ``rows`` is a list of rows, each a list of images (see
+    :func:`to_image`). Labels go on the left of each row and above each column."""
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols + 0.8, cell * n_rows + 0.4),
+                             squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(row):
+                ax.imshow(to_image(row[j], value_range))
+            else:
+                ax.axis("off")
+            if row_labels is not None and j == 0:
+                ax.set_ylabel(row_labels[i], fontsize=9)
+            if col_labels is not None and i == 0:
+                ax.set_title(col_labels[j], fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(curves, *, xlabel, ylabel, title=None, ax=None, logy=False, x=None, **line_kw):
+    """Plot named 1-D curves on one Axes. ``curves``: ``{label: y}`` (y a tensor/array; x
+    defaults to 0..len(y)-1, or pass ``x``) or ``{label: (x, y)}``. Returns the Axes."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.6, 3.2))
+    for label, c in curves.items():
+        xs, ys = c if isinstance(c, tuple) else (x if x is not None else np.arange(len(c)), c)
+        ys = ys.detach().cpu().numpy() if isinstance(ys, torch.Tensor) else np.asarray(ys)
+        xs = xs.detach().cpu().numpy() if isinstance(xs, torch.Tensor) else np.asarray(xs)
+        ax.plot(xs, ys, label=label, **line_kw)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    if len(curves) > 1:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax

@@ -1,0 +1,137 @@
+# Your exercise file for Lab 01: Forward Noise Process.
+#
+# Generated from helpers/solutions/lab01_forward_noise.py by `python -m helpers.make_starters`.
+# Fill in each TODO (replace the `raise NotImplementedError`), save, and run
+# `check("lab01")` in notebooks/01_forward_noise.ipynb: edits are picked up without
+# restarting the kernel. Until a function passes its check, the notebook uses the reference.
+
+"""Lab 01: the forward noise process of DDPM, the way diffusers' `DDPMScheduler` builds it.
+
+Notation (Ho et al. 2020, "Denoising Diffusion Probabilistic Models", DDPM):
+
+    T            number of training timesteps; diffusers indexes them t = 0 .. T-1
+    beta_t       variance of the noise added at step t               (the "beta schedule")
+    alpha_t      1 - beta_t, the fraction of variance kept at step t
+    abar_t       alpha_0 * alpha_1 * ... * alpha_t                    (`alphas_cumprod`)
+    x_0          a clean sample (an image, a latent, any tensor)
+    eps          standard Gaussian noise, same shape as x_0
+    x_t          the noisy sample at step t
+
+One step (DDPM eq. 2):    q(x_t | x_{t-1}) = N(sqrt(alpha_t) x_{t-1}, beta_t I)
+Closed form (DDPM eq. 4): q(x_t | x_0)     = N(sqrt(abar_t) x_0, (1 - abar_t) I)
+so                        x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps.
+
+The functions below are, in order: the beta schedule, its cumulative product, the closed
+form, and the signal-to-noise ratio. Each equals the matching piece of
+`diffusers.DDPMScheduler` on the same inputs.
+"""
+
+import math
+
+import torch
+
+__all__ = ["make_betas", "alphas_cumprod", "add_noise", "snr"]
+
+
+def make_betas(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
+    """The beta schedule beta_0 .. beta_{T-1}, as `DDPMScheduler(beta_schedule=...).betas`.
+
+    Three schedules, by their diffusers names:
+
+    - "linear" (Ho et al. 2020, DDPM, Sec. 4): T values evenly spaced from beta_start
+      to beta_end (DDPM uses 1e-4 .. 0.02, T = 1000).
+    - "scaled_linear" (latent diffusion / Stable Diffusion, which uses 0.00085 .. 0.012):
+      evenly spaced in sqrt(beta), then squared:
+          beta_t = (sqrt(beta_start) + t / (T-1) * (sqrt(beta_end) - sqrt(beta_start)))^2
+    - "squaredcos_cap_v2" (Nichol & Dhariwal 2021, "Improved DDPM", eq. 17): the cosine
+      schedule, defined through abar rather than beta:
+          f(u) = cos^2( (u + s) / (1 + s) * pi / 2 ),  s = 0.008,  abar(u) = f(u) / f(0)
+          beta_t = min(1 - f((t+1)/T) / f(t/T), 0.999)          t = 0 .. T-1
+      beta_start and beta_end are ignored. How diffusers (`betas_for_alpha_bar`, the same
+      code as the authors' improved-diffusion) differs from the formula on the page:
+        * it never evaluates abar directly; it builds betas from ratios of f, so
+          cumprod(1 - beta) telescopes to f((t+1)/T) / f(0): diffusers' index t is the
+          paper's t+1 (the paper counts 1 .. T);
+        * the last ratio is f(1) / f(1 - 1/T) = 0, so the raw beta is 1, which would make
+          abar exactly 0 at the end and 1/abar infinite; the cap at 0.999 (stated in the
+          paper's text after eq. 17) leaves a tiny abar_{T-1} > 0 instead;
+        * it computes in Python float64 and rounds the result to float32.
+
+    Args:
+        schedule: "linear", "scaled_linear" or "squaredcos_cap_v2".
+        num_train_timesteps: T, the number of betas.
+        beta_start, beta_end: the first and last beta of the two linear schedules.
+
+    Returns:
+        betas: float32 tensor of shape (T,).
+
+    Raises:
+        ValueError: for any other schedule name.
+    """
+    # TODO: "linear": torch.linspace(beta_start, beta_end, T); "scaled_linear": linspace the square roots, then square.
+    # TODO: cosine: beta_t = min(1 - f((t+1)/T) / f(t/T), 0.999); f(u) = math.cos((u + 0.008) / 1.008 * math.pi / 2)**2
+    # TODO: Always return float32 of shape (T,); raise ValueError for an unknown name.
+    raise NotImplementedError("TODO(lab01): make_betas")
+
+
+def alphas_cumprod(betas):
+    """abar_t = prod_{s=0..t} (1 - beta_s), as `DDPMScheduler.alphas_cumprod`.
+
+    Ho et al. 2020 (DDPM), the definitions above eq. 4: alpha_t = 1 - beta_t and
+    abar_t = prod_{s<=t} alpha_s. abar_t is the fraction of the clean sample's variance
+    left in x_t; it falls from about 1 (t = 0) towards 0 (t = T-1).
+
+    Args:
+        betas: (T,) the beta schedule.
+
+    Returns:
+        (T,) abar_0 .. abar_{T-1}, same dtype and device as betas.
+    """
+    # TODO: alpha_t = 1 - beta_t; abar_t multiplies alpha_0 .. alpha_t (torch.cumprod along dim 0).
+    raise NotImplementedError("TODO(lab01): alphas_cumprod")
+
+
+def add_noise(original_samples, noise, timesteps, alphas_cumprod):
+    """Sample x_t ~ q(x_t | x_0) in one shot, as `DDPMScheduler.add_noise`.
+
+    Ho et al. 2020 (DDPM), eq. 4: q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I), i.e.
+
+        x_t = sqrt(abar_t) * x_0 + sqrt(1 - abar_t) * eps
+
+    with a different t for each sample of the batch. Like diffusers, alphas_cumprod is
+    moved to the samples' device and cast to their dtype *before* indexing, so the result
+    has the dtype and device of original_samples (alphas_cumprod usually stays float32 on
+    the CPU while the samples are float16 on a GPU).
+
+    Args:
+        original_samples: (B, ...) x_0, any number of dimensions after the batch one:
+            (B, D) vectors, (B, C, H, W) images, (B, C, F, H, W) videos.
+        noise: (B, ...) eps, same shape as original_samples.
+        timesteps: (B,) long, one timestep in 0 .. T-1 per sample.
+        alphas_cumprod: (T,) abar_0 .. abar_{T-1}.
+
+    Returns:
+        (B, ...) x_t, same shape, dtype and device as original_samples.
+    """
+    # TODO: Cast alphas_cumprod to original_samples' device and dtype, then abar_t = alphas_cumprod[timesteps]: (B,).
+    # TODO: Reshape abar_t to (B, 1, ..., 1), one 1 per dim after the batch one, so it broadcasts over any rank.
+    raise NotImplementedError("TODO(lab01): add_noise")
+
+
+def snr(alphas_cumprod):
+    """Signal-to-noise ratio of x_t: SNR_t = abar_t / (1 - abar_t).
+
+    Kingma et al. 2021 ("Variational Diffusion Models", where the forward process is defined)
+    define SNR(t) = alpha_t^2 / sigma_t^2 for z_t = alpha_t x + sigma_t eps; in DDPM's notation the
+    signal coefficient is sqrt(abar_t) and the noise coefficient sqrt(1 - abar_t), so
+    SNR_t = abar_t / (1 - abar_t). It is what diffusers' `training_utils.compute_snr`
+    returns (for Min-SNR loss weighting); log-SNR is the natural axis to compare schedules.
+
+    Args:
+        alphas_cumprod: (T,) abar_t (any shape works: the formula is elementwise).
+
+    Returns:
+        Same shape, dtype and device as alphas_cumprod: SNR_t, from large (t = 0) to about 0.
+    """
+    # TODO: Signal power over noise power: abar_t / (1 - abar_t) (a ratio, not its log or square root).
+    raise NotImplementedError("TODO(lab01): snr")

@@ -1,0 +1,502 @@
+"""Lab 01 (forward noise): the reference equals diffusers, passes its checks, and every
+check is proven able to fail: each planted bug below fails with its specific hint."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from helpers.checks import lab01_forward_noise as checks
+from helpers.checks._core import CheckFailed, make_generator
+from helpers.solutions import lab01_forward_noise as ref
+
+SEEDS = [0, 1, 2, 3, 7, 123, 2024]
+NAMES = ["make_betas", "alphas_cumprod", "add_noise", "snr"]
+
+
+def run(name, fn, seed=0):
+    getattr(checks, f"check_{name}")(fn, make_generator(seed, name, "test"))
+
+
+def fails(name, fn, phrase, seeds=(0, 1, 2)):
+    """The check of ``name`` fails on ``fn`` for every seed, and the message has ``phrase``."""
+    for seed in seeds:
+        with pytest.raises(CheckFailed) as info:
+            run(name, fn, seed)
+        assert phrase in str(info.value), f"seed {seed}: {phrase!r} not in:\n{info.value}"
+
+
+# --------------------------------------------------------------------------- the reference
+
+def test_exercise_names_in_order():
+    assert ref.__all__ == NAMES
+    assert checks.LAB == "lab01"
+    assert all(callable(getattr(checks, f"check_{n}")) for n in NAMES)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_reference_passes(name, seed):
+    run(name, getattr(ref, name), seed)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+@pytest.mark.parametrize("T", [1, 2, 10, 50, 999, 1000, 4000])
+@pytest.mark.parametrize("betas", [(1e-4, 0.02), (0.00085, 0.012), (3e-5, 0.031)])
+def test_reference_equals_diffusers(schedule, T, betas):
+    sched = DDPMScheduler(beta_schedule=schedule, num_train_timesteps=T, beta_start=betas[0], beta_end=betas[1])
+    b = ref.make_betas(schedule, T, *betas)
+    assert b.dtype == torch.float32 and b.shape == (T,)
+    assert torch.equal(b, sched.betas)
+    abar = ref.alphas_cumprod(b)
+    assert torch.equal(abar, sched.alphas_cumprod)
+    g = torch.Generator().manual_seed(T)
+    for shape in [(3,), (3, 5), (3, 2, 4), (3, 2, 4, 4), (3, 2, 2, 3, 4)]:
+        for dtype in (torch.float16, torch.float32, torch.float64):
+            x = torch.randn(shape, generator=g).to(dtype)
+            eps = torch.randn(shape, generator=g).to(dtype)
+            t = torch.randint(0, T, (3,), generator=g)
+            got = ref.add_noise(x, eps, t, abar)
+            assert got.dtype == dtype and torch.equal(got, sched.add_noise(x, eps, t))
+
+
+def test_snr_equals_diffusers_compute_snr():
+    from diffusers.training_utils import compute_snr
+
+    for schedule in ["linear", "scaled_linear", "squaredcos_cap_v2"]:
+        sched = DDPMScheduler(beta_schedule=schedule)
+        t = torch.arange(1000)
+        got = ref.snr(ref.alphas_cumprod(ref.make_betas(schedule)))
+        torch.testing.assert_close(got, compute_snr(sched, t), rtol=1e-5, atol=1e-12)
+
+
+def test_unknown_schedule_raises():
+    with pytest.raises(ValueError, match="unknown beta schedule"):
+        ref.make_betas("cosine")
+
+
+def test_reference_keeps_device_on_meta():
+    abar = ref.alphas_cumprod(ref.make_betas("linear", 10))
+    x = torch.empty(2, 3, device="meta", dtype=torch.float16)
+    y = ref.add_noise(x, x, torch.tensor([0, 9]), abar)
+    assert y.device.type == "meta" and y.dtype == torch.float16 and y.shape == x.shape
+
+
+# --------------------------------------------------------------------------- correct variants pass
+
+def betas_other_way(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
+    T = num_train_timesteps
+    if schedule == "linear":
+        return beta_start + (beta_end - beta_start) * torch.arange(T, dtype=torch.float32) / (T - 1)
+    if schedule == "scaled_linear":
+        s, e = math.sqrt(beta_start), math.sqrt(beta_end)
+        return (s + (e - s) * torch.arange(T, dtype=torch.float32) / (T - 1)) ** 2
+    if schedule == "squaredcos_cap_v2":  # all in float32 torch
+        u = torch.arange(T + 1, dtype=torch.float32) / T
+        f = torch.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+        return (1 - f[1:] / f[:-1]).clamp(max=0.999)
+    raise ValueError(schedule)
+
+
+def abar_via_logs(betas):
+    return torch.exp(torch.cumsum(torch.log1p(-betas), dim=0))
+
+
+def add_noise_diffusers_style(original_samples, noise, timesteps, alphas_cumprod):
+    a = alphas_cumprod.to(original_samples.device)[timesteps.to(original_samples.device)]  # float32
+    a = a.flatten()
+    while a.ndim < original_samples.ndim:
+        a = a.unsqueeze(-1)
+    return (a.sqrt() * original_samples.float() + (1 - a).sqrt() * noise.float()).to(original_samples.dtype)
+
+
+def snr_other_way(alphas_cumprod):
+    return 1 / (1 / alphas_cumprod - 1)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name,fn", [("make_betas", betas_other_way), ("alphas_cumprod", abar_via_logs),
+                                     ("add_noise", add_noise_diffusers_style), ("snr", snr_other_way)])
+def test_correct_variants_pass(name, fn, seed):
+    run(name, fn, seed)
+
+
+# --------------------------------------------------------------------------- planted bugs: make_betas
+
+def betas_linear_for_scaled(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
+    if schedule == "scaled_linear":
+        return torch.linspace(beta_start, beta_end, num_train_timesteps)
+    return ref.make_betas(schedule, num_train_timesteps, beta_start, beta_end)
+
+
+def betas_scaled_not_squared(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
+    if schedule == "scaled_linear":
+        return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps)
+    return ref.make_betas(schedule, num_train_timesteps, beta_start, beta_end)
+
+
+def betas_no_clip(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
+    if schedule == "squaredcos_cap_v2":
+        T = num_train_timesteps
+        f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+        return torch.tensor([1 - f((t + 1) / T) / f(t / T) for t in range(T)], dtype=torch.float32)
+    return ref.make_betas(schedule, num_train_timesteps, beta_start, beta_end)
+
+
+def betas_cosine_returns_abar(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
+    if schedule == "squaredcos_cap_v2":
+        T = num_train_timesteps
+        f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+        return torch.tensor([f((t + 1) / T) / f(0) for t in range(T)], dtype=torch.float32)
+    return ref.make_betas(schedule, num_train_timesteps, beta_start, beta_end)
+
+
+def betas_float64(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
+    return ref.make_betas(schedule, num_train_timesteps, beta_start, beta_end).double()
+
+
+def betas_one_too_many(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
+    return torch.linspace(beta_start, beta_end, num_train_timesteps + 1)
+
+
+def betas_diffusers_error(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
+    if schedule not in ("linear", "scaled_linear", "squaredcos_cap_v2"):
+        raise NotImplementedError(f"{schedule} is not implemented")
+    return ref.make_betas(schedule, num_train_timesteps, beta_start, beta_end)
+
+
+def betas_no_error(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
+    if schedule not in ("linear", "scaled_linear", "squaredcos_cap_v2"):
+        return torch.zeros(num_train_timesteps)
+    return ref.make_betas(schedule, num_train_timesteps, beta_start, beta_end)
+
+
+@pytest.mark.parametrize("fn,phrase", [
+    (betas_linear_for_scaled, "plain linear schedule"),
+    (betas_scaled_not_squared, "did not square"),
+    (betas_no_clip, "no cap at 0.999"),
+    (betas_cosine_returns_abar, "you returned abar_t = f(t)/f(0)"),
+    (betas_float64, "wrong dtype"),
+    (betas_one_too_many, "off-by-one length"),
+    (betas_diffusers_error, "expected a ValueError"),
+    (betas_no_error, "expected a ValueError"),
+])
+def test_make_betas_bugs(fn, phrase):
+    fails("make_betas", fn, phrase)
+
+
+# --------------------------------------------------------------------------- planted bugs: alphas_cumprod
+
+@pytest.mark.parametrize("fn,phrase", [
+    (lambda betas: 1 - betas, "alpha_t = 1 - beta_t"),
+    (lambda betas: torch.cumprod(betas, 0), "multiplied the betas"),
+    (lambda betas: torch.cat([torch.ones(1, dtype=betas.dtype), torch.cumprod(1 - betas, 0)[:-1]]),
+     "shifted by one"),
+    (lambda betas: torch.cumprod(1 - betas, 0).sqrt(), "sqrt(abar_t)"),
+    (lambda betas: torch.cumprod(1 - betas.float(), 0), "dtype not kept"),
+])
+def test_alphas_cumprod_bugs(fn, phrase):
+    fails("alphas_cumprod", fn, phrase)
+
+
+def test_alphas_cumprod_in_place_is_caught():
+    def in_place(betas):
+        return torch.cumprod(betas.mul_(-1).add_(1), 0)
+
+    fails("alphas_cumprod", in_place, "in place")
+
+
+# --------------------------------------------------------------------------- planted bugs: add_noise
+
+def _abar_t(x, t, abar):
+    a = abar.to(device=x.device, dtype=x.dtype)[t.to(x.device)]
+    return a.reshape(-1, *[1] * (x.ndim - 1))
+
+
+def noise_alpha_for_abar(x, eps, t, abar):
+    alphas = abar / torch.cat([abar.new_ones(1), abar[:-1]])  # alpha_t = 1 - beta_t
+    a = _abar_t(x, t, alphas)
+    return a.sqrt() * x + (1 - a).sqrt() * eps
+
+
+def noise_no_sqrt_signal(x, eps, t, abar):
+    a = _abar_t(x, t, abar)
+    return a * x + (1 - a).sqrt() * eps
+
+
+def noise_no_sqrt_noise(x, eps, t, abar):
+    a = _abar_t(x, t, abar)
+    return a.sqrt() * x + (1 - a) * eps
+
+
+def noise_swapped(x, eps, t, abar):
+    a = _abar_t(x, t, abar)
+    return (1 - a).sqrt() * x + a.sqrt() * eps
+
+
+def noise_t_minus_1(x, eps, t, abar):
+    a = _abar_t(x, t - 1, abar)
+    return a.sqrt() * x + (1 - a).sqrt() * eps
+
+
+def noise_t_plus_1(x, eps, t, abar):
+    a = _abar_t(x, t + 1, abar)
+    return a.sqrt() * x + (1 - a).sqrt() * eps
+
+
+def noise_4d_only(x, eps, t, abar):
+    a = abar.to(device=x.device, dtype=x.dtype)[t][:, None, None, None]
+    return a.sqrt() * x + (1 - a).sqrt() * eps
+
+
+def noise_4d_view(x, eps, t, abar):
+    a = abar.to(device=x.device, dtype=x.dtype)[t].view(-1, 1, 1, 1)
+    return a.sqrt() * x + (1 - a).sqrt() * eps
+
+
+def noise_no_reshape(x, eps, t, abar):
+    a = abar.to(device=x.device, dtype=x.dtype)[t]
+    return a.sqrt() * x + (1 - a).sqrt() * eps
+
+
+def noise_no_cast(x, eps, t, abar):
+    a = abar.to(x.device)[t].reshape(-1, *[1] * (x.ndim - 1))
+    return a.sqrt() * x + (1 - a).sqrt() * eps
+
+
+def noise_no_device(x, eps, t, abar):
+    a = abar.to(dtype=x.dtype)[t].reshape(-1, *[1] * (x.ndim - 1))
+    return a.sqrt() * x + (1 - a).sqrt() * eps
+
+
+def noise_output_on_cpu(x, eps, t, abar):
+    return ref.add_noise(x, eps, t, abar).to("cpu") if x.device.type != "meta" else torch.zeros(x.shape)
+
+
+@pytest.mark.parametrize("fn,phrase", [
+    (noise_alpha_for_abar, "one-step alpha_t"),
+    (noise_no_sqrt_signal, "missing square root on the signal coefficient"),
+    (noise_no_sqrt_noise, "missing square root on the noise coefficient"),
+    (noise_swapped, "swapped"),
+    (noise_t_minus_1, "abar_{t-1}"),
+    (noise_t_plus_1, "abar_{t+1}"),
+    (noise_4d_only, "(B, 1, ..., 1)"),
+    (noise_4d_view, "(B, 1, ..., 1)"),
+    (noise_no_reshape, "(B, 1, ..., 1)"),
+    (noise_no_cast, "dtype not kept"),
+    (noise_no_device, "device not kept"),
+    (noise_output_on_cpu, "device not kept"),
+])
+def test_add_noise_bugs(fn, phrase):
+    fails("add_noise", fn, phrase)
+
+
+def test_add_noise_t_plus_1_at_the_last_step_is_explained():
+    """With only edge timesteps (case 2 onwards), t + 1 raises IndexError: the check explains it."""
+    abar = ref.alphas_cumprod(ref.make_betas("linear", 20))
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(CheckFailed, match=r"t \+ 1\?"):
+        checks._run_add_noise(noise_t_plus_1, x, x, torch.tensor([0, 19]), abar)
+
+
+def test_add_noise_message_names_equation_and_index():
+    with pytest.raises(CheckFailed) as info:
+        run("add_noise", noise_no_sqrt_noise)
+    msg = str(info.value)
+    assert msg.startswith("Likely bug:") and "DDPM eq. 4" in msg and "first at index" in msg
+
+
+def test_add_noise_in_place_is_caught():
+    def in_place(x, eps, t, abar):
+        a = _abar_t(x, t, abar.sqrt_())
+        return a * x + (1 - a * a).sqrt() * eps
+
+    fails("add_noise", in_place, "in place")
+
+
+# --------------------------------------------------------------------------- planted bugs: snr
+
+@pytest.mark.parametrize("fn,phrase", [
+    (lambda abar: (1 - abar) / abar, "the inverse"),
+    (lambda abar: torch.log(abar / (1 - abar)), "log SNR"),
+    (lambda abar: (abar / (1 - abar)).sqrt(), "ratio of standard deviations"),
+    (lambda abar: (abar.float() / (1 - abar.float())), "dtype not kept"),
+])
+def test_snr_bugs(fn, phrase):
+    fails("snr", fn, phrase)
+
+
+# --------------------------------------------------------------------------- hard-coded answers
+
+def _hard_coded(name):
+    """Compute the reference answer once, on one fixed input, and always return it."""
+    g = torch.Generator().manual_seed(0)
+    if name == "make_betas":
+        fixed = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).betas
+        return lambda *a, **k: fixed.clone()
+    abar = DDPMScheduler().alphas_cumprod
+    if name == "alphas_cumprod":
+        return lambda betas: abar.clone()
+    if name == "snr":
+        fixed = ref.snr(abar)
+        return lambda a: fixed.clone()
+    x = torch.randn(4, 3, 8, 8, generator=g)
+    fixed = ref.add_noise(x, torch.randn_like(x), torch.tensor([0, 10, 500, 999]), abar)
+    return lambda *a: fixed.clone()
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+@pytest.mark.parametrize("name", NAMES)
+def test_hard_coded_answer_fails(name, seed):
+    with pytest.raises(CheckFailed):
+        run(name, _hard_coded(name), seed)
+
+
+def test_inputs_are_fresh_per_seed():
+    """Two seeds draw different schedules/shapes: record what the learner's function sees."""
+    seen = {}
+    for seed in (0, 1):
+        calls = []
+        run("add_noise", lambda x, eps, t, abar: (calls.append((tuple(x.shape), t.tolist())),
+                                                  ref.add_noise(x, eps, t, abar))[1], seed)
+        seen[seed] = calls
+    assert seen[0] != seen[1]
+
+
+# --------------------------------------------------------------------------- with the machinery
+
+@pytest.fixture
+def pristine_starters(tmp_path, monkeypatch):
+    from helpers.labs import find_lab
+    from helpers.make_starters import strip_solutions
+
+    info = find_lab("lab01")
+    (tmp_path / f"{info.slug}.py").write_text(strip_solutions(info.solution_path.read_text(), "lab01"))
+    monkeypatch.setenv("DIFFUSION_LABS_STARTERS", str(tmp_path))
+    monkeypatch.delenv("DIFFUSION_LABS_MODE", raising=False)
+    return tmp_path / f"{info.slug}.py"
+
+
+def test_check_on_pristine_starter_is_all_todo(pristine_starters, capsys):
+    from helpers.exercise import check
+
+    results = check("lab01", seed=0)
+    assert [r.name for r in results] == NAMES
+    assert [r.status for r in results] == ["todo"] * 4
+    assert "0/4 passed" in capsys.readouterr().out
+
+
+def test_exercise_on_pristine_starter_falls_back_to_reference(pristine_starters, capsys):
+    from helpers.exercise import exercise
+
+    ex = exercise("lab01", seed=0)
+    for n in NAMES:
+        assert getattr(ex, n) is getattr(ref, n)
+        assert ex.origin[n] == "reference" and ex.status[n] == "todo"
+    assert "replaced by the reference" in capsys.readouterr().out
+
+
+def test_exercise_keeps_a_correct_learner_function(pristine_starters, capsys):
+    from helpers.exercise import exercise
+
+    src = pristine_starters.read_text().replace(
+        'raise NotImplementedError("TODO(lab01): snr")', "return alphas_cumprod / (1 - alphas_cumprod)")
+    pristine_starters.write_text(src)
+    ex = exercise("lab01", seed=0)
+    assert ex.origin["snr"] == "yours" and ex.status["snr"] == "passed"
+    assert ex.origin["add_noise"] == "reference"
+
+
+def test_exercise_replaces_a_buggy_learner_function(pristine_starters, capsys):
+    from helpers.exercise import exercise
+
+    src = pristine_starters.read_text().replace(
+        'raise NotImplementedError("TODO(lab01): snr")', "return (1 - alphas_cumprod) / alphas_cumprod")
+    pristine_starters.write_text(src)
+    ex = exercise("lab01", seed=0)
+    assert ex.status["snr"] == "failed" and ex.snr is ref.snr
+    assert "the inverse" in ex.results["snr"].message
+
+
+def test_solutions_mode_returns_the_reference(pristine_starters, monkeypatch, capsys):
+    from helpers.exercise import exercise
+
+    monkeypatch.setenv("DIFFUSION_LABS_MODE", "solutions")
+    ex = exercise("lab01")
+    assert all(getattr(ex, n) is getattr(ref, n) for n in NAMES)
+    assert set(ex.status.values()) == {"reference"}
+
+
+# --------------------------------------------------------------------------- the page's helpers
+
+def test_show_source_slices_by_markers(capsys):
+    from helpers.reading import show_source, source_lines
+
+    first, lines, note = source_lines(DDPMScheduler.add_noise, start="sqrt_alpha_prod = alphas_cumprod",
+                                      stop="noisy_samples =")
+    assert not note and "sqrt_alpha_prod" in lines[0] and lines[-1].strip().startswith("noisy_samples")
+    show_source(DDPMScheduler.__init__, start="if trained_betas", stop='elif beta_schedule == "linear"')
+    out = capsys.readouterr().out
+    assert out.startswith("# diffusers/schedulers/scheduling_ddpm.py, lines ")  # unwrapped, not configuration_utils
+    assert "trained_betas" in out and out.count("\n") == 4
+    show_source(DDPMScheduler.add_noise, start="this marker does not exist")
+    assert "not found in this version" in capsys.readouterr().out
+
+
+def test_plot_helpers_make_figures():
+    import matplotlib.pyplot as plt
+
+    from helpers.plot import image_grid, plot_curves, to_image
+
+    assert to_image(torch.zeros(3, 4, 5)).shape == (4, 5, 3) and to_image(torch.zeros(1, 4, 5)).shape == (4, 5, 3)
+    assert float(to_image(torch.full((3, 2, 2), 5.0)).max()) == 1.0  # clipped
+    fig = image_grid([[torch.zeros(3, 8, 8)] * 3, [torch.ones(3, 8, 8)] * 2], row_labels=["a", "b"],
+                     col_labels=["x", "y", "z"])
+    assert len(fig.axes) == 6
+    ax = plot_curves({"one": torch.arange(5.0), "two": (torch.arange(3), torch.ones(3))}, xlabel="t", ylabel="y")
+    assert len(ax.lines) == 2 and ax.get_xlabel() == "t"
+    plt.close("all")
+
+
+def test_interactive_figure_degrades_to_a_static_figure(monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from helpers import widgets
+
+    calls = []
+
+    def draw(t, schedule):
+        calls.append((t, schedule))
+        return plt.figure()
+
+    monkeypatch.setattr(plt, "show", lambda *a, **k: None)
+    assert not widgets.widgets_available()  # plain pytest: no IPython kernel
+    assert widgets.interactive_figure(draw, t=(0, 999, 1, 250), schedule=["linear", "cosine"]) is None
+    assert calls == [(250, "linear")]
+    with pytest.raises(TypeError):
+        widgets.interactive_figure(draw, t=5)
+    plt.close("all")
+
+
+def test_interactive_figure_controls_redraw_only_on_change(monkeypatch):
+    """With widgets, nothing is drawn inside a widget until a control changes (a headless run
+    never draws into an Output widget: that can hang nbconvert), then each change redraws."""
+    import IPython.display
+    import matplotlib.pyplot as plt
+
+    from helpers import widgets
+
+    calls, shown = [], []
+    monkeypatch.setattr(widgets, "widgets_available", lambda: True)
+    monkeypatch.setattr(IPython.display, "display", lambda *a, **k: shown.extend(a))
+    monkeypatch.setattr(plt, "show", lambda *a, **k: None)
+    widgets.interactive_figure(lambda t, schedule: (calls.append((t, schedule)), plt.figure())[1],
+                               t=(0, 999, 1, 250), schedule=["linear", "cosine"])
+    assert calls == [(250, "linear")]  # the static figure only
+    slider, dropdown = shown[0].children[1].children
+    slider.value = 10
+    dropdown.value = "cosine"
+    assert calls == [(250, "linear"), (10, "linear"), (10, "cosine")]
+    plt.close("all")
