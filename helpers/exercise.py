@@ -261,6 +261,13 @@ def format_table(rows: list[list[str]], headers: list[str], width: int = 100) ->
     return "\n".join(out)
 
 
+class CheckResults(list):
+    """The rows `check` printed; a short repr, so a cell ending in check(...) shows no list dump."""
+
+    def __repr__(self):
+        return f"<{sum(r.status == 'passed' for r in self)}/{len(self)} passed>"
+
+
 def check(lab, seed: int | None = None) -> list[Result]:
     """Check the learner's file and print one row per function: passed, failed (why), TODO,
     error (with your file's line). In solutions mode the reference is checked instead.
@@ -288,4 +295,4 @@ def check(lab, seed: int | None = None) -> list[Result]:
         if r.status in ("failed", "error") and "\n" in r.message:
             print(f"\n{r.name}:\n  " + r.message.replace("\n", "\n  "))
     print(f"\n{passed}/{len(results)} passed")
-    return results
+    return CheckResults(results)

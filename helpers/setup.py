@@ -59,10 +59,11 @@ def setup(seed: int = 0, quiet: bool = False):
     except ImportError:
         pass
     if not quiet:
-        def version(name):
+        def version(name):  # package metadata: no slow import of transformers just to print it
+            from importlib.metadata import PackageNotFoundError, version as _version
             try:
-                return __import__(name).__version__
-            except ImportError:
+                return _version(name)
+            except PackageNotFoundError:
                 return "not installed"
 
         gpu = f" ({torch.cuda.get_device_name(0)})" if device.type == "cuda" else ""
