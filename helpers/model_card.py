@@ -20,35 +20,62 @@ GUIDANCE = (1.0, 2.0, 4.0, 7.5, 12.0)
 STEPS = (5, 10, 25, 50)
 
 
-def measure(folder: Path, quick=False, n=256, n_heldout=96) -> dict:
+_PIPE = None
+
+
+def _load(folder):
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None,
                                                    requires_safety_checker=False,
                                                    local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    base_config = pipe.scheduler.config
+    return pipe
+
+
+def _job(folder, job):
+    """One judge measurement in a worker process (one torch thread: the workers share the CPU)."""
+    global _PIPE
+    torch.set_num_threads(1)
+    if _PIPE is None:
+        _PIPE = _load(folder)
+    acc = evaluate.judge_accuracy(_PIPE, n=job["n"], guidance_scale=job["g"], steps=job["s"],
+                                  scheduler=job["scheduler"], split=job["split"])
+    print(f"{job} -> {acc}", flush=True)
+    return acc
+
+
+def _run_jobs(folder, jobs, workers):
+    if workers <= 1:
+        return [_job(folder, j) for j in jobs]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        return list(pool.map(_job, [folder] * len(jobs), jobs))
+
+
+def measure(folder: Path, quick=False, n=256, n_grid=128, n_heldout=96, n_sched=64, workers=2) -> dict:
+    """Judge accuracy over guidance x steps (n prompts at 25 steps, n_grid elsewhere), on
+    held-out combinations, per scheduler; VAE PSNR; the speed benchmark."""
     if quick:
-        n, n_heldout = 8, 8
+        n, n_grid, n_heldout, n_sched = 8, 8, 8, 8
     grid_g, grid_s = (GUIDANCE[::2], STEPS[:1]) if quick else (GUIDANCE, STEPS)
-    m: dict = {"n_prompts": n, "n_heldout_prompts": n_heldout, "scheduler": "DPM++ 2M"}
+    head_s = grid_s[-1] if quick else 25
+    m: dict = {"n_prompts": n, "n_grid_prompts": n_grid, "n_heldout_prompts": n_heldout,
+               "n_scheduler_prompts": n_sched, "scheduler": "DPM++ 2M"}
     t0 = time.perf_counter()
-    m["grid"] = {}
-    for g in grid_g:
-        for s in grid_s:
-            acc = evaluate.judge_accuracy(pipe, n=n, guidance_scale=g, steps=s, scheduler="DPM++ 2M")
-            m["grid"][f"{g}|{s}"] = acc
-            print(f"guidance {g:>4} steps {s:>2}: {acc}", flush=True)
-    best_g = max(grid_g, key=lambda g: m["grid"][f"{g}|{grid_s[-1] if quick else 25}"]["all"])
+    jobs = [dict(g=g, s=s, n=n if s == head_s else n_grid, scheduler="DPM++ 2M", split="train")
+            for g in grid_g for s in grid_s]
+    m["grid"] = {f"{j['g']}|{j['s']}": acc for j, acc in zip(jobs, _run_jobs(folder, jobs, workers))}
+    best_g = max(grid_g, key=lambda g: m["grid"][f"{g}|{head_s}"]["all"])
     m["best_guidance"] = best_g
-    m["heldout"] = evaluate.judge_accuracy(pipe, n=n_heldout, guidance_scale=best_g,
-                                           steps=grid_s[-1] if quick else 25,
-                                           scheduler="DPM++ 2M", split="heldout")
-    m["schedulers"] = {}
-    for name in evaluate.SCHEDULERS:
-        pipe.scheduler = evaluate.make_scheduler(name, base_config)
-        m["schedulers"][name] = evaluate.judge_accuracy(pipe, n=min(n, 64), guidance_scale=best_g,
-                                                        steps=grid_s[-1] if quick else 25)
+    jobs = [dict(g=best_g, s=head_s, n=n_heldout, scheduler="DPM++ 2M", split="heldout")]
+    jobs += [dict(g=best_g, s=head_s, n=n_sched, scheduler=name, split="train") for name in evaluate.SCHEDULERS]
+    results = _run_jobs(folder, jobs, workers)
+    m["heldout"] = results[0]
+    m["schedulers"] = dict(zip(evaluate.SCHEDULERS, results[1:]))
+    pipe = _load(folder)
+    base_config = pipe.scheduler.config
     pipe.scheduler = evaluate.make_scheduler("DPM++ 2M", base_config)
     m["vae_psnr_db"] = round(evaluate.vae_psnr(pipe.vae, n=64 if quick else 512), 2)
     gt = shapes.make_batch(256, seed=99, split="all")
@@ -133,7 +160,7 @@ Hardware: {info['hardware']}. Time: {t.get('total_s', 0) / 60:.1f} min in all (V
 
 ## Judge accuracy
 
-{m['n_prompts']} prompts from the training split's attribute combinations (new seeds), DPM++ 2M (`DPMSolverMultistepScheduler`).
+Prompts from the training split's attribute combinations (new seeds): {m['n_prompts']} at 25 steps, {m['n_grid_prompts']} at the other step counts; DPM++ 2M (`DPMSolverMultistepScheduler`).
 Cells: colour / shape / all four attributes right.
 
 {head}
@@ -144,7 +171,7 @@ At guidance {m['best_guidance']:g}, 25 steps: colour {_pct(best['color'])}, shap
 
 Held-out combinations (compositional generalisation: colour/shape pairs never seen together in training), {m['n_heldout_prompts']} prompts, guidance {m['best_guidance']:g}, 25 steps: colour {_pct(h['color'])}, shape {_pct(h['shape'])}, size {_pct(h['size'])}, position {_pct(h['position'])}, all {_pct(h['all'])}.
 
-Every scheduler swapped in with `from_config`, guidance {m['best_guidance']:g}, 25 steps, {min(m['n_prompts'], 64)} prompts:
+Every scheduler swapped in with `from_config`, guidance {m['best_guidance']:g}, 25 steps, {m['n_scheduler_prompts']} prompts:
 
 | scheduler | colour | shape | size | position | all | seconds |
 |---|---|---|---|---|---|---|
@@ -168,10 +195,10 @@ learner can see, and the judge counts them.
 """
 
 
-def write_card(folder, quick=False) -> dict:
+def write_card(folder, quick=False, workers=2) -> dict:
     folder = Path(folder)
     info = json.loads((folder / "train_info.json").read_text())
-    m = measure(folder, quick=quick)
+    m = measure(folder, quick=quick, workers=workers)
     (folder / "metrics.json").write_text(json.dumps(m, indent=2))
     (folder / "README.md").write_text(render_card(folder, m, info))
     return m
@@ -181,8 +208,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("folder", type=Path)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--workers", type=int, default=2, help="processes sharing the evaluation")
     args = ap.parse_args(argv)
-    write_card(args.folder, quick=args.quick)
+    write_card(args.folder, quick=args.quick, workers=args.workers)
     from helpers.zoo import write_manifest
     write_manifest(args.folder)
 

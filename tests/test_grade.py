@@ -1,33 +1,40 @@
-"""The grader: scores, isolation of hostile learner files, JSON report."""
+"""The grader: exact scores on a corpus of hostile submissions, a class of twenty learners
+end to end through the CLI, isolation, integrity, determinism, seed streams.
+
+Workers are forked from one server that has torch imported (helpers.grading.forkserver),
+so a whole class costs seconds; one test runs the slow path (a fresh interpreter per
+worker) and checks it grades the same.
+"""
 from __future__ import annotations
 
+import csv
 import json
+import random
+import re
 import shutil
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import pytest
+import torch
 
 from helpers import grade, labs
 from helpers.labs import find_lab, repo_root
 
-TIMEOUT = 20  # generous on a loaded 2-core machine; the worker starts in ~1-3 s
+TIMEOUT = 20  # generous on a loaded 2-core machine
+CORPUS = Path(__file__).parent / "grading"
+LAB01 = repo_root() / "helpers/solutions/lab01_forward_noise.py"
+needs_lab01 = pytest.mark.skipif(not LAB01.exists(), reason="lab01 solution not written yet")
+FUNCS = ["make_betas", "alphas_cumprod", "add_noise", "snr"]
 
 
 def statuses(rows):
     return {r.function: r.status for r in rows}
 
 
-def test_pristine_fake_starter_scores_zero(fake_lab):
-    rows = grade.grade_lab(fake_lab.info, fake_lab.write_pristine(), timeout=TIMEOUT)
-    assert statuses(rows) == {"double": "todo", "quad": "todo"}
-
-
-def test_solution_copy_scores_full(fake_lab, tmp_path):
-    report = grade.grade_learner(tmp_path / "sol" if fake_lab.write_solution_copy(tmp_path / "sol") else None,
-                                 labs=["lab99"], timeout=TIMEOUT)
-    assert report.score() == (2, 2)
-
+# --------------------------------------------------------------------------- the fake lab
 
 HOSTILE = {
     "infinite loop": ("def double(x):\n    while True:\n        pass\n\ndef quad(x):\n    return 4 * x\n",
@@ -44,24 +51,33 @@ HOSTILE = {
                              {"double": "while importing your file", "quad": "exited with code 0"}),
     "segfault": ("import ctypes\n\ndef double(x):\n    ctypes.string_at(0)\n\ndef quad(x):\n    return 4 * x\n",
                  {"double": "crashed (SIGSEGV)", "quad": "not run"}),
-    "huge output": ("def double(x):\n    for _ in range(200000):\n        print('spam' * 100)\n    return 2 * x\n\n"
+    "huge output": ("def double(x):\n    for _ in range(20000):\n        print('spam' * 100)\n    return 2 * x\n\n"
                     "def quad(x):\n    return 4 * x\n", {"double": None, "quad": None}),
 }
 
 
-@pytest.mark.parametrize("case", list(HOSTILE))
-def test_hostile_learner_file_fails_only_its_rows(fake_lab, tmp_path, case):
-    body, expected = HOSTILE[case]
-    path = fake_lab.write(body, tmp_path / "learner")
-    timeout = 3 if case == "infinite loop" else TIMEOUT
-    rows = grade.grade_lab(fake_lab.info, path, timeout=timeout)
-    assert [r.function for r in rows] == ["double", "quad"]
-    for r in rows:
-        want = expected[r.function]
-        if want is None:
-            assert r.status == ("error" if "SystemExit" in r.message else "passed"), r
-        else:
-            assert r.status == "error" and want in r.message, r
+def test_fake_lab_class_hostile_pristine_and_solution(fake_lab, tmp_path):
+    """Every hostile case, a pristine starter and a solution copy, graded as one class."""
+    subs = tmp_path / "subs"
+    for i, (case, (body, _)) in enumerate(HOSTILE.items()):
+        fake_lab.write(body, subs / f"h{i}")
+    fake_lab.write_pristine(subs / "pristine")
+    fake_lab.write_solution_copy(subs / "solution")
+    learners = {lr.name: lr for lr in grade.grade_class(subs, ["lab99"], out=None, timeout=5, jobs=2,
+                                                        progress=False)}
+    assert statuses(learners["pristine"].report.rows) == {"double": "todo", "quad": "todo"}
+    assert learners["solution"].report.score() == (2, 2)
+    for i, (case, (_, expected)) in enumerate(HOSTILE.items()):
+        rows = learners[f"h{i}"].report.rows
+        assert [r.function for r in rows] == ["double", "quad"], case
+        for r in rows:
+            want = expected[r.function]
+            if want is None:
+                assert r.status == ("error" if "SystemExit" in r.message else "passed"), (case, r)
+            else:
+                assert r.status == "error" and want in r.message, (case, r)
+    out = learners["h7"].report.lab_info["lab99"]["output"]  # huge output: kept head, counted tail
+    assert out.startswith("spam") and len(out) < grade.OUTPUT_LIMIT + 200 and "more bytes not shown" in out
 
 
 def test_one_bad_lab_does_not_touch_another(fake_lab, tmp_path, monkeypatch):
@@ -82,17 +98,21 @@ def test_missing_file(fake_lab, tmp_path):
     assert statuses(rows) == {"double": "error", "quad": "error"} and "not found" in rows[0].message
 
 
-def test_report_json_and_table(fake_lab, tmp_path):
+def test_report_json_and_table_single_learner_slow_path(fake_lab, tmp_path):
+    """One lab of one learner: a fresh interpreter (no fork server)."""
     fake_lab.write("def double(x):\n    return 2 * x\n\ndef quad(x):\n    return x\n", tmp_path / "l")
-    report = grade.grade_learner(tmp_path / "l", labs=["lab99"], seed=5, timeout=TIMEOUT)
+    report = grade.grade_learner(tmp_path / "l", labs=["lab99"], seed=5, timeout=TIMEOUT, fork=False)
     data = json.loads(json.dumps(report.to_dict()))
     assert data["seed"] == 5 and data["stream"] == "grade"
-    assert (data["passed"], data["total"]) == (1, 2) and data["labs"] == {"lab99": {"passed": 1, "total": 2}}
+    assert (data["passed"], data["total"]) == (1, 2) and data["labs"]["lab99"]["passed"] == 1
+    assert data["labs"]["lab99"]["total"] == 2 and data["labs"]["lab99"]["outcome"] == "finished"
     assert {r["function"]: r["status"] for r in data["rows"]} == {"double": "passed", "quad": "failed"}
     assert set(data["rows"][0]) == {"lab", "function", "status", "message", "seconds"}
     text = grade.format_report(report)
     assert "lab99: 1/2" in text and "total: 1/2 (50%)" in text and "seed 5" in text
 
+
+# --------------------------------------------------------------------------- seeds
 
 def test_grade_and_notebook_seed_streams_differ():
     from helpers.checks._core import make_generator
@@ -102,19 +122,263 @@ def test_grade_and_notebook_seed_streams_differ():
     assert a == make_generator(1, "f", "notebook").initial_seed() != make_generator(1, "g").initial_seed()
 
 
+@needs_lab01
+def test_answer_tuned_to_the_notebook_fails_the_grader():
+    """A learner who replays what the notebook's check asked (same seed) passes the notebook
+    check and fails the grader: the grader's inputs come from another stream."""
+    from helpers.checks import lab01_forward_noise as checks
+    from helpers.checks._core import make_generator, run_check
+    from helpers.solutions import lab01_forward_noise as ref
+
+    seed = grade.DEFAULT_SEED
+    recorded = []
+
+    def recorder(abar):
+        recorded.append(ref.snr(abar))
+        return recorded[-1]
+
+    assert run_check(checks.check_snr, recorder, make_generator(seed, "snr", "notebook")).status == "passed"
+    replay = list(recorded)
+
+    def tuned():
+        calls = iter(replay)
+        return lambda abar: next(calls).clone()
+
+    assert run_check(checks.check_snr, tuned(), make_generator(seed, "snr", "notebook")).status == "passed"
+    res = run_check(checks.check_snr, tuned(), make_generator(seed, "snr", grade.STREAM))
+    assert res.status == "failed", res
+
+
+# --------------------------------------------------------------------------- integrity (in-process)
+
+def test_snapshot_detects_and_restores_patches():
+    import types
+
+    from helpers.grading.integrity import Snapshot
+
+    mod = types.ModuleType("fake_checks_mod")
+    mod.TOL = {"f32": {"atol": 1e-6}}
+
+    def ref_fn(x):
+        return 2 * x
+
+    mod.ref_fn = ref_fn
+    mod.torch = torch
+    snap = Snapshot([mod], [torch])
+    assert snap.changes() == []
+    real_allclose, real_code = torch.allclose, ref_fn.__code__
+    try:
+        torch.allclose = lambda *a, **k: True
+        mod.TOL["f32"]["atol"] = 1e9
+        ref_fn.__code__ = (lambda x: x).__code__
+        mod.isinstance = lambda *a: True
+        changed = snap.changes()
+        assert {"torch.allclose", "fake_checks_mod.TOL", "fake_checks_mod.ref_fn",
+                "fake_checks_mod.isinstance (added)"} <= set(changed), changed
+        assert snap.restore() == []
+    finally:
+        torch.allclose = real_allclose
+        ref_fn.__code__ = real_code
+    assert torch.allclose is real_allclose and mod.TOL == {"f32": {"atol": 1e-6}} and mod.ref_fn(3) == 6
+    assert not hasattr(mod, "isinstance") and snap.changes() == []
+
+
+# --------------------------------------------------------------------------- the corpus (lab01)
+
+P, F, T, E = "passed", "failed", "todo", "error"
+MODIFIED = grade.MODIFIED
+# learner -> {function: (status, substring of the message or None)}
+EXPECTED = {
+    "perfect": {f: (P, None) for f in FUNCS},
+    "perfect_zip": {f: (P, None) for f in FUNCS},
+    "pristine": {f: (T, "TODO(lab01)") for f in FUNCS},
+    "empty_folder": {f: (E, "file not found") for f in FUNCS},
+    "bad_zip": {f: (E, "could not read the zip") for f in FUNCS},
+    "hardcoded": {f: (F, None) for f in FUNCS},
+    "huge_output": {f: (P, None) for f in FUNCS},
+    "import_error": {f: (E, "could not be loaded: RuntimeError: this file needs a GPU") for f in FUNCS},
+    "syntax_error": {f: (E, "SyntaxError") for f in FUNCS},
+    "infinite_loop": {"make_betas": (P, None), "alphas_cumprod": (E, "timed out after 8 s while checking alphas_cumprod"),
+                      "add_noise": (E, "not run: timed out"), "snr": (E, "not run: timed out")},
+    "segfault": {"make_betas": (P, None), "alphas_cumprod": (E, "crashed (SIGSEGV)"),
+                 "add_noise": (E, "not run: the process crashed (SIGSEGV)"), "snr": (E, "not run")},
+    "sys_exit": {"make_betas": (P, None), "alphas_cumprod": (P, None), "add_noise": (E, "SystemExit: 3"),
+                 "snr": (P, None)},
+    "os_exit": {"make_betas": (P, None), "alphas_cumprod": (P, None), "add_noise": (P, None),
+                "snr": (E, "exited with code 0 while checking snr")},
+    "memory_hog": {"make_betas": (P, None), "alphas_cumprod": (E, "can't allocate memory"),
+                   "add_noise": (P, None), "snr": (P, None)},
+    "network_and_processes": {"make_betas": (E, "blocked by the grader"), "alphas_cumprod": (P, None),
+                              "add_noise": (P, None), "snr": (E, "blocked by the grader: starting a process")},
+    "patch_torch_at_import": {f: (F, f"{MODIFIED} while loading your file: torch.allclose") for f in FUNCS},
+    "patch_checker_at_import": {f: (F, "helpers.checks._core.assert_close") for f in FUNCS},
+    "patch_reference_at_import": {f: (F, "helpers.solutions.lab01_forward_noise.snr") for f in FUNCS},
+    "patch_in_call": {"make_betas": (P, None), "alphas_cumprod": (P, None),
+                      "add_noise": (F, f"{MODIFIED} while add_noise was checked: "
+                                       "helpers.checks.lab01_forward_noise.TOL_XT"),
+                      "snr": (F, "helpers.solutions.lab01_forward_noise.snr, torch.allclose")},
+    "typical_bugs": {"make_betas": (F, "Likely bug: you returned the plain linear schedule"),
+                     "alphas_cumprod": (P, None), "snr": (P, None),
+                     "add_noise": (F, "Likely bug: missing square root on the noise coefficient")},
+    "uses_reference": {"make_betas": (F, "is the reference solution imported from"),
+                       "alphas_cumprod": (F, "is not defined in your file"),
+                       "add_noise": (F, "calls the reference solution"), "snr": (P, None)},
+}
+
+
+def _copy_solutions(folder: Path, keys=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    for info in labs.available_labs():
+        if keys is None or info.key in keys:
+            shutil.copy(info.solution_path, folder / f"{info.slug}.py")
+
+
+def build_corpus(root: Path) -> Path:
+    subs = root / "corpus"
+    for case in sorted(p for p in CORPUS.iterdir() if p.is_dir() and p.name != "parts"):
+        shutil.copytree(case, subs / case.name)
+    _copy_solutions(subs / "perfect", ["lab01"])
+    (subs / "pristine").mkdir()
+    shutil.copy(repo_root() / "starters/lab01_forward_noise.py", subs / "pristine")
+    with zipfile.ZipFile(subs / "perfect_zip.zip", "w") as zf:  # a zip of starters/, with a slip attempt
+        zf.write(LAB01, "starters/lab01_forward_noise.py")
+        zf.writestr("../../evil.py", "print('zip slip')")
+    (subs / "bad_zip.zip").write_bytes(b"this is not a zip")
+    (subs / "empty_folder").mkdir()
+    return subs
+
+
+@pytest.fixture(scope="module")
+def corpus_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    subs = build_corpus(root)
+    learners = grade.grade_class(subs, ["lab01"], out=root / "out", timeout=8, jobs=2, progress=False)
+    return {lr.name: lr for lr in learners}, root
+
+
+@needs_lab01
+def test_corpus_is_complete(corpus_run):
+    learners, root = corpus_run
+    assert sorted(learners) == sorted(EXPECTED)
+    assert not (root / "evil.py").exists() and not (root.parent / "evil.py").exists()
+
+
+@needs_lab01
+@pytest.mark.parametrize("learner", sorted(EXPECTED))
+def test_corpus_exact_scores(corpus_run, learner):
+    lr = corpus_run[0][learner]
+    rows = {r.function: r for r in lr.report.rows}
+    assert list(rows) == FUNCS
+    for f, (status, text) in EXPECTED[learner].items():
+        assert rows[f].status == status, (f, rows[f])
+        if text:
+            assert text in rows[f].message, (f, rows[f].message)
+    want = sum(s == P for s, _ in EXPECTED[learner].values())
+    assert lr.report.score() == (want, 4)
+
+
+@needs_lab01
+def test_corpus_slow_path_grades_the_same(corpus_run, tmp_path):
+    """The fallback without the fork server (a fresh interpreter per worker) gives the same rows."""
+    learners, _ = corpus_run
+    for name in ("typical_bugs", "patch_in_call"):
+        rows = grade.grade_lab(find_lab("lab01"), CORPUS / name / "lab01_forward_noise.py", timeout=TIMEOUT)
+        assert [(r.function, r.status, r.message) for r in rows] == \
+            [(r.function, r.status, r.message) for r in learners[name].report.rows]
+
+
+# --------------------------------------------------------------------------- a class of twenty
+
+def _function_sources(path: Path) -> tuple[str, dict[str, str]]:
+    """(header, {name: source of the top-level def})."""
+    text = path.read_text()
+    parts = re.split(r"(?m)^(?=def )", text)
+    return parts[0], {re.match(r"def (\w+)", p).group(1): p.rstrip() + "\n\n\n" for p in parts[1:]}
+
+
+def make_class(root: Path) -> tuple[Path, dict[str, dict[str, str]]]:
+    """Twenty learners: sixteen with every mix of correct/buggy functions (in a shuffled
+    order of names), a zip, and three from the hostile corpus. Returns the folder and each
+    learner's expected statuses."""
+    head, good = _function_sources(CORPUS / "parts/good.py")
+    _, bad = _function_sources(CORPUS / "parts/buggy.py")
+    subs, expected = root / "class", {}
+    names = [f"learner{i:02d}" for i in range(20)]
+    random.Random(0).shuffle(names)
+    for mask in range(16):
+        name = names[mask]
+        body = head + "".join(good[f] if mask >> i & 1 else bad[f] for i, f in enumerate(FUNCS))
+        (subs / name / "starters").mkdir(parents=True)
+        (subs / name / "starters" / "lab01_forward_noise.py").write_text(body)
+        expected[name] = {f: P if mask >> i & 1 else F for i, f in enumerate(FUNCS)}
+    with zipfile.ZipFile(subs / f"{names[16]}.zip", "w") as zf:
+        zf.writestr("lab01_forward_noise.py", head + good["make_betas"] + bad["alphas_cumprod"]
+                    + good["add_noise"] + good["snr"])
+    expected[names[16]] = {"make_betas": P, "alphas_cumprod": F, "add_noise": P, "snr": P}
+    for name, case, exp in [(names[17], "infinite_loop", [P, E, E, E]), (names[18], "patch_in_call", [P, P, F, F]),
+                            (names[19], "segfault", [P, E, E, E])]:
+        shutil.copytree(CORPUS / case, subs / name)
+        expected[name] = dict(zip(FUNCS, exp))
+    return subs, expected
+
+
+@needs_lab01
+def test_class_of_twenty_end_to_end(tmp_path):
+    """`python -m helpers.grade SUBMISSIONS --out OUT` on twenty learners: CSV, JSON, feedback."""
+    subs, expected = make_class(tmp_path)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "helpers.grade", str(subs), "--lab", "01", "--out", str(out),
+           "--timeout", "8", "--jobs", "2", "--seed", "7"]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "20 learners graded [seed 7]" in run.stdout
+    assert len(run.stdout) < 20000 and len(run.stderr) < 20000  # no learner output reaches the terminal
+
+    rows = list(csv.DictReader((out / "grades.csv").open()))
+    assert [r["learner"] for r in rows] == sorted(expected)
+    assert list(rows[0]) == ["learner", "lab01", "total", "max", "percent", "seed"]
+    for r in rows:
+        want = sum(s == P for s in expected[r["learner"]].values())
+        assert (int(r["lab01"]), int(r["total"]), int(r["max"]), r["seed"]) == (want, want, 4, "7"), r
+        assert float(r["percent"]) == round(100 * want / 4, 1)
+
+    data = json.loads((out / "grades.json").read_text())
+    assert data["seed"] == 7 and data["stream"] == "grade" and data["labs"] == {"lab01": {"functions": FUNCS, "max": 4}}
+    assert [lr["learner"] for lr in data["learners"]] == sorted(expected)
+    for lr in data["learners"]:
+        assert {r["function"]: r["status"] for r in lr["rows"]} == expected[lr["learner"]], lr["learner"]
+        assert all(set(r) == {"lab", "function", "status", "message", "seconds"} for r in lr["rows"])
+        assert lr["labs"]["lab01"]["outcome"]
+
+    fb = {p.stem: p.read_text() for p in (out / "feedback").glob("*.md")}
+    assert sorted(fb) == sorted(expected)
+    all_bad = [n for n, e in expected.items() if set(e.values()) == {F}][0]
+    text = fb[all_bad]
+    assert "Score: **0/4**" in text and "seed 7" in text
+    for hint in ("Likely bug: you returned the plain linear schedule", "Likely bug: you returned the inverse",
+                 "Likely bug: missing square root on the noise coefficient"):
+        assert hint in text
+    all_good = [n for n, e in expected.items() if set(e.values()) == {P}][0]
+    assert "Score: **4/4**" in fb[all_good] and "Likely bug" not in fb[all_good]
+
+    # Deterministic: the same class, graded again one worker at a time, gets the same rows.
+    again = grade.grade_class(subs, ["lab01"], out=None, seed=7, timeout=8, jobs=1, progress=False)
+    for lr in again:
+        before = [lr2 for lr2 in data["learners"] if lr2["learner"] == lr.name][0]["rows"]
+        assert [(r.function, r.status, r.message) for r in lr.report.rows] == \
+            [(r["function"], r["status"], r["message"]) for r in before], lr.name
+
+
 # --------------------------------------------------------------------------- the real labs, CLI
 
 REAL = [i for i in labs.available_labs()]
 
 
-@pytest.mark.skipif(not (repo_root() / "helpers/solutions/lab01_forward_noise.py").exists(),
-                    reason="lab01 solution not written yet")
+@needs_lab01
 def test_cli_real_labs_pristine_zero_and_solutions_full(tmp_path):
-    """`python -m helpers.grade` on every real lab: pristine starters 0, solution copies 100%."""
+    """`python -m helpers.grade --starters` on every real lab: pristine starters 0, solution copies 100%."""
     sol = tmp_path / "sol"
-    sol.mkdir()
-    for info in REAL:
-        shutil.copy(info.solution_path, sol / f"{info.slug}.py")
+    _copy_solutions(sol)
     cmd = [sys.executable, "-m", "helpers.grade", "--timeout", "300"]
     pristine = subprocess.run(cmd + ["--starters", str(repo_root() / "starters"), "--json", str(tmp_path / "p.json")],
                               capture_output=True, text=True, cwd=tmp_path)

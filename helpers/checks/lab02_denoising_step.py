@@ -1,0 +1,572 @@
+"""Checks of Lab 02 (denoising step): one ``check_<name>(fn, gen)`` per exercise.
+
+Every check draws fresh inputs from ``gen`` (beta schedule, T, prediction type, sample rank
+1..5 with random sizes, batch, timesteps, the number of inference steps n and the timestep
+spacing of ``set_timesteps(n)``, dtype) and compares the learner's output with the reference
+solution AND with ``diffusers.DDPMScheduler`` on the same inputs (``step`` gets the same
+noise through a generator seeded like the one that drew ``variance_noise``). When the output
+matches what a typical bug returns, the message names that bug: the ``diagnose`` candidates
+below are those bugs, computed in float64 on the same inputs.
+"""
+import math
+
+import torch
+from diffusers import DDPMScheduler
+from diffusers.utils.torch_utils import randn_tensor
+
+from helpers.checks._core import CheckFailed, assert_close, choice, describe, describe_exception, randint
+from helpers.solutions import lab02_denoising_step as ref
+
+LAB = "lab02"
+
+SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+SPACINGS = ("leading", "trailing", "linspace")
+
+# Tolerances, |got - expected| <= atol + rtol * |expected| elementwise. The reference computes
+# like diffusers, in the samples' dtype with float32 schedule scalars; a correct rewrite
+# (rsqrt, DDPM eq. 11 for the mean, float64 then cast) differs by a few float32 ulps, far
+# below every typical bug (the smallest, an off-by-one timestep, changes abar_t by beta_t ~ 1e-4
+# relative at interior t).
+TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5),
+       torch.float64: dict(atol=1e-6, rtol=1e-6),  # the schedule itself is float32
+       torch.float16: dict(atol=2e-2, rtol=2e-2)}
+
+EQ_X0 = ("x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (DDPM eq. 4) solved for x_0: "
+         "'epsilon': x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) (eq. 15); 'sample': x_0 = model_output; "
+         "'v_prediction': x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v (Salimans & Ho 2022)")
+EQ_V = "v = sqrt(abar_t) * eps - sqrt(1 - abar_t) * x_0 (Salimans & Ho 2022, Sec. 4), `sample` being x_0"
+EQ_STEP = ("DDPM eq. 7: mean = sqrt(abar_prev) beta_t / (1 - abar_t) x0_hat + sqrt(alpha_t) (1 - abar_prev) / "
+           "(1 - abar_t) x_t, variance = (1 - abar_prev) / (1 - abar_t) beta_t, with abar_prev = "
+           "alphas_cumprod[prev_timestep] (1 if prev_timestep < 0), alpha_t = abar_t / abar_prev, beta_t = 1 - alpha_t; "
+           "x_prev = mean + sqrt(variance) * variance_noise, and no noise when t = 0")
+RESHAPE_HINT = ("abar_t = alphas_cumprod[timesteps] has shape (B,); reshape it to (B, 1, ..., 1), one 1 per "
+                "dimension after the batch one (abar_t.reshape(-1, *[1] * (x.ndim - 1))), so it broadcasts "
+                "for samples of ANY rank.")
+
+
+# --------------------------------------------------------------------------- random inputs
+
+def _random_scheduler(gen, prediction_type="epsilon", **extra):
+    """A DDPMScheduler (clip_sample=False) with a random schedule and T, and its description."""
+    schedule = choice(gen, SCHEDULES)
+    T = randint(gen, 100, 1000)
+    kw = dict(beta_schedule=schedule, num_train_timesteps=T, clip_sample=False, prediction_type=prediction_type)
+    if schedule == "scaled_linear":
+        kw.update(beta_start=0.00085, beta_end=0.012)  # Stable Diffusion's
+    kw.update(extra)
+    sched = DDPMScheduler(**kw)
+    desc = f"DDPMScheduler({', '.join(f'{k}={v!r}' for k, v in kw.items())})"
+    return sched, desc
+
+
+def _shape(gen, rank, batch):
+    sizes = [s for s in range(2, 7) if s != batch]
+    return (batch,) + tuple(choice(gen, sizes) for _ in range(rank - 1))
+
+
+def _randn(gen, shape, dtype=torch.float32):
+    return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+
+
+def _timesteps(gen, B, T, edges):
+    if edges:  # 0 and T-1 always present
+        t = torch.randint(0, T, (B,), generator=gen)
+        t[0], t[-1] = 0, T - 1
+    else:  # interior: every off-by-one candidate is defined and distinct
+        t = torch.randint(1, T - 1, (B,), generator=gen)
+    return t
+
+
+def _dt(x):
+    return str(x.dtype).replace("torch.", "")
+
+
+def _bshape(abar_t, x):
+    return abar_t.reshape(-1, *[1] * (x.ndim - 1))
+
+
+def _call(fn, name, *args, rank=4):
+    """Call the learner; explain a broadcasting error."""
+    try:
+        return fn(*args)
+    except NotImplementedError:
+        raise
+    except RuntimeError as exc:
+        if rank != 4 or "size of tensor" in str(exc):
+            raise CheckFailed(f"Likely bug: abar_t broadcasts for one rank only: reshape it to (B, 1, ..., 1).\n"
+                              f"{name} raised {describe_exception(exc)}\nHint: {RESHAPE_HINT}") from exc
+        raise
+
+
+def _shape_dtype(name, got, x):
+    if isinstance(got, torch.Tensor) and got.shape != x.shape:
+        raise CheckFailed(f"Likely bug: abar_t broadcasts for one rank only: reshape it to (B, 1, ..., 1).\n"
+                          f"{name}: expected shape {tuple(x.shape)} (the samples' shape), got "
+                          f"{tuple(got.shape)}.\nHint: {RESHAPE_HINT}")
+    if isinstance(got, torch.Tensor) and got.dtype != x.dtype:
+        raise CheckFailed(f"Likely bug: dtype not kept: cast alphas_cumprod to the samples' dtype.\n"
+                          f"{name}: expected {x.dtype} (the samples' dtype), got {got.dtype}.\nHint: "
+                          f"alphas_cumprod is float32; alphas_cumprod.to(device=sample.device, dtype=sample.dtype) "
+                          f"before indexing, as in Lab 01's add_noise.")
+
+
+# --------------------------------------------------------------------------- pred_original_sample
+
+def _x0_64(mo, t, x, abar, ptype):
+    """The reference in float64 (abar_t of shape (B,) or a 0-d tensor)."""
+    return ref.pred_original_sample(mo.double(), t, x.double(), abar.double(), ptype)
+
+
+def _x0_bugs(mo, t, x, abar, ptype):
+    """Typical wrong x0_hat on these inputs, in float64."""
+    mo, x, abar = mo.double(), x.double(), abar.double()
+    T = abar.shape[0]
+    prev = torch.cat([abar.new_ones(1), abar[:-1]])
+    one_step_alpha = abar / prev
+    a = _bshape(abar[t], x)
+    s, al = (1 - a).sqrt(), a.sqrt()
+    al1 = _bshape(one_step_alpha[t], x)
+
+    def eps_x0(ab):
+        return (x - (1 - ab).sqrt() * mo) / ab.sqrt()
+
+    def v_x0(ab):
+        return ab.sqrt() * x - (1 - ab).sqrt() * mo
+
+    bugs = []
+    if ptype == "epsilon":
+        bugs += [
+            ("you used the one-step alpha_t = 1 - beta_t where eq. 15 needs the cumulative abar_t = "
+             "alphas_cumprod[t] (x_t was made from x_0 in one jump with abar_t).", eps_x0(al1)),
+            ("missing square root on the noise coefficient: subtract sqrt(1 - abar_t) * eps, not (1 - abar_t) * eps.",
+             (x - (1 - a) * mo) / al),
+            ("missing square root on the signal coefficient: divide by sqrt(abar_t), not abar_t.", (x - s * mo) / a),
+            ("wrong sign: x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t): the noise is SUBTRACTED.",
+             (x + s * mo) / al),
+            ("you multiplied by sqrt(abar_t); solving x_t = sqrt(abar_t) x_0 + ... for x_0 DIVIDES by it.",
+             (x - s * mo) * al),
+            ("the coefficients are swapped: x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t).", (x - al * mo) / s),
+            ("you returned the model output itself: that is x_0 only for prediction_type='sample'; for "
+             "'epsilon' it is the predicted noise.", mo.clone()),
+            ("you used the v_prediction formula for 'epsilon'.", v_x0(a)),
+            ("timesteps are off by one: you used abar_{t-1} (alphas_cumprod[t - 1]); use alphas_cumprod[t].",
+             eps_x0(_bshape(abar[t - 1], x))),
+        ]
+        if int(t.max()) + 1 < T:
+            bugs.append(("timesteps are off by one: you used abar_{t+1}; use alphas_cumprod[t].",
+                         eps_x0(_bshape(abar[t + 1], x))))
+    elif ptype == "v_prediction":
+        bugs += [
+            ("alpha and sigma are swapped (the sin/cos roles): with alpha = sqrt(abar_t) = cos(phi) and "
+             "sigma = sqrt(1 - abar_t) = sin(phi), x_0 = alpha * x_t - sigma * v, not sigma * x_t - alpha * v.",
+             s * x - al * mo),
+            ("wrong sign: x_0 = sqrt(abar_t) x_t MINUS sqrt(1 - abar_t) v (v = alpha eps - sigma x_0).",
+             al * x + s * mo),
+            ("you returned eps = sigma x_t + alpha v, not x_0 = alpha x_t - sigma v.", s * x + al * mo),
+            ("missing square roots: alpha = sqrt(abar_t), sigma = sqrt(1 - abar_t).", a * x - (1 - a) * mo),
+            ("you used the one-step alpha_t = 1 - beta_t where the formula needs abar_t = alphas_cumprod[t].",
+             v_x0(al1)),
+            ("you used the epsilon formula for 'v_prediction': x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v.",
+             eps_x0(a)),
+            ("you returned the model output itself: for 'v_prediction' it is v, not x_0.", mo.clone()),
+            ("timesteps are off by one: you used abar_{t-1} (alphas_cumprod[t - 1]); use alphas_cumprod[t].",
+             v_x0(_bshape(abar[t - 1], x))),
+        ]
+        if int(t.max()) + 1 < T:
+            bugs.append(("timesteps are off by one: you used abar_{t+1}; use alphas_cumprod[t].",
+                         v_x0(_bshape(abar[t + 1], x))))
+    else:
+        bugs += [
+            ("for prediction_type='sample' the model output IS x_0: return it unchanged.", eps_x0(a)),
+            ("for prediction_type='sample' the model output IS x_0: return it unchanged (not x_t).", x.clone()),
+            ("for prediction_type='sample' the model output IS x_0: return it unchanged.", v_x0(a)),
+        ]
+    return bugs
+
+
+def _diffusers_x0(sched, mo, t, x):
+    """diffusers' pred_original_sample, one `step` per sample (step takes one timestep)."""
+    rows = []
+    for i in range(x.shape[0]):
+        ti = int(t[i])
+        out = sched.step(mo[i:i + 1], ti, x[i:i + 1], generator=torch.Generator().manual_seed(0))
+        rows.append(out.pred_original_sample)
+    return torch.cat(rows)
+
+
+def check_pred_original_sample(fn, gen):
+    """Each prediction type on 4-D float32 samples (interior t, then t = 0 and T-1), every
+    other rank, float64 and float16, a second device, and an unknown type (ValueError)."""
+    order = [PREDICTION_TYPES[i] for i in torch.randperm(3, generator=gen).tolist()]
+    for ptype in order:
+        sched, desc = _random_scheduler(gen, ptype)
+        abar = sched.alphas_cumprod.clone()  # (T,) float32
+        T = abar.shape[0]
+        for edges in (False, True):
+            B = randint(gen, 2, 6)
+            x = _randn(gen, _shape(gen, 4, B))
+            mo = _randn(gen, x.shape)
+            t = _timesteps(gen, B, T, edges)
+            name = (f"pred_original_sample(model_output, timesteps {t.tolist()}, sample {tuple(x.shape)} "
+                    f"{_dt(x)}, alphas_cumprod of {desc}, prediction_type={ptype!r})")
+            abar_in = abar.clone()
+            got = _call(fn, name, mo, t, x, abar_in, ptype)
+            if not torch.equal(abar_in, abar):
+                raise CheckFailed(f"{name}: your function changed `alphas_cumprod` in place; build new tensors.")
+            _shape_dtype(name, got, x)
+            assert_close(name, got, ref.pred_original_sample(mo, t, x, abar, ptype), **TOL[torch.float32],
+                         diagnose=_x0_bugs(mo, t, x, abar, ptype) if not edges else None, hint=EQ_X0 + ".")
+            assert_close(f"{name} vs diffusers DDPMScheduler.step(...).pred_original_sample", got,
+                         _diffusers_x0(sched, mo, t, x), **TOL[torch.float32])
+
+    # Every other rank, every type.
+    sched, desc = _random_scheduler(gen)
+    abar = sched.alphas_cumprod
+    T = abar.shape[0]
+    for rank in (1, 2, 3, 5):
+        ptype = choice(gen, PREDICTION_TYPES)
+        B = randint(gen, 2, 6)
+        x = _randn(gen, _shape(gen, rank, B))
+        mo, t = _randn(gen, x.shape), _timesteps(gen, B, T, edges=True)
+        name = (f"pred_original_sample(model_output, timesteps {t.tolist()}, sample {tuple(x.shape)} "
+                f"{_dt(x)}, prediction_type={ptype!r})")
+        got = _call(fn, name, mo, t, x, abar, ptype, rank=rank)
+        _shape_dtype(name, got, x)
+        assert_close(name, got, ref.pred_original_sample(mo, t, x, abar, ptype), **TOL[torch.float32],
+                     hint=EQ_X0 + ".")
+
+    # float64 and float16 (the schedule stays float32).
+    for dtype in (torch.float64, torch.float16):
+        ptype = choice(gen, ("epsilon", "v_prediction"))  # 'sample' returns model_output: any dtype bug hides
+        B = randint(gen, 2, 6)
+        x = _randn(gen, _shape(gen, randint(gen, 1, 5), B), dtype)
+        mo = _randn(gen, x.shape, dtype)
+        t = torch.randint(0, T // 2, (B,), generator=gen)  # float16 x_0 of the last steps overflows
+        name = (f"pred_original_sample(model_output, timesteps {t.tolist()}, sample {tuple(x.shape)} "
+                f"{_dt(x)}, prediction_type={ptype!r})")
+        got = _call(fn, name, mo, t, x, abar, ptype, rank=x.ndim)
+        _shape_dtype(name, got, x)
+        expected = ref.pred_original_sample(mo, t, x, abar, ptype)
+        if dtype == torch.float16 and isinstance(got, torch.Tensor):
+            precise = _x0_64(mo, t, x, abar, ptype).to(dtype)
+            if torch.allclose(got.double(), precise.double(), **TOL[dtype]):
+                continue
+        assert_close(name, got, expected, **TOL[dtype], hint=EQ_X0 + ".")
+
+    # Another device (CUDA, else 'meta': shape and dtype without data).
+    device = "cuda" if torch.cuda.is_available() else "meta"
+    x = _randn(gen, _shape(gen, 4, 3)).to(device)
+    t = torch.tensor([0, T // 2, T - 1])
+    name = f"pred_original_sample(sample on {device}, alphas_cumprod on the CPU)"
+    hint = "move alphas_cumprod (and timesteps) to sample.device before indexing, as in Lab 01's add_noise."
+    try:
+        got = fn(x, t, x, abar, "epsilon")
+    except NotImplementedError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - explained below
+        raise CheckFailed(f"Likely bug: device not kept.\n{name} raised {describe_exception(exc)}\n"
+                          f"Hint: {hint}") from exc
+    if not (isinstance(got, torch.Tensor) and got.device == x.device and got.shape == x.shape):
+        raise CheckFailed(f"Likely bug: device not kept.\n{name}: expected {describe(x)}, got "
+                          f"{describe(got)}.\nHint: {hint}")
+
+    # An unknown prediction type must raise ValueError (diffusers raises ValueError too).
+    x = _randn(gen, (2, 3))
+    try:
+        got = fn(x, torch.tensor([1, 2]), x, abar, "flow")
+    except NotImplementedError:
+        raise
+    except ValueError:
+        return
+    except Exception as exc:  # noqa: BLE001
+        raise CheckFailed(f"pred_original_sample(..., prediction_type='flow'): expected a ValueError, got "
+                          f"{type(exc).__name__}.") from exc
+    raise CheckFailed(f"pred_original_sample(..., prediction_type='flow'): expected a ValueError for an "
+                      f"unknown prediction_type, but it returned {describe(got)}. Like DDPMScheduler.step, "
+                      f"raise ValueError(...) for anything but 'epsilon', 'sample', 'v_prediction'.")
+
+
+# --------------------------------------------------------------------------- get_velocity
+
+def _v_bugs(x0, eps, t, abar):
+    x0, eps, abar = x0.double(), eps.double(), abar.double()
+    a = _bshape(abar[t], x0)
+    al, s = a.sqrt(), (1 - a).sqrt()
+    prev = torch.cat([abar.new_ones(1), abar[:-1]])
+    a1 = _bshape((abar / prev)[t], x0)
+    return [
+        ("alpha and sigma are swapped (the sin/cos roles): v = cos(phi) eps - sin(phi) x_0 with "
+         "cos(phi) = sqrt(abar_t), sin(phi) = sqrt(1 - abar_t); you wrote sqrt(1 - abar_t) eps - sqrt(abar_t) x_0.",
+         s * eps - al * x0),
+        ("wrong sign: v = sqrt(abar_t) eps MINUS sqrt(1 - abar_t) x_0.", al * eps + s * x0),
+        ("v has the opposite sign: v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0, not "
+         "sqrt(1 - abar_t) x_0 - sqrt(abar_t) eps.", -(al * eps - s * x0)),
+        ("you returned x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, not v.", al * x0 + s * eps),
+        ("missing square roots: v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0.", a * eps - (1 - a) * x0),
+        ("you used the one-step alpha_t = 1 - beta_t; v uses abar_t = alphas_cumprod[t].",
+         a1.sqrt() * eps - (1 - a1).sqrt() * x0),
+        ("the swapped and negated form: v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0.", al * x0 - s * eps),
+    ]
+
+
+def check_get_velocity(fn, gen):
+    """4-D float32 (interior t, then t = 0 and T-1), ranks 1, 2, 3, 5, float64, vs
+    DDPMScheduler.get_velocity."""
+    sched, desc = _random_scheduler(gen, "v_prediction")
+    abar = sched.alphas_cumprod.clone()
+    T = abar.shape[0]
+    cases = [(4, False), (4, True)] + [(r, True) for r in (1, 2, 3, 5)]
+    for rank, edges in cases:
+        B = randint(gen, 2, 6)
+        x0 = _randn(gen, _shape(gen, rank, B))
+        eps, t = _randn(gen, x0.shape), _timesteps(gen, B, T, edges)
+        name = f"get_velocity(sample {tuple(x0.shape)} {_dt(x0)}, noise, timesteps {t.tolist()}, alphas_cumprod of {desc})"
+        got = _call(fn, name, x0, eps, t, abar, rank=rank)
+        _shape_dtype(name, got, x0)
+        assert_close(name, got, ref.get_velocity(x0, eps, t, abar), **TOL[torch.float32],
+                     diagnose=_v_bugs(x0, eps, t, abar), hint=EQ_V + ".")
+        assert_close(f"{name} vs diffusers DDPMScheduler.get_velocity", got, sched.get_velocity(x0, eps, t),
+                     **TOL[torch.float32])
+    x0 = _randn(gen, _shape(gen, randint(gen, 1, 5), 3), torch.float64)
+    eps, t = _randn(gen, x0.shape, torch.float64), _timesteps(gen, 3, T, True)
+    name = f"get_velocity(sample {tuple(x0.shape)} float64, noise, timesteps {t.tolist()})"
+    got = _call(fn, name, x0, eps, t, abar, rank=x0.ndim)
+    _shape_dtype(name, got, x0)
+    assert_close(name, got, ref.get_velocity(x0, eps, t, abar), **TOL[torch.float64], hint=EQ_V + ".")
+
+
+# --------------------------------------------------------------------------- ddpm_step
+
+def _step64(mo, t, prev, x, abar, z, ptype, *, swap=False, xt_alpha="jump", x0_beta="jump",
+            var="tilde", sign=1.0, noise_at_0=False, one_step=False, wrap=False, as_ptype=None,
+            clip=False, swap_coeffs=False, prev_override=None, no_noise=False):
+    """A DDPM step in float64 with one typical bug switched on (all off: the right step)."""
+    mo, x, z, abar = mo.double(), x.double(), z.double(), abar.double()
+    prev = prev if prev_override is None else prev_override
+    a_t = abar[t]
+    a_p = abar[prev] if (prev >= 0 or wrap) else abar.new_ones(())
+    if swap:
+        a_t, a_p = a_p, a_t
+    alpha = a_t / a_p
+    if one_step:  # the single-step alpha of a training step, whatever the stride
+        alpha = abar[t] / (abar[t - 1] if t >= 1 else abar.new_ones(()))
+    beta = 1 - alpha
+    B = x.shape[0]
+    tt = torch.full((B,), t, dtype=torch.long)
+    x0 = _x0_64(mo, tt, x, abar, as_ptype or ptype)
+    if clip:
+        x0 = x0.clamp(-1, 1)
+    c0 = a_p.sqrt() * (beta if x0_beta == "jump" else 1 - a_t) / (1 - a_t)
+    ct = (alpha.sqrt() if xt_alpha == "jump" else a_t.sqrt()) * (1 - a_p) / (1 - a_t)
+    if swap_coeffs:
+        c0, ct = ct, c0
+    mean = c0 * x0 + ct * x
+    if (t > 0 or noise_at_0) and not no_noise:
+        v = (1 - a_p) / (1 - a_t) * beta
+        v = v.clamp(min=1e-20) if v >= 0 else v  # a negative variance (swapped abars) gives NaN, as in the bug
+        scale = {"tilde": v.sqrt(), "beta": beta.sqrt(), "nosqrt": v, "quarter": v ** 0.25,
+                 "beta_nosqrt": beta}[var]
+        mean = mean + sign * scale * z
+    return mean
+
+
+def _step_bugs(mo, t, prev, x, abar, z, ptype):
+    S = lambda **k: _step64(mo, t, prev, x, abar, z, ptype, **k)  # noqa: E731
+    bugs = [
+        ("you used abar_t where DDPM eq. 7 needs alpha_t = abar_t / abar_prev (the signal kept by THIS step): "
+         "the x_t coefficient is sqrt(alpha_t) (1 - abar_prev) / (1 - abar_t).", S(xt_alpha="abar")),
+        ("you used 1 - abar_t where DDPM eq. 7 needs beta_t = 1 - alpha_t = 1 - abar_t / abar_prev: the x_0 "
+         "coefficient is sqrt(abar_prev) beta_t / (1 - abar_t).", S(x0_beta="abar")),
+        ("you mixed up alpha_t and abar_t: alpha_t = abar_t / abar_prev is this step's, abar_t = "
+         "alphas_cumprod[t] the cumulative one; eq. 7 uses sqrt(alpha_t) on x_t and beta_t = 1 - alpha_t.",
+         S(xt_alpha="abar", x0_beta="abar")),
+        ("abar_t and abar_prev are swapped: abar_t = alphas_cumprod[timestep] (the noisier, smaller one), "
+         "abar_prev = alphas_cumprod[prev_timestep].", S(swap=True)),
+        ("the x_0 and x_t coefficients are swapped: x0_hat gets sqrt(abar_prev) beta_t / (1 - abar_t), "
+         "x_t gets sqrt(alpha_t) (1 - abar_prev) / (1 - abar_t).", S(swap_coeffs=True)),
+        ("wrong variance: you used beta_t (DDPM's sigma_t^2 = beta_t, diffusers' 'fixed_large'); "
+         "'fixed_small' uses the posterior variance beta_tilde = (1 - abar_prev) / (1 - abar_t) * beta_t.",
+         S(var="beta")),
+        ("missing square root: the noise is multiplied by the STANDARD DEVIATION sqrt(beta_tilde); you "
+         "multiplied it by the variance beta_tilde.", S(var="nosqrt")),
+        ("wrong noise scale: you took the square root twice (beta_tilde ** 0.25): beta_tilde is already "
+         "the variance, multiply the noise by sqrt(beta_tilde) once.", S(var="quarter")),
+        ("wrong variance and missing square root: you multiplied the noise by beta_t; it is "
+         "sqrt(beta_tilde) * noise.", S(var="beta_nosqrt")),
+        ("wrong sign: x_prev = mean PLUS sqrt(variance) * variance_noise.", S(sign=-1.0)),
+        ("no noise added: x_prev = mean + sqrt(beta_tilde) * variance_noise for every t > 0 (only t = 0 "
+         "gets none).", S(no_noise=True)),
+        ("you clipped x0_hat to [-1, 1]: diffusers' default clip_sample=True does that (for pixel DDPMs), "
+         "but this step is DDPMScheduler(clip_sample=False), Stable Diffusion's setting: latents are not in [-1, 1].",
+         S(clip=True)),
+    ]
+    if prev != t - 1 and t >= 1:
+        bugs += [
+            (f"prev_timestep off by the step ratio: you used t - 1 = {t - 1}, but the step goes from t = {t} to "
+             f"prev_timestep = {prev} (after set_timesteps(n) the steps are T/n apart): use the prev_timestep "
+             f"argument.", S(prev_override=t - 1)),
+            (f"you used the one-step beta_t = 1 - abar_t / abar_(t-1) (t - 1 = {t - 1}); this step jumps to "
+             f"prev_timestep = {prev}, so alpha_t = abar_t / abar_prev and beta_t = 1 - alpha_t.", S(one_step=True)),
+        ]
+    if ptype != "epsilon":
+        bugs.append((f"prediction_type ignored: you treated the output as 'epsilon'; pass prediction_type="
+                     f"{ptype!r} on to pred_original_sample.", S(as_ptype="epsilon")))
+    if prev < 0:
+        bugs.append(("abar_prev at the last step: prev_timestep = -1 must give abar_prev = 1 (diffusers' "
+                     "self.one), but alphas_cumprod[-1] is the LAST entry, abar_{T-1}.", S(wrap=True)))
+        bugs.append(("abar_prev at the last step: prev_timestep = -1 must give abar_prev = 1 (diffusers' "
+                     "self.one), but alphas_cumprod[-1] is the LAST entry, abar_{T-1}.", S(wrap=True, noise_at_0=True)))
+    return bugs
+
+
+def _near(got, cand, tol):
+    """got matches a candidate: elementwise within tol, or within 1e-4 of the candidate's largest
+    value (a float32 bug with huge, cancelling terms, e.g. abar_prev = alphas_cumprod[-1]); NaN
+    where the candidate has NaN."""
+    if not (isinstance(got, torch.Tensor) and cand.shape == got.shape):
+        return False
+    g = got.detach().double().cpu()
+    if not torch.equal(torch.isnan(g), torch.isnan(cand)):
+        return False
+    ok = ~torch.isnan(cand)
+    if not ok.any():
+        return True
+    err = (g[ok] - cand[ok]).abs().max()
+    return bool(torch.allclose(g[ok], cand[ok], **tol) or err <= tol["atol"] + 1e-4 * cand[ok].abs().max())
+
+
+def _noise_residual(got, expected, z, atol, rtol):
+    """If got - expected is c * z for a scalar c != 0, return c; else None."""
+    if not (isinstance(got, torch.Tensor) and got.shape == expected.shape):
+        return None
+    r, zz = (got.detach().double().cpu() - expected.double()), z.double()
+    c = float((r * zz).sum() / (zz * zz).sum())
+    if abs(c) < 1e-4:
+        return None
+    fit = torch.allclose(r, c * zz, atol=atol, rtol=rtol) or bool(((r - c * zz).abs().max()) < 1e-3 * abs(c))
+    return c if fit else None
+
+
+def _diffusers_step(sched, mo, t, x, seed):
+    out = sched.step(mo, t, x, generator=torch.Generator().manual_seed(seed))
+    return out.prev_sample
+
+
+def _one_step_case(fn, gen, sched, desc, n, t_index, rank=4, dtype=torch.float32, diagnose=True, as_tensor=False):
+    """Run the learner's ddpm_step at scheduler.timesteps[t_index] after set_timesteps(n)."""
+    ptype = sched.config.prediction_type
+    t = int(sched.timesteps[t_index])
+    prev = int(sched.previous_timestep(sched.timesteps[t_index]))
+    abar = sched.alphas_cumprod.clone()
+    B = randint(gen, 2, 5)
+    x = _randn(gen, _shape(gen, rank, B), dtype)
+    mo = _randn(gen, x.shape, dtype)
+    seed = randint(gen, 0, 2**31 - 1)
+    z = randn_tensor(x.shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)  # diffusers' draw
+    t_arg, prev_arg = (torch.tensor(t), torch.tensor(prev)) if as_tensor else (t, prev)
+    name = (f"ddpm_step(model_output, timestep={t}, prev_timestep={prev}, sample {tuple(x.shape)} {_dt(x)}, "
+            f"alphas_cumprod, variance_noise, prediction_type={ptype!r}) "
+            f"[{desc}, set_timesteps({n}), timesteps {sched.timesteps[:3].tolist()}...{sched.timesteps[-2:].tolist()}]")
+    abar_in = abar.clone()
+    got = _call(fn, name, mo, t_arg, prev_arg, x, abar_in, z.clone(), ptype, rank=rank)
+    if not torch.equal(abar_in, abar):
+        raise CheckFailed(f"{name}: your function changed `alphas_cumprod` in place; build new tensors.")
+    _shape_dtype(name, got, x)
+    expected = ref.ddpm_step(mo, t, prev, x, abar, z, ptype)
+    tol = TOL[dtype]
+    if dtype == torch.float16:
+        # float16 loses digits in (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) near t = 0; diffusers
+        # (float32 scalars) and a float16 cast of alphas_cumprod round differently: accept either,
+        # or the float64 result cast to float16.
+        exact = _step64(mo, t, prev, x, abar, z, ptype)
+        diff = _diffusers_step(sched, mo, t, x, seed) if rank > 1 else expected
+        if isinstance(got, torch.Tensor) and got.shape == x.shape and any(
+                torch.allclose(got.double(), e.double(), **tol) for e in (exact, expected, diff)):
+            return
+        assert_close(name, got, exact.to(dtype), **tol, hint=EQ_STEP + ".")
+        return
+    bugs = _step_bugs(mo, t, prev, x, abar, z, ptype) if diagnose else None
+    if isinstance(got, torch.Tensor) and not torch.allclose(got.double(), expected.double(), **tol):
+        lead = None
+        for label, cand in bugs or []:
+            if _near(got, cand, tol):
+                try:
+                    assert_close(name, got, expected, **tol, hint=EQ_STEP + ".")
+                except CheckFailed as exc:
+                    raise CheckFailed(f"Likely bug: {label}\n{exc}") from None
+        c = _noise_residual(got, expected, z, **tol) if lead is None else None
+        if c is not None and t == 0:
+            raise CheckFailed(
+                f"Likely bug: noise added at t = 0. DDPMScheduler.step adds noise only when t > 0: the last "
+                f"step (t = 0) returns the mean itself (you added {c:.4g} * variance_noise).\n{name}\nHint: {EQ_STEP}.")
+        if c is not None:
+            a_t = abar[t].double()
+            a_p = abar[prev].double() if prev >= 0 else torch.tensor(1.0, dtype=torch.float64)
+            want = ((1 - a_p) / (1 - a_t) * (1 - a_t / a_p)).sqrt().item()
+            raise CheckFailed(
+                f"Likely bug: the mean is right but the noise scale is wrong: you added {c:.4g} * variance_noise, "
+                f"expected sqrt(beta_tilde) = {want:.4g} (beta_tilde = (1 - abar_prev) / (1 - abar_t) * beta_t).\n"
+                f"{name}\nHint: {EQ_STEP}.")
+    assert_close(name, got, expected, **tol, diagnose=bugs, hint=EQ_STEP + ".")
+    if rank == 1:  # DDPMScheduler.step reads model_output.shape[1]: it needs rank >= 2
+        return
+    assert_close(f"{name} vs diffusers DDPMScheduler.step (same noise)", got,
+                 _diffusers_step(sched, mo, torch.tensor(t) if t_index % 2 else t, x, seed), **tol)
+
+
+def check_ddpm_step(fn, gen):
+    """Epsilon steps after set_timesteps(n) (strided, so t - 1 is wrong) at an interior
+    timestep, at the last one with t = 0 (no noise) and t = 1 ('leading' with steps_offset=1,
+    prev_timestep = -1); 'sample' and 'v_prediction'; ranks 1..5; float64 and float16;
+    timesteps given as ints and as 0-d tensors (as `for t in scheduler.timesteps` gives them).
+    Every result is compared with the reference and with DDPMScheduler.step on the same noise."""
+    # 1. epsilon, interior timestep, strided: the value bugs.
+    sched, desc = _random_scheduler(gen, "epsilon", timestep_spacing=choice(gen, SPACINGS))
+    n = randint(gen, 5, 50)
+    sched.set_timesteps(n)
+    _one_step_case(fn, gen, sched, desc, n, randint(gen, 1, n - 2))
+    _one_step_case(fn, gen, sched, desc, n, 0, as_tensor=True)  # the first step: t near T - 1
+    # 2. the last step at t = 0: 'linspace' (or 'leading' with steps_offset=0) ends at t = 0.
+    sched, desc = _random_scheduler(gen, "epsilon", timestep_spacing="linspace")
+    n = randint(gen, 5, 50)
+    sched.set_timesteps(n)
+    _one_step_case(fn, gen, sched, desc, n, n - 1)
+    # 3. the last step at t = 1, prev_timestep = -1 (SD's 'leading' + steps_offset=1).
+    sched, desc = _random_scheduler(gen, "epsilon", timestep_spacing="leading", steps_offset=1)
+    n = randint(gen, 5, 50)
+    sched.set_timesteps(n)
+    _one_step_case(fn, gen, sched, desc, n, n - 1, as_tensor=True)
+    _one_step_case(fn, gen, sched, desc, n, n - 2)
+    # 4. the other prediction types, interior steps.
+    for ptype in ("sample", "v_prediction"):
+        sched, desc = _random_scheduler(gen, ptype, timestep_spacing=choice(gen, SPACINGS))
+        n = randint(gen, 5, 50)
+        sched.set_timesteps(n)
+        _one_step_case(fn, gen, sched, desc, n, randint(gen, 1, n - 2))
+    # 5. ranks 1, 2, 3, 5, and every step of a short schedule.
+    sched, desc = _random_scheduler(gen, choice(gen, PREDICTION_TYPES), timestep_spacing=choice(gen, SPACINGS))
+    n = randint(gen, 4, 8)
+    sched.set_timesteps(n)
+    for i, rank in enumerate((1, 2, 3, 5)):
+        _one_step_case(fn, gen, sched, desc, n, randint(gen, 0, n - 1), rank=rank, as_tensor=bool(i % 2))
+    for i in range(n):
+        _one_step_case(fn, gen, sched, desc, n, i, diagnose=False)
+    # 6. float64 and float16 samples (the schedule stays float32).
+    for dtype in (torch.float64, torch.float16):
+        _one_step_case(fn, gen, sched, desc, n, randint(gen, 1, n - 1), rank=randint(gen, 1, 5), dtype=dtype,
+                       diagnose=False)
+    # 7. CUDA, when there is one.
+    if torch.cuda.is_available():
+        t = int(sched.timesteps[1])
+        prev = int(sched.previous_timestep(sched.timesteps[1]))
+        x = _randn(gen, (2, 4, 3, 3))
+        mo, z = _randn(gen, x.shape), _randn(gen, x.shape)
+        ptype = sched.config.prediction_type
+        got = fn(mo.cuda(), t, prev, x.cuda(), sched.alphas_cumprod, z.cuda(), ptype)
+        name = f"ddpm_step(samples on cuda, alphas_cumprod on the CPU, timestep={t})"
+        if not (isinstance(got, torch.Tensor) and got.device.type == "cuda"):
+            raise CheckFailed(f"Likely bug: device not kept.\n{name}: expected the output on cuda, got "
+                              f"{describe(got)}. Move alphas_cumprod to sample.device.")
+        assert_close(name, got.cpu(), ref.ddpm_step(mo, t, prev, x, sched.alphas_cumprod, z, ptype),
+                     **TOL[torch.float32])

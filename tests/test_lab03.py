@@ -1,0 +1,309 @@
+"""Lab 03 (scheduler reading): the reference equals diffusers, passes its checks, and every
+check is proven able to fail: each planted bug below fails with its specific hint."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+from helpers.checks import lab03_scheduler_reading as checks
+from helpers.checks._core import CheckFailed, make_generator
+from helpers.solutions import lab03_scheduler_reading as ref
+
+SEEDS = [0, 1, 2, 3, 7, 123, 2024]
+NAMES = ["ddim_timesteps", "ddim_step", "sigmas_from_alphas_cumprod"]
+
+
+def run(name, fn, seed=0):
+    getattr(checks, f"check_{name}")(fn, make_generator(seed, name, "test"))
+
+
+def fails(name, fn, phrase, seeds=(0, 1, 2)):
+    """The check of ``name`` fails on ``fn`` for every seed, and the message has ``phrase``."""
+    for seed in seeds:
+        with pytest.raises(CheckFailed) as info:
+            run(name, fn, seed)
+        assert phrase in str(info.value), f"seed {seed}: {phrase!r} not in:\n{info.value}"
+
+
+# --------------------------------------------------------------------------- the reference
+
+def test_exercise_names_in_order():
+    assert ref.__all__ == NAMES
+    assert checks.LAB == "lab03"
+    assert all(callable(getattr(checks, f"check_{n}")) for n in NAMES)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_reference_passes(name, seed):
+    run(name, getattr(ref, name), seed)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+@pytest.mark.parametrize("T", [50, 999, 1000, 1001])
+@pytest.mark.parametrize("offset", [0, 1])
+def test_timesteps_equal_diffusers(spacing, T, offset):
+    for n in sorted({*range(1, min(T, 60) + 1), T // 3, T // 2, T - 1, T}):
+        s = DDIMScheduler(num_train_timesteps=T, timestep_spacing=spacing, steps_offset=offset)
+        s.set_timesteps(n)
+        got = ref.ddim_timesteps(n, T, spacing, offset)
+        assert got.dtype == torch.int64 and torch.equal(got, s.timesteps), (n, got, s.timesteps)
+
+
+def test_timesteps_errors():
+    with pytest.raises(ValueError):
+        ref.ddim_timesteps(10, 1000, "uniform")
+    with pytest.raises(ValueError):
+        ref.ddim_timesteps(1001, 1000)
+
+
+@pytest.mark.parametrize("ptype", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("set_alpha_to_one", [True, False])
+def test_step_equals_diffusers_over_a_whole_loop(ptype, eta, set_alpha_to_one):
+    s = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                      prediction_type=ptype, set_alpha_to_one=set_alpha_to_one, steps_offset=1)
+    s.set_timesteps(10)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    mine = x.clone()
+    for t in s.timesteps.tolist():
+        e = torch.randn(2, 4, 8, 8, generator=g)
+        z = torch.randn(2, 4, 8, 8, generator=g)
+        x = s.step(e, t, x, eta=eta, variance_noise=z).prev_sample
+        mine = ref.ddim_step(e, t, t - 100, mine, s.alphas_cumprod, s.final_alpha_cumprod, eta, z, ptype)
+        torch.testing.assert_close(mine, x, atol=1e-5, rtol=1e-5)
+
+
+def test_sigmas_equal_euler_before_interpolation():
+    for schedule in ["linear", "scaled_linear", "squaredcos_cap_v2"]:
+        e = EulerDiscreteScheduler(beta_schedule=schedule, beta_start=0.00085, beta_end=0.012)
+        sig = ref.sigmas_from_alphas_cumprod(e.alphas_cumprod)
+        assert torch.equal(torch.cat([sig.flip(0), torch.zeros(1)]), e.sigmas)
+        e.set_timesteps(7)  # set_timesteps interpolates the same values at its timesteps
+        t = e.timesteps.numpy()
+        expected = np.interp(t, np.arange(1000), sig.numpy())
+        np.testing.assert_allclose(e.sigmas[:-1].numpy(), expected, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- correct variants pass
+
+def timesteps_in_torch(n, T=1000, spacing="leading", offset=0):
+    if spacing == "leading":
+        return torch.arange(n - 1, -1, -1, dtype=torch.int64) * (T // n) + offset
+    if spacing == "trailing":
+        return torch.from_numpy(np.round(np.arange(T, 0, -T / n))).long() - 1
+    if spacing == "linspace":
+        return torch.from_numpy(np.linspace(0, T - 1, n).round()).long().flip(0)
+    raise ValueError(spacing)
+
+
+def step_rewritten(e, t, prev, x, abar, final, eta=0.0, z=None, ptype="epsilon"):
+    a = abar[t].double()
+    ap = (abar[prev] if prev >= 0 else torch.as_tensor(final)).double()
+    if ptype == "v_prediction":
+        x0, eps = a.sqrt() * x - (1 - a).sqrt() * e, a.sqrt() * e + (1 - a).sqrt() * x
+    else:
+        x0, eps = (x - (1 - a).sqrt() * e) / a.sqrt(), e
+    sigma = eta * torch.sqrt((1 - ap) / (1 - a)) * torch.sqrt(1 - a / ap)
+    out = ap.sqrt() * x0 + torch.sqrt(1 - ap - sigma**2) * eps
+    if eta > 0:
+        out = out + sigma * z
+    return out.to(x.dtype)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name,fn", [("ddim_timesteps", timesteps_in_torch), ("ddim_step", step_rewritten),
+                                     ("sigmas_from_alphas_cumprod", lambda a: (1 / a - 1).sqrt())])
+def test_correct_variants_pass(name, fn, seed):
+    run(name, fn, seed)
+
+
+# --------------------------------------------------------------------------- planted bugs: ddim_timesteps
+
+def ts_bug(kind):
+    def fn(n, T=1000, spacing="leading", offset=0):
+        if kind == "no_error" and spacing not in ("leading", "trailing", "linspace"):
+            return torch.zeros(n, dtype=torch.int64)
+        r = ref.ddim_timesteps(n, T, spacing, offset)
+        if kind == "ascending":
+            return r.flip(0)
+        if kind == "float":
+            return r.float()
+        if spacing == "leading" and kind == "no_offset":
+            return r - offset
+        if spacing == "trailing" and kind == "trailing_no_minus_one":
+            return r + 1
+        if spacing == "trailing" and kind == "trailing_truncate":
+            return torch.from_numpy(np.arange(T, 0, -T / n).astype(np.int64) - 1)
+        if spacing == "trailing" and kind == "trailing_float":
+            return torch.from_numpy(np.arange(T, 0, -T / n) - 1)
+        if spacing == "linspace" and kind == "linspace_to_T":
+            return torch.from_numpy(np.linspace(0, T, n).round()[::-1].copy()).long()
+        if spacing == "linspace" and kind == "linspace_truncate":
+            return torch.from_numpy(np.linspace(0, T - 1, n)[::-1].astype(np.int64))
+        if spacing == "linspace" and kind == "linspace_ascending":
+            return r.flip(0)
+        if spacing != "leading" and kind == "offset_everywhere":
+            return r + offset
+        return r
+    return fn
+
+
+@pytest.mark.parametrize("kind,phrase", [
+    ("ascending", "wrong order"),
+    ("float", "float timesteps"),
+    ("no_offset", "'leading' without steps_offset"),
+    ("trailing_no_minus_one", "off-by-one"),
+    ("trailing_truncate", "rounding"),
+    ("trailing_float", "float timesteps"),
+    ("linspace_to_T", "off-by-one"),
+    ("linspace_truncate", "rounding"),
+    ("linspace_ascending", "wrong order"),
+    ("offset_everywhere", "steps_offset is added only for 'leading'"),
+    ("no_error", "expected a ValueError"),
+])
+def test_timesteps_bugs(kind, phrase):
+    fails("ddim_timesteps", ts_bug(kind), phrase)
+
+
+def test_timesteps_leading_float_ratio_is_named():
+    def float_ratio(n, T=1000, spacing="leading", offset=0):
+        if spacing == "leading":
+            return torch.from_numpy(np.round(np.arange(n) * (T / n))[::-1].copy()).long() + offset
+        return ref.ddim_timesteps(n, T, spacing, offset)
+
+    fails("ddim_timesteps", float_ratio, "INTEGER step ratio")
+
+
+# --------------------------------------------------------------------------- planted bugs: ddim_step
+
+def step_bug(**kw):
+    def fn(e, t, prev, x, abar, final, eta=0.0, z=None, ptype="epsilon"):
+        return checks._step_variant(e, t, prev, x, abar, final, eta, z, ptype, **kw)
+    return fn
+
+
+def step_swapped(e, t, prev, x, abar, final, eta=0.0, z=None, ptype="epsilon"):
+    ap = abar[prev] if prev >= 0 else torch.as_tensor(final)
+    return checks._step_variant(e, t, prev, x, abar, final, eta, z, ptype, a_t=ap, a_prev=abar[t])
+
+
+def step_t_minus_1(e, t, prev, x, abar, final, eta=0.0, z=None, ptype="epsilon"):
+    return ref.ddim_step(e, t, t - 1, x, abar, final, eta, z, ptype)
+
+
+def step_wraps_around(e, t, prev, x, abar, final, eta=0.0, z=None, ptype="epsilon"):
+    return checks._step_variant(e, t, prev, x, abar, final, eta, z, ptype, a_prev=abar[prev])
+
+
+def step_ignores_eta(e, t, prev, x, abar, final, eta=0.0, z=None, ptype="epsilon"):
+    return ref.ddim_step(e, t, prev, x, abar, final, 0.0, None, ptype)
+
+
+@pytest.mark.parametrize("fn,phrase", [
+    (step_swapped, "are swapped"),
+    (step_t_minus_1, "prev_timestep off by the step ratio"),
+    (step_wraps_around, "final_alpha_cumprod ignored at the last step"),
+    (step_bug(std="no_sqrt"), "missing its square root"),
+    (step_bug(std="no_factor"), "missing the factor (1 - a / a')"),
+    (step_bug(direction="no_sigma"), "direction term uses the wrong std"),
+    (step_bug(direction="std_t"), "direction term uses the wrong std"),
+    (step_bug(direction="sigma_not_squared"), "sigma squared vs sigma"),
+    (step_bug(noise="variance"), "sigma squared vs sigma"),
+    (step_bug(v="as_eps"), "v_prediction treated as epsilon"),
+    (step_bug(v="sign"), "v_prediction signs"),
+    (step_ignores_eta, "DDIM eq. 12"),
+])
+def test_ddim_step_bugs(fn, phrase):
+    fails("ddim_step", fn, phrase)
+
+
+def test_final_alpha_variants_are_named():
+    """Always 1.0, or always abar_0, at the last step: caught whichever set_alpha_to_one was drawn."""
+    def always(value):
+        def fn(e, t, prev, x, abar, final, eta=0.0, z=None, ptype="epsilon"):
+            return ref.ddim_step(e, t, prev, x, abar, abar[0] if value == "abar0" else torch.tensor(1.0),
+                                 eta, z, ptype)
+        return fn
+
+    for value in ("one", "abar0"):
+        msgs = []
+        for seed in range(8):
+            try:
+                run("ddim_step", always(value), seed)
+            except CheckFailed as exc:
+                msgs.append(str(exc))
+        assert msgs and all("final_alpha_cumprod ignored" in m for m in msgs), "\n\n".join(msgs)
+
+
+def test_step_prev_double_ratio_is_named():
+    def double(e, t, prev, x, abar, final, eta=0.0, z=None, ptype="epsilon"):
+        return ref.ddim_step(e, t, prev - (t - prev), x, abar, final, eta, z, ptype)
+
+    fails("ddim_step", double, "off by the step ratio")
+
+
+# --------------------------------------------------------------------------- planted bugs: sigmas
+
+@pytest.mark.parametrize("fn,phrase", [
+    (lambda a: (1 - a) / a, "sigma squared vs sigma"),
+    (lambda a: (a / (1 - a)).sqrt(), "the inverse"),
+    (lambda a: (1 - a).sqrt(), "sqrt(1 - abar_t)"),
+    (lambda a: ((1 - a) / a).sqrt().flip(0), "wrong order"),
+    (lambda a: torch.cat([((1 - a) / a).sqrt().flip(0), a.new_zeros(1)]), "appended the final 0"),
+    (lambda a: ((1 - a.float()) / a.float()).sqrt(), "dtype not kept"),
+])
+def test_sigma_bugs(fn, phrase):
+    fails("sigmas_from_alphas_cumprod", fn, phrase)
+
+
+# --------------------------------------------------------------------------- hard-coded answers
+
+def test_hard_coded_answers_fail():
+    fixed_ts = ref.ddim_timesteps(10, 1000, "leading", 1)
+    s = DDIMScheduler(clip_sample=False)
+    fixed_sig = ref.sigmas_from_alphas_cumprod(s.alphas_cumprod)
+    for seed in (0, 5):
+        for name, fn in [("ddim_timesteps", lambda *a, **k: fixed_ts.clone()),
+                         ("sigmas_from_alphas_cumprod", lambda a: fixed_sig.clone()),
+                         ("ddim_step", lambda e, *a, **k: torch.zeros_like(e))]:
+            with pytest.raises(CheckFailed):
+                run(name, fn, seed)
+
+
+# --------------------------------------------------------------------------- with the machinery
+
+@pytest.fixture
+def pristine_starters(tmp_path, monkeypatch):
+    from helpers.labs import find_lab
+    from helpers.make_starters import strip_solutions
+
+    info = find_lab("lab03")
+    (tmp_path / f"{info.slug}.py").write_text(strip_solutions(info.solution_path.read_text(), "lab03"))
+    monkeypatch.setenv("DIFFUSION_LABS_STARTERS", str(tmp_path))
+    monkeypatch.delenv("DIFFUSION_LABS_MODE", raising=False)
+    return tmp_path / f"{info.slug}.py"
+
+
+def test_check_on_pristine_starter_is_all_todo(pristine_starters, capsys):
+    from helpers.exercise import check
+
+    results = check("lab03", seed=0)
+    assert [r.name for r in results] == NAMES
+    assert [r.status for r in results] == ["todo"] * 3
+
+
+def test_exercise_replaces_a_buggy_learner_function(pristine_starters, capsys):
+    from helpers.exercise import exercise
+
+    src = pristine_starters.read_text().replace(
+        'raise NotImplementedError("TODO(lab03): sigmas_from_alphas_cumprod")',
+        "return (1 - alphas_cumprod) / alphas_cumprod")
+    pristine_starters.write_text(src)
+    ex = exercise("lab03", seed=0)
+    assert ex.status["sigmas_from_alphas_cumprod"] == "failed"
+    assert ex.sigmas_from_alphas_cumprod is ref.sigmas_from_alphas_cumprod
+    assert "sigma squared vs sigma" in ex.results["sigmas_from_alphas_cumprod"].message

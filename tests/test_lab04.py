@@ -1,0 +1,325 @@
+"""Lab 04 (classifier-free guidance): the reference equals diffusers, passes its checks, and
+every check is proven able to fail: each planted bug below fails with its specific hint."""
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg as diffusers_rescale
+
+from helpers.checks import lab04_cfg as checks
+from helpers.checks._core import CheckFailed, make_generator
+from helpers.solutions import lab04_cfg as ref
+
+SEEDS = [0, 1, 2, 7, 123]
+NAMES = ["classifier_free_guidance", "rescale_noise_cfg", "guided_noise_pred"]
+
+
+def run(name, fn, seed=0):
+    getattr(checks, f"check_{name}")(fn, make_generator(seed, name, "test"))
+
+
+def fails(name, fn, phrase, seeds=(0, 1, 2)):
+    """The check of ``name`` fails on ``fn`` for every seed, and the message has ``phrase``."""
+    for seed in seeds:
+        with pytest.raises(CheckFailed) as info:
+            run(name, fn, seed)
+        assert phrase in str(info.value), f"seed {seed}: {phrase!r} not in:\n{info.value}"
+
+
+# --------------------------------------------------------------------------- the reference
+
+def test_exercise_names_in_order():
+    assert ref.__all__ == NAMES
+    assert checks.LAB == "lab04"
+    assert all(callable(getattr(checks, f"check_{n}")) for n in NAMES)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_reference_passes(name, seed):
+    run(name, getattr(ref, name), seed)
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 8, 8), (3, 5), (2, 4, 3, 8, 8)])
+@pytest.mark.parametrize("phi", [0.0, 0.3, 0.7, 1.0])
+def test_reference_rescale_equals_diffusers(shape, phi):
+    g = torch.Generator().manual_seed(len(shape))
+    cfg, text = torch.randn(shape, generator=g) * 3, torch.randn(shape, generator=g)
+    torch.testing.assert_close(ref.rescale_noise_cfg(cfg, text, phi), diffusers_rescale(cfg, text, phi))
+
+
+def test_reference_guided_equals_two_forwards_and_scale_one_is_conditional():
+    unet = checks._tiny_unet(make_generator(0, "unet", "test"), 16)
+    g = torch.Generator().manual_seed(0)
+    x, text, uncond = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 5, 16, generator=g), torch.randn(2, 5, 16, generator=g)
+    with torch.no_grad():
+        eu = unet(x, 321, encoder_hidden_states=uncond).sample
+        ec = unet(x, 321, encoder_hidden_states=text).sample
+        torch.testing.assert_close(ref.guided_noise_pred(unet, x, 321, text, uncond, 7.5), eu + 7.5 * (ec - eu),
+                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ref.guided_noise_pred(unet, x, torch.tensor(321), text, uncond, 1.0), ec,
+                                   atol=1e-5, rtol=1e-5)
+        # a (B,) timestep equals the per-sample forwards
+        t = torch.tensor([10, 900])
+        per = torch.cat([ref.guided_noise_pred(unet, x[i:i + 1], int(t[i]), text[i:i + 1], uncond[i:i + 1], 3.0)
+                         for i in range(2)])
+        torch.testing.assert_close(ref.guided_noise_pred(unet, x, t, text, uncond, 3.0), per, atol=1e-4, rtol=1e-4)
+
+
+def test_checks_leave_global_random_state_alone():
+    state = torch.random.get_rng_state()
+    run("guided_noise_pred", ref.guided_noise_pred)
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+# --------------------------------------------------------------------------- correct variants pass
+
+def cfg_lerp(u, c, w):
+    return torch.lerp(u, c, w)
+
+
+def cfg_weights(u, c, w):
+    return w * c + (1 - w) * u
+
+
+def rescale_biased(cfg, text, phi=0.0):
+    dims = tuple(range(1, cfg.ndim))
+    r = cfg * (text.std(dim=dims, keepdim=True, correction=0) / cfg.std(dim=dims, keepdim=True, correction=0))
+    return phi * r + (1 - phi) * cfg
+
+
+def rescale_flatten(cfg, text, phi=0.0):
+    B = cfg.shape[0]
+    s = text.reshape(B, -1).var(1).sqrt() / cfg.reshape(B, -1).var(1).sqrt()
+    return torch.lerp(cfg, cfg * s.view(B, *[1] * (cfg.ndim - 1)), phi)
+
+
+def guided_two_halves_repeat(unet, latents, timestep, text, uncond, w, phi=0.0):
+    t = timestep.repeat(2) if isinstance(timestep, torch.Tensor) and timestep.ndim == 1 else timestep
+    out = unet(torch.cat([latents, latents]), t, torch.cat([uncond, text]), return_dict=False)[0]
+    u, c = out.chunk(2)
+    g = ref.classifier_free_guidance(u, c, w)
+    return ref.rescale_noise_cfg(g, c, phi) if phi > 0 else g
+
+
+def guided_tensor_timestep_always(unet, latents, timestep, text, uncond, w, phi=0.0):
+    B = latents.shape[0]
+    t = torch.as_tensor(timestep).expand(B) if torch.as_tensor(timestep).ndim == 0 else torch.as_tensor(timestep)
+    return guided_two_halves_repeat(unet, latents, t, text, uncond, w, phi)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+@pytest.mark.parametrize("name,fn", [("classifier_free_guidance", cfg_lerp),
+                                     ("classifier_free_guidance", cfg_weights),
+                                     ("rescale_noise_cfg", rescale_biased),
+                                     ("rescale_noise_cfg", rescale_flatten),
+                                     ("guided_noise_pred", guided_two_halves_repeat),
+                                     ("guided_noise_pred", guided_tensor_timestep_always)])
+def test_correct_variants_pass(name, fn, seed):
+    run(name, fn, seed)
+
+
+# --------------------------------------------------------------------------- planted bugs: classifier_free_guidance
+
+@pytest.mark.parametrize("fn,phrase", [
+    (lambda u, c, w: c + w * (u - c), "branches swapped"),
+    (lambda u, c, w: (1 - w) * c + w * u, "branches swapped"),
+    (lambda u, c, w: (1 + w) * c - w * u, "(1 + w) convention"),
+    (lambda u, c, w: u + (w - 1) * (c - u), "subtracted 1 from w"),
+    (lambda u, c, w: w * c - (1 - w) * u, "sign error in w * eps_text + (1 - w) * eps_uncond"),
+    (lambda u, c, w: w * c + (w - 1) * u, "sign error in w * eps_text + (1 - w) * eps_uncond"),
+    (lambda u, c, w: u - w * (c - u), "sign of the difference flipped"),
+    (lambda u, c, w: w * (c - u), "unconditional base is missing"),
+    (lambda u, c, w: w * c, "you scaled eps_text by w"),
+    (lambda u, c, w: c, "eps_text unchanged"),
+    (lambda u, c, w: (u + w * (c - u)).float(), "wrong dtype"),
+])
+def test_cfg_bugs(fn, phrase):
+    fails("classifier_free_guidance", fn, phrase)
+
+
+def test_cfg_in_place_is_caught():
+    fails("classifier_free_guidance", lambda u, c, w: u.add_(w * (c - u)), "in place")
+
+
+# --------------------------------------------------------------------------- planted bugs: rescale_noise_cfg
+
+def _rescale_with(std_dims=None, phi_inverted=False, var=False, inverted=False, mix_with_text=False, no_mix=False):
+    def fn(cfg, text, phi=0.0):
+        dims = std_dims(cfg) if std_dims else list(range(1, cfg.ndim))
+        if dims == "all":
+            ratio = text.std() / cfg.std()
+        elif var:
+            ratio = text.var(dim=dims, keepdim=True) / cfg.var(dim=dims, keepdim=True)
+        else:
+            ratio = text.std(dim=dims, keepdim=True) / cfg.std(dim=dims, keepdim=True)
+        if inverted:
+            ratio = 1 / ratio
+        rescaled = cfg * ratio
+        if no_mix:
+            return rescaled
+        p = 1 - phi if phi_inverted else phi
+        return p * rescaled + (1 - p) * (text if mix_with_text else cfg)
+    return fn
+
+
+@pytest.mark.parametrize("fn,phrase", [
+    (_rescale_with(std_dims=lambda x: "all"), "over ALL dims, the batch included"),
+    (_rescale_with(std_dims=lambda x: [1]), "over the channels only"),
+    (_rescale_with(std_dims=lambda x: list(range(2, x.ndim))), "one std per channel"),
+    (_rescale_with(std_dims=lambda x: [1, 2, 3][:x.ndim - 1]), "right only for 4-D"),
+    (_rescale_with(phi_inverted=True), "mixing factor inverted"),
+    (_rescale_with(var=True), "variance instead of standard deviation"),
+    (_rescale_with(inverted=True), "ratio inverted"),
+    (_rescale_with(mix_with_text=True), "mixed the rescaled prediction with noise_pred_text"),
+    (_rescale_with(no_mix=True), "guidance_rescale ignored in the mix"),
+    (lambda cfg, text, phi=0.0: cfg.clone(), "rescale is missing"),
+])
+def test_rescale_bugs(fn, phrase):
+    fails("rescale_noise_cfg", fn, phrase)
+
+
+def test_rescale_all_dims_reports_the_wrong_dimensions():
+    fails("rescale_noise_cfg", _rescale_with(std_dims=lambda x: "all"), "std over the wrong dimensions")
+
+
+# --------------------------------------------------------------------------- planted bugs: guided_noise_pred
+
+def _guided(order="uncond-first", split="same", t_mode="cat", doubled=True, two_forwards=False, rescale=True):
+    def fn(unet, latents, timestep, text, uncond, w, phi=0.0):
+        t = timestep
+        if isinstance(t, torch.Tensor) and t.ndim == 1:
+            t = {"cat": lambda: torch.cat([t, t]), "none": lambda: t, "first": lambda: t[0],
+                 "interleave": lambda: t.repeat_interleave(2), "expand": lambda: t.expand(2 * t.shape[0])}[t_mode]()
+        if two_forwards:
+            u = unet(latents, t if not (isinstance(t, torch.Tensor) and t.ndim == 1) else t[:len(latents)],
+                     encoder_hidden_states=uncond).sample
+            c = unet(latents, t if not (isinstance(t, torch.Tensor) and t.ndim == 1) else t[:len(latents)],
+                     encoder_hidden_states=text).sample
+        else:
+            emb = torch.cat([uncond, text] if order == "uncond-first" else [text, uncond])
+            x = torch.cat([latents] * 2) if doubled else latents
+            out = unet(x, t, encoder_hidden_states=emb).sample
+            first, second = out.chunk(2)
+            same = (order == "uncond-first") == (split == "same")
+            u, c = (first, second) if same else (second, first)
+        g = u + w * (c - u)
+        return ref.rescale_noise_cfg(g, c, phi) if (phi > 0 and rescale) else g
+    return fn
+
+
+@pytest.mark.parametrize("fn,phrase", [
+    (_guided(order="cond-first", split="swapped"), "chunk order: you built the batch cond first"),
+    (_guided(order="uncond-first", split="swapped"), "chunk order: the two halves"),
+    (_guided(order="cond-first", split="same"), "chunk order: your batch is [cond, uncond]"),
+    (_guided(t_mode="none"), "timestep not broadcast"),
+    (_guided(t_mode="expand"), "timestep not broadcast"),
+    (_guided(t_mode="first"), "timestep not broadcast correctly: you used one timestep"),
+    (_guided(t_mode="interleave"), "repeat_interleave"),
+    (_guided(two_forwards=True), "UNet forwards"),
+    (_guided(doubled=False), "latents were not doubled"),
+    (_guided(rescale=False), "guidance_rescale ignored"),
+])
+def test_guided_bugs(fn, phrase):
+    fails("guided_noise_pred", fn, phrase)
+
+
+def test_guided_with_buggy_cfg_line_is_caught():
+    def fn(unet, latents, timestep, text, uncond, w, phi=0.0):
+        t = torch.cat([timestep, timestep]) if isinstance(timestep, torch.Tensor) and timestep.ndim == 1 else timestep
+        u, c = unet(torch.cat([latents] * 2), t, encoder_hidden_states=torch.cat([uncond, text])).sample.chunk(2)
+        return c + w * (c - u)
+
+    with pytest.raises(CheckFailed):
+        run("guided_noise_pred", fn)
+
+
+def test_guided_message_names_the_call_and_index():
+    with pytest.raises(CheckFailed) as info:
+        run("guided_noise_pred", _guided(order="uncond-first", split="swapped"))
+    msg = str(info.value)
+    assert msg.startswith("Likely bug:") and "guided_noise_pred(unet, latents" in msg and "first at index" in msg
+
+
+# --------------------------------------------------------------------------- hard-coded answers
+
+def _hard_coded(name):
+    g = torch.Generator().manual_seed(0)
+    fixed = torch.randn(2, 4, 8, 8, generator=g)
+    if name == "guided_noise_pred":
+        return lambda *a, **k: fixed.clone()
+    return lambda *a, **k: fixed.clone()
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+@pytest.mark.parametrize("name", NAMES)
+def test_hard_coded_answer_fails(name, seed):
+    with pytest.raises(CheckFailed):
+        run(name, _hard_coded(name), seed)
+
+
+def test_inputs_are_fresh_per_seed():
+    seen = {}
+    for seed in (0, 1):
+        calls = []
+        run("classifier_free_guidance",
+            lambda u, c, w: (calls.append((tuple(u.shape), w)), ref.classifier_free_guidance(u, c, w))[1], seed)
+        seen[seed] = calls
+    assert seen[0] != seen[1]
+
+
+# --------------------------------------------------------------------------- with the machinery
+
+@pytest.fixture
+def pristine_starters(tmp_path, monkeypatch):
+    from helpers.labs import find_lab
+    from helpers.make_starters import strip_solutions
+
+    info = find_lab("lab04")
+    (tmp_path / f"{info.slug}.py").write_text(strip_solutions(info.solution_path.read_text(), "lab04"))
+    monkeypatch.setenv("DIFFUSION_LABS_STARTERS", str(tmp_path))
+    monkeypatch.delenv("DIFFUSION_LABS_MODE", raising=False)
+    return tmp_path / f"{info.slug}.py"
+
+
+def test_check_on_pristine_starter_is_all_todo(pristine_starters, capsys):
+    from helpers.exercise import check
+
+    results = check("lab04", seed=0)
+    assert [r.name for r in results] == NAMES
+    assert [r.status for r in results] == ["todo"] * 3
+    assert "0/3 passed" in capsys.readouterr().out
+
+
+def test_a_learner_guided_noise_pred_uses_the_reference_cfg_when_theirs_is_todo(pristine_starters, capsys):
+    """The later exercise calls the earlier ones by name; while they are TODO, the reference
+    is substituted, so a correct guided_noise_pred passes on its own."""
+    from helpers.exercise import exercise
+
+    src = pristine_starters.read_text().replace(
+        'raise NotImplementedError("TODO(lab04): guided_noise_pred")',
+        "t = torch.cat([timestep, timestep]) if isinstance(timestep, torch.Tensor) and timestep.ndim == 1 else timestep\n"
+        "    out = unet(torch.cat([latents] * 2), t, encoder_hidden_states=torch.cat([uncond_embeddings, text_embeddings])).sample\n"
+        "    u, c = out.chunk(2)\n"
+        "    g = classifier_free_guidance(u, c, guidance_scale)\n"
+        "    return rescale_noise_cfg(g, c, guidance_rescale) if guidance_rescale > 0 else g")
+    pristine_starters.write_text(src)
+    ex = exercise("lab04", seed=0)
+    assert ex.status["guided_noise_pred"] == "passed", ex.results["guided_noise_pred"].message
+    assert ex.origin["classifier_free_guidance"] == "reference"
+
+
+def test_page_reading_markers_exist():
+    """The page slices StableDiffusionPipeline's source by these markers; they must exist."""
+    from diffusers import StableDiffusionPipeline
+
+    from helpers.reading import source_lines
+
+    for start, stop in [("# For classifier free guidance, we need", "prompt_embeds = torch.cat"),
+                        ("# expand the latents if we are doing", "noise_pred = rescale_noise_cfg"),
+                        ("if do_classifier_free_guidance and negative_prompt_embeds is None", "uncond_tokens = [\"\"]")]:
+        obj = StableDiffusionPipeline.encode_prompt if "negative_prompt_embeds is None" in start else StableDiffusionPipeline.__call__
+        _, lines, note = source_lines(obj, start=start, stop=stop)
+        assert not note, (start, stop, note)
+    _, _, note = source_lines(StableDiffusionPipeline.do_classifier_free_guidance.fget)
+    assert not note
