@@ -115,6 +115,6 @@ def load_pipeline(name: str = "tiny-sd", device=None, dtype=None, **kwargs):
     if cls is diffusers.StableDiffusionPipeline:
         kwargs.setdefault("safety_checker", None)
         kwargs.setdefault("requires_safety_checker", False)
-    pipe = cls.from_pretrained(path, torch_dtype=dtype or torch.float32, **kwargs)
+    pipe = cls.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
