@@ -8,11 +8,13 @@ with ``plt.show()`` itself, so a figure is never displayed twice.
 """
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-__all__ = ["to_image", "image_grid", "plot_curves"]
+__all__ = ["to_image", "image_grid", "plot_curves", "flow_diagram"]
 
 
 def to_image(x, value_range=(-1.0, 1.0)) -> np.ndarray:
@@ -44,7 +46,7 @@ def image_grid(rows, row_labels=None, col_labels=None, title=None, cell=1.4, val
             else:
                 ax.axis("off")
             if row_labels is not None and j == 0:
-                ax.set_ylabel(row_labels[i], fontsize=9)
+                ax.set_ylabel(textwrap.fill(str(row_labels[i]), 14), fontsize=9)  # wrapped: rows stay apart
             if col_labels is not None and i == 0:
                 ax.set_title(col_labels[j], fontsize=9)
     if title:
@@ -73,3 +75,41 @@ def plot_curves(curves, *, xlabel, ylabel, title=None, ax=None, logy=False, x=No
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return ax
+
+
+def flow_diagram(nodes, edges, *, title=None, figsize=(10.5, 3.6)):
+    """Boxes joined by labelled arrows, e.g. a pipeline's components and the tensors they pass.
+
+    ``nodes``: ``{name: (x, y, text)}``, box centres in axes units ([0, 1] both ways).
+    ``edges``: ``[(src, dst, label)]`` or ``(src, dst, label, rad)``: an arrow from box ``src``
+    to box ``dst`` (bent by ``rad``, matplotlib's arc3 curvature) with ``label`` beside its
+    middle. Returns the Figure."""
+    fig, ax = plt.subplots(figsize=figsize)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_axis_off()
+    boxes = {name: ax.text(x, y, text, ha="center", va="center", fontsize=8, zorder=3,
+                           bbox=dict(boxstyle="round,pad=0.45", fc="#eef3fb", ec="#4a6fa5"))
+             for name, (x, y, text) in nodes.items()}
+    for edge in edges:
+        src, dst, label = edge[:3]
+        rad = edge[3] if len(edge) > 3 else 0.0
+        ax.annotate("", xy=(0.5, 0.5), xycoords=boxes[dst], xytext=(0.5, 0.5), textcoords=boxes[src],
+                    arrowprops=dict(arrowstyle="-|>", color="#555", lw=1.0, shrinkA=2, shrinkB=2,
+                                    patchA=boxes[src].get_bbox_patch(), patchB=boxes[dst].get_bbox_patch(),
+                                    connectionstyle=f"arc3,rad={rad}"))
+        (x0, y0), (x1, y1) = nodes[src][:2], nodes[dst][:2]
+        # the middle of an arc3 curve: the chord's middle moved by rad / 2 times the chord turned by -90
+        # degrees, in display units (hence the aspect ratio)
+        aspect = figsize[0] / figsize[1]
+        x, y = (x0 + x1) / 2 + rad / 2 * (y1 - y0) / aspect, (y0 + y1) / 2 - rad / 2 * (x1 - x0) * aspect
+        horizontal = abs(y1 - y0) < 1e-6
+        if horizontal:
+            y += 0.07
+        side = "center" if horizontal else ("left" if x >= (x0 + x1) / 2 else "right")
+        x += {"left": 0.01, "right": -0.01, "center": 0.0}[side]
+        ax.text(x, y, label, ha=side, va="center", fontsize=7, color="#333", zorder=4)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

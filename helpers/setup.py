@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import platform
 import random
+import re
+import warnings
 
 # PLACEHOLDER: the public URL of this repository. Set it (here, in COLAB_BOOTSTRAP below, and
 # in every lab's first code cell, by search-and-replace) when the course is published.
@@ -33,6 +35,59 @@ if "google.colab" in sys.modules:  # Colab only: fetch the course and install it
     os.chdir("/content/diffusion-labs"); sys.path.insert(0, "/content/diffusion-labs")'''
 
 
+# The packages whose API the labs read and re-implement: the course is tested with the
+# version ranges requirements.txt gives them; setup() prints those ranges and warns outside.
+TESTED_PACKAGES = ("diffusers", "transformers")
+
+
+class UntestedVersionWarning(UserWarning):
+    """diffusers or transformers is installed at a version outside the tested range."""
+
+
+def tested_ranges(requirements=None) -> dict[str, str]:
+    """The version ranges of :data:`TESTED_PACKAGES` in ``requirements.txt``, as written there
+    (``{"diffusers": ">=0.35,<0.44", ...}``). ``requirements`` defaults to the file at the root
+    of the checkout ``helpers`` is imported from; a missing or unreadable file gives ``{}``."""
+    from pathlib import Path
+
+    if requirements is None:
+        requirements = Path(__file__).resolve().parent.parent / "requirements.txt"
+    try:
+        text = Path(requirements).read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    names = "|".join(re.escape(n) for n in TESTED_PACKAGES)
+    ranges = {}
+    for line in text.splitlines():
+        m = re.match(rf"\s*({names})\s*(?:\[[^\]]*\])?\s*([<>=!~][^#;]*)", line, re.IGNORECASE)
+        if m:
+            ranges[m.group(1).lower()] = re.sub(r"\s+", "", m.group(2))
+    return ranges
+
+
+def untested_versions(versions: dict[str, str], ranges: dict[str, str]) -> list[str]:
+    """One message per package whose installed version (``versions``: name -> version, or
+    "not installed") is outside its tested range; packages without a range, not installed,
+    or with a version or range that does not parse are skipped."""
+    try:
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+        from packaging.version import InvalidVersion, Version
+    except ImportError:  # packaging comes with transformers; without it, check nothing
+        return []
+    out = []
+    for name, spec in ranges.items():
+        try:
+            version = Version(versions.get(name, ""))
+            inside = SpecifierSet(spec).contains(version, prereleases=True)
+        except (InvalidVersion, InvalidSpecifier):
+            continue
+        if not inside:
+            out.append(f"{name} {version} is outside the range this course is tested with ({name}{spec}, "
+                       "requirements.txt): the labs may break or show different numbers; "
+                       "to get a tested version: pip install -r requirements.txt")
+    return out
+
+
 def setup(seed: int = 0, quiet: bool = False):
     """Choose the device (CUDA if available, else CPU), seed ``random``/numpy/torch, set
     matplotlib defaults, print the versions, and return the device.
@@ -44,6 +99,11 @@ def setup(seed: int = 0, quiet: bool = False):
     Returns:
         ``torch.device("cuda")`` or ``torch.device("cpu")``.
     """
+    import os
+
+    # transformers warns at import that torchvision is missing (it is not needed here); keep
+    # learners' output for what the lab prints. Set before transformers is first imported.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import numpy as np
     import torch
 
@@ -58,15 +118,20 @@ def setup(seed: int = 0, quiet: bool = False):
                              "axes.grid": False, "font.size": 10})
     except ImportError:
         pass
-    if not quiet:
-        def version(name):  # package metadata: no slow import of transformers just to print it
-            from importlib.metadata import PackageNotFoundError, version as _version
-            try:
-                return _version(name)
-            except PackageNotFoundError:
-                return "not installed"
+    def version(name):  # package metadata: no slow import of transformers just to print it
+        from importlib.metadata import PackageNotFoundError, version as _version
+        try:
+            return _version(name)
+        except PackageNotFoundError:
+            return "not installed"
 
+    versions, ranges = {n: version(n) for n in TESTED_PACKAGES}, tested_ranges()
+    if not quiet:
+        tested = {n: f" (tested {ranges[n]})" if n in ranges else "" for n in TESTED_PACKAGES}
         gpu = f" ({torch.cuda.get_device_name(0)})" if device.type == "cuda" else ""
-        print(f"python {platform.python_version()} | torch {torch.__version__} | diffusers {version('diffusers')}"
-              f" | transformers {version('transformers')} | device {device}{gpu} | seed {seed}")
+        print(f"python {platform.python_version()} | torch {torch.__version__}"
+              f" | diffusers {versions['diffusers']}{tested['diffusers']}"
+              f" | transformers {versions['transformers']}{tested['transformers']} | device {device}{gpu} | seed {seed}")
+    for message in untested_versions(versions, ranges):  # warn, never fail: the labs may still run
+        warnings.warn(message, UntestedVersionWarning, stacklevel=2)
     return device

@@ -78,11 +78,29 @@ def execute(notebook: Path, timeout: int = 600) -> Path:
     return target
 
 
+def refresh_prose(notebook: Path) -> Path:
+    """Copy the markdown cells of ``notebook`` into its solved notebook, keeping the outputs.
+    Only when every code cell is unchanged (prose edits need no re-execution); else raise."""
+    target = ROOT / "solutions" / notebook.name
+    nb, solved = nbformat.read(notebook, as_version=4), nbformat.read(target, as_version=4)
+    kinds = lambda n: [c.cell_type for c in n.cells]  # noqa: E731
+    same_code = all(a.source == b.source for a, b in zip(nb.cells, solved.cells) if a.cell_type == "code")
+    if kinds(nb) != kinds(solved) or not same_code:
+        raise SystemExit(f"{target.relative_to(ROOT)}: code cells changed; execute it (drop --prose)")
+    for a, b in zip(nb.cells, solved.cells):
+        if a.cell_type == "markdown":
+            b.source = a.source
+    nbformat.write(solved, target)
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m scripts.build_solutions", description=__doc__.splitlines()[0])
     p.add_argument("labs", nargs="*", help="lab numbers (default: all pages)")
     p.add_argument("--no-execute", action="store_true", help="only regenerate notebooks/")
     p.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    p.add_argument("--prose", action="store_true",
+                   help="only copy changed markdown into solutions/ (code cells must be unchanged)")
     args = p.parse_args(argv)
     todo = pages(args.labs)
     if not todo:
@@ -91,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     for page in todo:
         nb = build_notebook(page)
         print(f"{page.relative_to(ROOT)} -> {nb.relative_to(ROOT)}")
-        if not args.no_execute:
+        if args.prose:
+            print(f"  prose -> {refresh_prose(nb).relative_to(ROOT)}")
+        elif not args.no_execute:
             t0 = time.perf_counter()
             out = execute(nb, args.timeout)
             print(f"  executed -> {out.relative_to(ROOT)} ({time.perf_counter() - t0:.0f} s)")
