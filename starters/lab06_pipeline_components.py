@@ -1,0 +1,168 @@
+# Your exercise file for Lab 06: Diffusers Pipeline Components.
+#
+# Generated from helpers/solutions/lab06_pipeline_components.py by `python -m helpers.make_starters`.
+# Fill in each TODO (replace the `raise NotImplementedError`), save, and run
+# `check("lab06")` in notebooks/06_pipeline_components.ipynb: edits are picked up without
+# restarting the kernel. Until a function passes its check, the notebook uses the reference.
+
+"""Lab 06: `StableDiffusionPipeline` taken apart: text encoding, the starting latents, and the
+whole generation loop written out from the pipeline's components.
+
+A diffusers pipeline owns no weights of its own. It is a short program over five components
+(`pipe.components`, listed in the folder's `model_index.json`); diffusers' names on the right:
+
+    tokenizer      text -> token ids (B, L), padded/truncated to L = model_max_length
+    text_encoder   token ids -> c, the last hidden state (B, L, D)        `prompt_embeds`
+    unet           (x_t, t, c) -> eps_hat (B, C, h, w)                    `noise_pred`
+    scheduler      (eps_hat, t, x_t) -> x_t', no weights, only a config   `scheduler.step`
+    vae            z_0 / scaling_factor -> image (B, 3, H, W), H = f h    `vae.decode`
+
+with f = vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) (8 for SD and
+tiny-sd), C = unet.config.in_channels latent channels.
+
+`StableDiffusionPipeline.__call__` (Rombach et al. 2022, "High-Resolution Image Synthesis with
+Latent Diffusion Models"; Ho & Salimans 2022 for the guidance), numbered as in its source:
+
+    3. c = E(prompt), c_0 = E(negative prompt or "")     prompt_embeds = cat([c_0, c])  (2B, L, D)
+    4. scheduler.set_timesteps(n)                        the n timesteps t_1 > ... > t_n
+    5. x_T = init_noise_sigma * eps,  eps ~ N(0, I) of shape (B, C, H/f, W/f)
+    7. for t in timesteps:
+           x_in  = scheduler.scale_model_input(cat([x_t, x_t]), t)
+           eps_u, eps_c = unet(x_in, t, prompt_embeds).chunk(2)
+           eps   = eps_u + w (eps_c - eps_u)
+           x_t   = scheduler.step(eps, t, x_t).prev_sample
+       image = vae.decode(x_0 / scaling_factor) / 2 + 0.5, clamped to [0, 1]
+
+The functions below are, in order: steps 3, 5 and the whole of it. Each equals the pipeline's
+own tensors on the same inputs (`pipe.encode_prompt`, `pipe.prepare_latents`,
+`pipe(..., output_type="latent")`).
+"""
+
+import inspect
+
+import torch
+
+__all__ = ["encode_prompt", "prepare_latents", "generate"]
+
+
+def encode_prompt(tokenizer, text_encoder, prompts, device):
+    """The prompt embeddings c = E(prompt), as `StableDiffusionPipeline.encode_prompt(...)[0]`.
+
+    The tokenizer turns each prompt into ids [BOS, w_1, ..., w_k, EOS, PAD, ..., PAD], always
+    of length L = tokenizer.model_max_length (77 for SD's CLIP, 16 for tiny-sd): padded
+    ("max_length") when shorter, cut ("truncation") when longer. The text encoder (CLIP's text
+    transformer, Radford et al. 2021) maps them to its LAST hidden state (after the final layer
+    norm), one D-vector per position, padding positions included: the UNet cross-attends to all
+    L of them (Rombach et al. 2022, eq. 3, with tau_theta(y) = the text encoder). No attention
+    mask is passed (SD's text encoder config does not ask for one, and the UNet was trained on
+    embeddings made without it). The pooled output is not used by SD 1.x/2.x.
+
+    Args:
+        tokenizer: a `CLIPTokenizer` (or any Hugging Face tokenizer with `model_max_length`).
+        text_encoder: a `CLIPTextModel`: `text_encoder(input_ids)[0]` is the last hidden state.
+        prompts: a list of B strings, or one string (then B = 1).
+        device: where the token ids go (the text encoder's device).
+
+    Returns:
+        (B, L, D) float tensor on `device` in the text encoder's dtype, L = model_max_length,
+        D = text_encoder.config.hidden_size.
+    """
+    # TODO: One string means a batch of one: [prompts].
+    # TODO: tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids is (B, L).
+    # TODO: text_encoder(input_ids.to(device))[0] is the last hidden state (B, L, D); no attention mask, not the pooled output.
+    raise NotImplementedError("TODO(lab06): encode_prompt")
+
+
+def prepare_latents(batch_size, num_channels, height, width, vae_scale_factor, generator,
+                    init_noise_sigma, dtype, device):
+    """The starting latents x_T = init_noise_sigma * eps, as `StableDiffusionPipeline.prepare_latents`.
+
+    The denoiser works in the VAE's latent space, f = vae_scale_factor times smaller than the
+    image per side (Rombach et al. 2022, Sec. 3.1: x in R^{H x W x 3} -> z in R^{h x w x c},
+    f = H / h), so the noise has the LATENT shape (B, C, H // f, W // f), (batch, channels,
+    rows, columns): height goes before width.
+
+    eps ~ N(0, I) is drawn from `generator` the way diffusers' `randn_tensor` does it:
+    - on the generator's device (a CPU generator draws on the CPU, then the result moves to
+      `device`: the same seed then gives the same latents on every machine),
+    - in `dtype` directly,
+    - a list of B generators draws sample i from generator i, shape (1, C, h, w) each, then
+      concatenates (each image then depends on its own seed only, not on the batch).
+
+    `init_noise_sigma` is the std of x_T the scheduler expects: 1 for the DDPM-type
+    schedulers (DDPM, DDIM, PNDM, DPM-Solver: x_T = sqrt(abar_T) x_0 + sqrt(1 - abar_T) eps is
+    almost pure eps), about sigma_max for the Euler/Karras-type ones (Karras et al. 2022,
+    "Elucidating the Design Space...", work with x = x_0 + sigma eps, std sqrt(sigma^2 + 1)):
+    `EulerDiscreteScheduler` returns sqrt(sigma_max^2 + 1) for "leading" spacing and sigma_max
+    itself for "linspace"/"trailing" (14.6 for SD's schedule), sigma_max being that of the
+    FIRST timestep after `set_timesteps`.
+
+    Args:
+        batch_size: B.
+        num_channels: C, `unet.config.in_channels` (4 for SD).
+        height, width: the IMAGE size in pixels (multiples of vae_scale_factor).
+        vae_scale_factor: f, 2 ** (len(vae.config.block_out_channels) - 1).
+        generator: a `torch.Generator`, a list of B of them, or None (the global RNG).
+        init_noise_sigma: `scheduler.init_noise_sigma`, a float or a 0-d tensor.
+        dtype: the latents' dtype (the pipeline uses the prompt embeddings' dtype).
+        device: where the latents go.
+
+    Returns:
+        (B, C, height // f, width // f) tensor of `dtype` on `device`.
+
+    Raises:
+        ValueError: a list of generators whose length is not batch_size.
+    """
+    # TODO: The latent shape is (batch_size, num_channels, height // vae_scale_factor, width // vae_scale_factor).
+    # TODO: torch.randn(shape, generator=g, device=g.device, dtype=dtype).to(device): draw where the generator lives, then move.
+    # TODO: A list of generators: one (1, C, h, w) draw per generator, torch.cat along the batch (ValueError if its length is not batch_size).
+    # TODO: Multiply by init_noise_sigma at the end (1 for DDIM, about sigma_max for Euler).
+    raise NotImplementedError("TODO(lab06): prepare_latents")
+
+
+def generate(components, prompt, negative_prompt=None, num_inference_steps=25, guidance_scale=7.5,
+             generator=None, height=None, width=None):
+    """Text to image with the pipeline's components, the loop of `StableDiffusionPipeline.__call__`
+    written out (see the module docstring for the steps). Its latents equal
+    `pipe(..., output_type="latent").images` and its images `pipe(..., output_type="pt").images`
+    on the same inputs, for any scheduler (DDIM, Euler, DPM++ 2M, ...).
+
+    Classifier-free guidance (Ho & Salimans 2022, eq. 6, diffusers' convention w = 1 + w'):
+    eps = eps_u + w (eps_c - eps_u), with ONE UNet forward on the batch [uncond, cond]
+    (unconditional first, as the pipeline), and only when w > 1 (`do_classifier_free_guidance`;
+    for w <= 1 the pipeline runs the conditional branch alone).
+
+    Per step, `scheduler.scale_model_input(x, t)` is what the UNet sees (the identity for
+    DDPM-type schedulers, x / sqrt(sigma_t^2 + 1) for Euler-type ones) while `scheduler.step`
+    gets the UNSCALED x_t. When `scheduler.step` accepts a `generator` (stochastic samplers such
+    as Euler ancestral), the same generator is passed, as the pipeline does.
+
+    The decoder undoes the scaling of the latent space (Rombach et al. 2022, Sec. 4.3.2 and
+    App. D.1: the latents were multiplied by scaling_factor = 1 / std during training): image =
+    vae.decode(x_0 / scaling_factor), in [-1, 1], then mapped to [0, 1] and clamped (the
+    pipeline's postprocess).
+
+    Args:
+        components: `pipe.components`, a dict with "tokenizer", "text_encoder", "unet",
+            "scheduler" and "vae" (other entries are ignored).
+        prompt: a string or a list of B strings.
+        negative_prompt: None (the empty prompt ""), a string (for every prompt) or a list of B
+            strings; used only when guidance_scale > 1.
+        num_inference_steps: n, passed to `scheduler.set_timesteps(n)`.
+        guidance_scale: w, a float.
+        generator: a `torch.Generator` (or a list of B) for the starting noise and the
+            scheduler's steps.
+        height, width: image size in pixels; None: unet.config.sample_size * f (64 for
+            tiny-sd, 512 for SD 1.5).
+
+    Returns:
+        (images, latents): images (B, 3, height, width) in [0, 1]; latents (B, C, height / f,
+        width / f), the final x_0 before decoding.
+    """
+    # TODO: f = 2 ** (len(vae.config.block_out_channels) - 1); default height/width = unet.config.sample_size * f; device = unet.device.
+    # TODO: CFG only when guidance_scale > 1: embeddings cat([encode(negative or ""), encode(prompt)]) (uncond FIRST).
+    # TODO: scheduler.set_timesteps(n, device=device) BEFORE prepare_latents (init_noise_sigma depends on the timesteps).
+    # TODO: Each step: x_in = scale_model_input(cat([latents] * 2), t); eps_u, eps_c = unet(x_in, t, encoder_hidden_states=embeds).sample.chunk(2).
+    # TODO: latents = scheduler.step(eps, t, latents, [generator=generator if step accepts it]).prev_sample: step the UNSCALED latents.
+    # TODO: images = (vae.decode(latents / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1).
+    raise NotImplementedError("TODO(lab06): generate")
