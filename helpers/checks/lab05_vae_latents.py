@@ -1,0 +1,448 @@
+"""Checks of Lab 05 (VAE latent space): one ``check_<name>(fn, gen)`` per exercise.
+
+Every check draws fresh inputs from ``gen``: small randomly initialised ``AutoencoderKL``s
+(1 to 3 blocks, so factor 1, 2 or 4; 2 to 16 latent channels; with or without the mid-block
+attention), random images, latents, scaling factors (never 1, and never the VAE's own config
+value, so a missing or misplaced factor cannot pass), and tiny-sd's real VAE (the weights
+shipped in ``helpers/assets/tiny-sd/vae``, loaded without ``from_pretrained``). Outputs are
+compared with the reference AND with diffusers: ``retrieve_latents(vae.encode(x), generator,
+sample_mode) * scaling_factor`` (what ``StableDiffusionImg2ImgPipeline.prepare_latents``
+does) and ``vae.decode(latents / scaling_factor, return_dict=False)[0]`` (the line of
+``StableDiffusionPipeline.__call__``). When an output matches what a typical bug returns,
+the message names the bug.
+"""
+import json
+import math
+import numbers
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
+from safetensors.torch import load_file
+
+from helpers.checks._core import CheckFailed, assert_close, choice, describe, randint
+from helpers.solutions import lab05_vae_latents as ref
+
+LAB = "lab05"
+
+TINY_SD_VAE = Path(__file__).resolve().parents[1] / "assets" / "tiny-sd" / "vae"
+
+# Tolerances. The learner calls the same VAE on the same input as the reference, so the
+# tensors agree to a few float32 ulps (z * s vs s * z, latents / s vs (1 / s) * latents,
+# posterior.mean vs posterior.mode()); every typical bug below is off by a factor s != 1 or more.
+TOL = {torch.float32: dict(atol=1e-5, rtol=1e-4), torch.float64: dict(atol=1e-10, rtol=1e-9)}
+TOL_CUDA = dict(atol=1e-4, rtol=1e-3)  # the same kernels run twice; room for non-deterministic ones
+# estimate_scaling_factor: LDM's formula with 1 / n (appendix D.1) or torch's unbiased std
+# (LDM's code) differ by sqrt(n / (n - 1)) - 1 < 1e-3 for the n >= 512 elements drawn here.
+RTOL_SCALE = 2e-3
+RTOL_RATIO = 1e-6  # float32 arithmetic (a tensor of the shapes) is fine
+
+EQ_ENCODE = ("z' = scaling_factor * z with z = vae.encode(images).latent_dist.mode() (the mean) when sample=False, "
+             "z = vae.encode(images).latent_dist.sample(generator) when sample=True (diffusers' retrieve_latents, "
+             "then `init_latents = self.vae.config.scaling_factor * init_latents` in StableDiffusionImg2ImgPipeline).")
+EQ_DECODE = ("images = vae.decode(latents / scaling_factor).sample, the line of StableDiffusionPipeline.__call__; "
+             "no clipping, no mapping to [0, 1] (the image processor does that afterwards).")
+EQ_SCALE = ("s = 1 / std(z), ONE scalar over every element of the unscaled latents (batch, channels, height, "
+            "width), the std subtracting the mean: 1 / latents.flatten().std() (LDM appendix D.1).")
+EQ_RATIO = "compression_ratio = (C * H * W) / (c * h * w), every dimension counted, as a float."
+
+
+# --------------------------------------------------------------------------- random inputs
+
+def _uniform(gen, low, high):
+    return low + (high - low) * float(torch.rand((), generator=gen, dtype=torch.float64))
+
+
+def _factor(gen, avoid=()):
+    """A scaling factor in [0.15, 0.9] or [1.2, 2.5], at least 0.05 from every value of ``avoid``."""
+    while True:
+        s = round(_uniform(gen, 0.15, 0.9) if randint(gen, 0, 2) else _uniform(gen, 1.2, 2.5), 4)
+        if all(abs(s - a) > 0.05 for a in avoid):
+            return s
+
+
+def _random_vae(gen, dtype=torch.float32):
+    """A small random AutoencoderKL (factor 1, 2 or 4) and a description; its config's
+    scaling_factor is random too (the checks pass another one as the argument)."""
+    n = randint(gen, 1, 3)
+    channels = tuple(choice(gen, (8, 16)) for _ in range(n))
+    c = choice(gen, (2, 3, 4, 4, 8, 16))
+    attention = bool(randint(gen, 0, 1))
+    config_factor = _factor(gen)
+    seed = randint(gen, 0, 2**31 - 1)
+    with torch.random.fork_rng(devices=[]):  # the notebook's global RNG is left alone
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
+                            up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=channels,
+                            layers_per_block=1, latent_channels=c, norm_num_groups=4, sample_size=32,
+                            mid_block_add_attention=attention, scaling_factor=config_factor)
+    with torch.no_grad():  # outputs well beyond [-1, 1], so a clipped decode cannot pass
+        vae.decoder.conv_out.weight.mul_(3.0)
+        vae.decoder.conv_out.bias.mul_(3.0)
+    if dtype == torch.float64:
+        vae = vae.double()  # not .to(dtype): diffusers' ModelMixin.to warns on any dtype cast
+    vae = vae.eval().requires_grad_(False)
+    desc = (f"random AutoencoderKL(block_out_channels={channels}, latent_channels={c}, factor {2 ** (n - 1)}, "
+            f"config.scaling_factor={config_factor}, {_dt(dtype)})")
+    return vae, desc, 2 ** (n - 1)
+
+
+def _tiny_sd_vae():
+    """tiny-sd's real VAE, built from its config and safetensors weights (no from_pretrained:
+    no hub code path, and a fresh object on every call, so a learner cannot leave state behind)."""
+    config = json.loads((TINY_SD_VAE / "config.json").read_text())
+    with torch.random.fork_rng(devices=[]):
+        vae = AutoencoderKL.from_config(config)
+    vae.load_state_dict(load_file(str(TINY_SD_VAE / "diffusion_pytorch_model.safetensors")))
+    return vae.eval().requires_grad_(False), f"tiny-sd's AutoencoderKL (scaling_factor {vae.config.scaling_factor:.6g})"
+
+
+def _images(gen, batch, height, width, dtype=torch.float32):
+    """Smooth random images in [-1, 1]: coarse noise upsampled, plus a little fine noise."""
+    coarse = torch.rand((batch, 3, max(1, height // 8), max(1, width // 8)), generator=gen, dtype=torch.float64)
+    x = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+    x = x + 0.1 * torch.rand((batch, 3, height, width), generator=gen, dtype=torch.float64)
+    return (x.clamp(0, 1) * 2 - 1).to(dtype)
+
+
+def _dt(dtype):
+    return str(dtype).replace("torch.", "")
+
+
+def _seed(gen):
+    return randint(gen, 0, 2**31 - 1)
+
+
+def _not_tensor(name, got, what):
+    """Specific messages for the objects diffusers returns around the tensor."""
+    kind = type(got).__name__
+    if kind == "DiagonalGaussianDistribution":
+        raise CheckFailed(f"Likely bug: you returned the posterior itself.\n{name}: expected a tensor, got a "
+                          f"DiagonalGaussianDistribution. Take its .mode() (the mean) or .sample(generator), then "
+                          f"multiply by scaling_factor.\nHint: {EQ_ENCODE}")
+    if kind in ("AutoencoderKLOutput", "DecoderOutput", "tuple"):
+        field = {"AutoencoderKLOutput": ".latent_dist", "DecoderOutput": ".sample"}.get(kind, "[0]")
+        raise CheckFailed(f"Likely bug: you returned diffusers' output object, not the tensor inside it.\n{name}: "
+                          f"expected a tensor, got {describe(got)}; the {what} is its {field}.")
+
+
+def _unchanged(name, before, after, what):
+    if not torch.equal(before, after):
+        raise CheckFailed(f"Likely bug: your function changed its input `{what}` in place.\n{name}: `{what}` differs "
+                          f"after the call (an in-place `/=`, `*=`, `.mul_()` or `.clamp_()`?). Build a new tensor: "
+                          f"`{what} / s`, not `{what} /= s`: the caller still needs its own tensor.")
+
+
+# --------------------------------------------------------------------------- encode
+
+def _noise_like(got, mean, std, s):
+    """(got / s - mean) / std when that looks like N(0, 1) noise, else None."""
+    if not (isinstance(got, torch.Tensor) and got.shape == mean.shape):
+        return None
+    r = (got.detach().double().cpu() / s - mean.double()) / std.double()
+    if not torch.isfinite(r).all():
+        return None
+    ms, m = float(r.pow(2).mean()), float(r.mean())
+    return r if (0.5 < ms < 2.0 and abs(m) < 0.3 and r.numel() >= 64) else None
+
+
+def _encode_bugs(vae, images, s, sample, seed):
+    """(hint, what the bug returns) for the typical encode bugs, on the same inputs."""
+    with torch.no_grad():
+        posterior = vae.encode(images).latent_dist
+        draw = posterior.sample(torch.Generator().manual_seed(seed))
+        z, other = (draw, posterior.mean) if sample else (posterior.mean, draw)
+        bugs = [
+            ("missing scaling factor: you returned the VAE's own latents z; the diffusion model's latents are "
+             "z * scaling_factor.", z),
+            ("you divided by the scaling factor: encode MULTIPLIES (z' = z * scaling_factor); decode divides.", z / s),
+            ("you used vae.config.scaling_factor, not the scaling_factor argument (the check passes another one).",
+             z * vae.config.scaling_factor),
+            ("you returned the posterior's std, not its mean or a sample.", posterior.std * s),
+        ]
+        if sample:
+            bugs.insert(0, ("sample=True was ignored: you returned the posterior mean; draw "
+                            "latent_dist.sample(generator=generator).", other * s))
+        pick = (lambda p: p.sample(torch.Generator().manual_seed(seed))) if sample else (lambda p: p.mode())
+        bugs += [
+            ("the images are already in [-1, 1]: you mapped them to [0, 1] ((x + 1) / 2) before encoding.",
+             pick(vae.encode((images + 1) / 2).latent_dist) * s),
+            ("the images are already in [-1, 1]: you mapped them again (2x - 1) before encoding.",
+             pick(vae.encode(images * 2 - 1).latent_dist) * s),
+        ]
+    return bugs
+
+
+def _encode_case(fn, gen, vae, desc, images, s, sample, *, diagnose=True, diffusers_too=True, tol=None):
+    """Run the learner's encode on one input and compare (reference, typical bugs, diffusers)."""
+    seed = _seed(gen)
+    name = (f"encode(vae=<{desc}>, images {tuple(images.shape)} {_dt(images.dtype)} in [-1, 1], "
+            f"scaling_factor={s}, sample={sample}" + (f", generator=torch.Generator().manual_seed({seed}))" if sample
+                                                      else ")"))
+    x_in = images.clone()
+    config_before = vae.config.scaling_factor
+    with torch.no_grad():
+        got = fn(vae, x_in, s, sample=sample, generator=torch.Generator().manual_seed(seed) if sample else None)
+    _unchanged(name, images, x_in, "images")
+    if vae.config.scaling_factor != config_before:
+        raise CheckFailed(f"Likely bug: your encode changed vae.config.scaling_factor.\n{name}: it was "
+                          f"{config_before}, now {vae.config.scaling_factor}. Multiply the latents by the "
+                          f"argument; leave the VAE's config alone.")
+    _not_tensor(name, got, "latent distribution")
+    with torch.no_grad():
+        expected = ref.encode(vae, images, s, sample=sample,
+                              generator=torch.Generator().manual_seed(seed) if sample else None)
+    tol = tol or TOL[images.dtype]
+    if isinstance(got, torch.Tensor) and got.ndim == 4 and got.shape[1] == 2 * expected.shape[1] \
+            and got.shape[0] == expected.shape[0]:
+        raise CheckFailed(f"Likely bug: you returned the encoder's raw output (mean and log-variance stacked).\n{name}: "
+                          f"expected {tuple(expected.shape)}, got {tuple(got.shape)}: twice the latent channels. "
+                          f"vae.encode(images).latent_dist splits them: use its .mode() / .mean, or .sample().\n"
+                          f"Hint: {EQ_ENCODE}")
+    right = isinstance(got, torch.Tensor) and got.shape == expected.shape and \
+        torch.allclose(got.detach().double().cpu(), expected.double().cpu(), **tol)
+    bugs = _encode_bugs(vae, images, s, sample, seed) if diagnose and not right else None
+    if bugs and isinstance(got, torch.Tensor) and got.shape == expected.shape \
+            and not any(torch.allclose(got.detach().double().cpu(), c.double().cpu(), **tol) for _, c in bugs):
+        with torch.no_grad():
+            posterior = vae.encode(images).latent_dist
+        r = _noise_like(got, posterior.mean, posterior.std, s)
+        if r is not None and not sample:
+            raise CheckFailed(f"Likely bug: you sampled the posterior, but sample=False asks for its mean "
+                              f"(latent_dist.mode(), what StableDiffusionImg2ImgPipeline's sample_mode='argmax' "
+                              f"returns).\n{name}: (got / scaling_factor - mean) / std looks like N(0, 1) noise.\n"
+                              f"Hint: {EQ_ENCODE}")
+        if r is not None and sample:
+            raise CheckFailed(f"Likely bug: your sample is not drawn from `generator` the way diffusers draws it.\n"
+                              f"{name}: (got / scaling_factor - mean) / std is N(0, 1) noise, but not the noise "
+                              f"latent_dist.sample(generator=generator) draws (randn_tensor(mean.shape, "
+                              f"generator=generator, dtype=mean.dtype)); the same seed must give the same latents "
+                              f"as the pipeline's.\nHint: {EQ_ENCODE}")
+    assert_close(name, got, expected, **tol, diagnose=bugs, hint=EQ_ENCODE)
+    if diffusers_too:
+        with torch.no_grad():
+            theirs = retrieve_latents(vae.encode(images), generator=torch.Generator().manual_seed(seed),
+                                      sample_mode="sample" if sample else "argmax") * s
+        assert_close(f"{name} vs diffusers: retrieve_latents(vae.encode(images), generator, sample_mode="
+                     f"{'sample' if sample else 'argmax'!r}) * scaling_factor", got, theirs, **tol)
+
+
+def check_encode(fn, gen):
+    """Random VAEs (mean, then a seeded sample), factors never 1 nor the config's; tiny-sd's VAE
+    with its own factor (mean and sample); float64; slicing on; CUDA when there is one. Compared
+    with the reference and with diffusers' retrieve_latents(...) * scaling_factor, as img2img does."""
+    # 1. random VAE, the mean, then a sample with a seeded generator
+    vae, desc, f = _random_vae(gen)
+    size = f * 4 * randint(gen, 2, 3)  # 8 .. 48 pixels, a multiple of the factor
+    images = _images(gen, randint(gen, 2, 3), size, f * 4 * randint(gen, 2, 3))
+    s = _factor(gen, avoid=(1.0, vae.config.scaling_factor))
+    _encode_case(fn, gen, vae, desc, images, s, sample=False)
+    _encode_case(fn, gen, vae, desc, images, s, sample=True)
+    # 2. tiny-sd's real VAE with its own scaling factor: exactly what the pipelines compute
+    if TINY_SD_VAE.exists():
+        tiny, tiny_desc = _tiny_sd_vae()
+        h, w = 8 * randint(gen, 4, 8), 8 * randint(gen, 4, 8)
+        images = _images(gen, 2, h, w)
+        for sample in (False, True):
+            _encode_case(fn, gen, tiny, tiny_desc, images, tiny.config.scaling_factor, sample=sample,
+                         diagnose=not sample)
+    # 3. float64, and slicing on (diffusers then encodes one image at a time)
+    vae, desc, f = _random_vae(gen, torch.float64)
+    images = _images(gen, 3, 8 * f, 8 * f, torch.float64)
+    _encode_case(fn, gen, vae, desc, images, _factor(gen, avoid=(1.0, vae.config.scaling_factor)),
+                 sample=bool(randint(gen, 0, 1)), diagnose=False)
+    vae.enable_slicing()
+    _encode_case(fn, gen, vae, desc + " with enable_slicing()", images,
+                 _factor(gen, avoid=(1.0, vae.config.scaling_factor)), sample=True, diagnose=False)
+    # 4. CUDA, when there is one: the output stays on the VAE's device (a CPU generator, as pipelines pass)
+    if torch.cuda.is_available():
+        vae, desc, f = _random_vae(gen)
+        images = _images(gen, 2, 8 * f, 8 * f)
+        _encode_case(fn, gen, vae.cuda(), desc + " on cuda", images.cuda(),
+                     _factor(gen, avoid=(1.0, vae.config.scaling_factor)), sample=True, diagnose=False, tol=TOL_CUDA)
+
+
+# --------------------------------------------------------------------------- decode
+
+def _decode_case(fn, gen, vae, desc, latents, s, *, diagnose=True, pipeline_line=False, tol=None):
+    name = (f"decode(vae=<{desc}>, latents {tuple(latents.shape)} {_dt(latents.dtype)} "
+            f"(std {latents.std().item():.2f}), scaling_factor={s})")
+    z_in = latents.clone()
+    with torch.no_grad():
+        got = fn(vae, z_in, s)
+    _unchanged(name, latents, z_in, "latents")
+    _not_tensor(name, got, "image")
+    with torch.no_grad():
+        expected = ref.decode(vae, latents, s)
+    tol = tol or TOL[latents.dtype]
+    right = isinstance(got, torch.Tensor) and got.shape == expected.shape and \
+        torch.allclose(got.detach().double().cpu(), expected.double().cpu(), **tol)
+    bugs = None
+    if diagnose and not right:
+        with torch.no_grad():
+            bugs = [
+                ("missing scaling factor: you decoded the scaled latents as they are; divide by scaling_factor "
+                 "first (vae.decode(latents / scaling_factor)).", vae.decode(latents).sample),
+                ("you multiplied by the scaling factor: decode DIVIDES (latents / scaling_factor) to undo encode's "
+                 "multiplication.", vae.decode(latents * s).sample),
+                ("you used vae.config.scaling_factor, not the scaling_factor argument (the check passes another one).",
+                 vae.decode(latents / vae.config.scaling_factor).sample),
+                ("you clipped the images to [-1, 1]: the pipeline's decode returns them unclipped; the image "
+                 "processor clips later.", expected.clamp(-1, 1)),
+                ("you mapped the images to [0, 1] (x / 2 + 0.5, clipped): that is the image processor's "
+                 "postprocess, after decode; decode returns about [-1, 1].", (expected / 2 + 0.5).clamp(0, 1)),
+                ("you mapped the images to [0, 1] (x / 2 + 0.5): that is the image processor's postprocess, "
+                 "after decode; decode returns about [-1, 1].", expected / 2 + 0.5),
+            ]
+    assert_close(name, got, expected, **tol, diagnose=bugs, hint=EQ_DECODE)
+    if pipeline_line:
+        with torch.no_grad():
+            theirs = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+        assert_close(f"{name} vs diffusers: vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0] "
+                     f"(StableDiffusionPipeline.__call__)", got, theirs, **tol)
+
+
+def check_decode(fn, gen):
+    """Random VAEs with factors never 1 nor the config's; tiny-sd's VAE with its own factor,
+    compared with the pipeline's decode line; float64; slicing on; CUDA when there is one; the
+    latents must not be changed in place."""
+    vae, desc, f = _random_vae(gen)
+    c = vae.config.latent_channels
+    s = _factor(gen, avoid=(1.0, vae.config.scaling_factor))
+    latents = torch.randn((randint(gen, 2, 3), c, randint(gen, 2, 6), randint(gen, 2, 6)), generator=gen) * 1.5
+    _decode_case(fn, gen, vae, desc, latents, s)
+    if TINY_SD_VAE.exists():
+        tiny, tiny_desc = _tiny_sd_vae()
+        latents = torch.randn((2, 4, randint(gen, 4, 8), randint(gen, 4, 8)), generator=gen)  # unit variance
+        _decode_case(fn, gen, tiny, tiny_desc, latents, tiny.config.scaling_factor, pipeline_line=True)
+    vae, desc, f = _random_vae(gen, torch.float64)
+    latents = torch.randn((3, vae.config.latent_channels, 3, 4), generator=gen, dtype=torch.float64)
+    vae.enable_slicing()
+    _decode_case(fn, gen, vae, desc + " with enable_slicing()", latents,
+                 _factor(gen, avoid=(1.0, vae.config.scaling_factor)), diagnose=False)
+    if torch.cuda.is_available():  # the output stays on the VAE's device
+        vae, desc, f = _random_vae(gen)
+        latents = torch.randn((2, vae.config.latent_channels, 3, 3), generator=gen)
+        _decode_case(fn, gen, vae.cuda(), desc + " on cuda", latents.cuda(),
+                     _factor(gen, avoid=(1.0, vae.config.scaling_factor)), diagnose=False, tol=TOL_CUDA)
+
+
+# --------------------------------------------------------------------------- estimate_scaling_factor
+
+def _as_number(name, got, kind):
+    """A Python number from a number or a one-element tensor; specific failures otherwise."""
+    if isinstance(got, torch.Tensor):
+        if got.numel() == 1:
+            return float(got.detach().double().cpu())
+        return got
+    if isinstance(got, bool) or not isinstance(got, numbers.Real):
+        raise CheckFailed(f"{name}: expected a number ({kind}), got {describe(got)}.")
+    return float(got)
+
+
+def _scalar_close(name, got, expected, rtol, bugs, hint):
+    if math.isfinite(got) and abs(got - expected) <= rtol * abs(expected):
+        return
+    lead = ""
+    for label, cand in bugs:
+        if math.isfinite(cand) and abs(got - cand) <= rtol * abs(cand):
+            lead = f"Likely bug: {label}\n"
+            break
+    raise CheckFailed(f"{lead}{name}: expected {expected:.6g}, got {got:.6g} (relative error "
+                      f"{abs(got - expected) / abs(expected):.3g}, tolerance {rtol:g}).\nHint: {hint}")
+
+
+def _random_latents(gen, dtype):
+    """(N, c, h, w) unscaled-latent-like values: per-channel means and stds that differ, a
+    global offset (so the mean matters), n >= 512 elements."""
+    c, h, w = randint(gen, 2, 8), randint(gen, 8, 12), randint(gen, 8, 12)
+    N = choice(gen, [n for n in range(4, 10) if n != c])  # a per-image answer cannot pass for a per-channel one
+    scale = _uniform(gen, 0.8, 8.0)  # SD 1.x latents have std ~5.5, tiny-sd's ~2.3
+    means = (torch.rand((1, c, 1, 1), generator=gen, dtype=torch.float64) * 2 - 1) * scale + _uniform(gen, 0.3, 1.0) * scale
+    stds = (0.3 + torch.rand((1, c, 1, 1), generator=gen, dtype=torch.float64) * 1.5) * scale
+    z = means + stds * torch.randn((N, c, h, w), generator=gen, dtype=torch.float64)
+    return z.to(dtype)
+
+
+def check_estimate_scaling_factor(fn, gen):
+    """Random (N, c, h, w) latents (float32, float64) with per-channel means and stds that
+    differ and a non-zero global mean; the answer is 1 / (one std over all elements), within
+    a relative 2e-3 (LDM's 1 / n and torch's 1 / (n - 1) both pass)."""
+    for dtype in (torch.float32, torch.float64, torch.float32):
+        z = _random_latents(gen, dtype)
+        name = f"estimate_scaling_factor(latents {tuple(z.shape)} {_dt(dtype)}, mean {z.mean().item():.3g}, " \
+               f"std {z.std().item():.3g})"
+        z_in = z.clone()
+        got = fn(z_in)
+        _unchanged(name, z, z_in, "latents")
+        expected = ref.estimate_scaling_factor(z)
+        got = _as_number(name, got, "the scaling factor, a float")
+        if isinstance(got, torch.Tensor):
+            per = {z.shape[1]: "per channel", z.shape[0]: "per image"}.get(got.numel(), "not over all elements")
+            raise CheckFailed(f"Likely bug: you computed one value {per} ({got.numel()} values): the scaling "
+                              f"factor is ONE scalar over every element.\n{name}: expected a number, got "
+                              f"{describe(got)}.\nHint: {EQ_SCALE}")
+        zz = z.double()
+        std = float(zz.std())
+        rms = float(zz.pow(2).mean().sqrt())
+        bugs = [
+            ("you returned the std itself; the scaling factor is its inverse, 1 / std.", std),
+            ("you used the variance: the scaling factor is 1 / std (the square root of the variance).",
+             1 / float(zz.var())),
+            ("you returned the variance; the scaling factor is 1 / std.", float(zz.var())),
+            ("you used the root mean square sqrt(mean(z^2)); the std subtracts the mean first (LDM's sigma).",
+             1 / rms),
+            ("you used the mean absolute value; the scaling factor is 1 / std.", 1 / float(zz.abs().mean())),
+            ("you scaled by the largest |z| (to fit [-1, 1]); latent diffusion scales to unit VARIANCE: 1 / std.",
+             1 / float(zz.abs().max())),
+            ("you averaged per-channel stds; the std is over all elements at once (it includes the differences "
+             "between the channels' means).", 1 / float(zz.std(dim=(0, 2, 3)).mean())),
+            ("you used the first image only; the std is over the whole batch.", 1 / float(zz[0].std())),
+            ("you used the first channel only; the std is over all channels.", 1 / float(zz[:, 0].std())),
+        ]
+        _scalar_close(name, got, expected, RTOL_SCALE, bugs, EQ_SCALE)
+
+
+# --------------------------------------------------------------------------- compression_ratio
+
+def _shape_cases(gen):
+    """(image_shape, latent_shape) pairs: SD's, SD3's, tiny-sd's, and random ones (a
+    non-integer ratio among them), as tuples, lists and torch.Size."""
+    cases = [((3, 512, 512), (4, 64, 64)), ((3, 1024, 1024), (16, 128, 128)), ((3, 64, 64), (4, 8, 8))]
+    for _ in range(3):
+        C, c, f = choice(gen, (1, 3, 4)), choice(gen, (3, 4, 8, 16, 32)), choice(gen, (2, 4, 8, 16))
+        h, w = randint(gen, 2, 32), randint(gen, 2, 32)
+        cases.append(((C, f * h, f * w), (c, h, w)))
+    h, w = randint(gen, 2, 12), randint(gen, 2, 12)
+    cases.append(((1, 8 * h, 8 * w), (3, h, w)))  # 64 / 3: not an integer
+    kinds = [tuple, list, lambda s: torch.empty(0, *s).shape[1:]]
+    return [(choice(gen, kinds)(a), choice(gen, kinds)(b)) for a, b in cases]
+
+
+def check_compression_ratio(fn, gen):
+    """SD (48), SD3/FLUX (12), tiny-sd, random shapes (non-square, non-integer ratios) given as
+    tuples, lists or torch.Size; within a relative 1e-6 (float32 arithmetic passes)."""
+    for image_shape, latent_shape in _shape_cases(gen):
+        name = f"compression_ratio({image_shape!r}, {latent_shape!r})"
+        got = fn(image_shape, latent_shape)
+        got = _as_number(name, got, "the ratio, a float")
+        if isinstance(got, torch.Tensor):
+            raise CheckFailed(f"{name}: expected one number, got {describe(got)}.\nHint: {EQ_RATIO}")
+        expected = ref.compression_ratio(image_shape, latent_shape)
+        C, H, W = (int(d) for d in image_shape)
+        c, h, w = (int(d) for d in latent_shape)
+        bugs = [
+            (f"you counted the pixels only (H * W / (h * w) = {H * W / (h * w):g}): the channels count too "
+             f"(C = {C} image channels, c = {c} latent channels).", H * W / (h * w)),
+            (f"you returned the downsampling factor per side (H / h = {H / h:g}); the ratio counts every number: "
+             f"C * H * W / (c * h * w).", H / h),
+            ("inverted: the ratio is image over latent, (C * H * W) / (c * h * w), larger than 1 when the latent is "
+             "smaller.", c * h * w / (C * H * W)),
+            ("you divided the channels only (C / c); multiply all three dimensions of each shape.", C / c),
+            ("you added the dimensions; the number of values in a (C, H, W) tensor is the PRODUCT C * H * W.",
+             (C + H + W) / (c + h + w)),
+            ("you ignored the latent's channels: divide by c * h * w, not h * w.", C * H * W / (h * w)),
+            ("integer division (//): the ratio need not be an integer; use /.", float((C * H * W) // (c * h * w))),
+        ]
+        _scalar_close(name, got, expected, RTOL_RATIO, [(k, v) for k, v in bugs if v != expected], EQ_RATIO)

@@ -1,0 +1,570 @@
+"""Checks of Lab 10 (memory): one ``check_<name>(fn, gen)`` per exercise.
+
+Every check draws fresh inputs from ``gen`` and compares the learner's result with the
+reference solution AND with an independent ground truth: the bytes of a real (meta-device)
+tensor for the attention scores, ``torch.nn.functional.scaled_dot_product_attention`` for sliced
+attention, diffusers' ``ModelMixin.num_parameters`` for the weights, the shape of
+``StableDiffusionPipeline.prepare_latents`` for the latent. ``sliced_attention`` is also
+checked for memory: the largest tensor it creates (every operator's output, seen through a
+``TorchDispatchMode``) may not exceed one slice's scores. When a wrong result matches what a
+typical bug returns, the message names that bug.
+"""
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from helpers.checks._core import CheckFailed, assert_close, choice, describe, randint
+from helpers.solutions import lab10_memory as ref
+
+LAB = "lab10"
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.float8_e4m3fn)
+BYTES_HINT = ("bytes per element = dtype.itemsize: float64 8, float32 4, float16 2, bfloat16 2 (16 bits: 1 sign, "
+              "8 exponent, 7 mantissa), float8 1.")
+SCORES_EQ = "bytes = batch * heads * query_len * key_len * dtype.itemsize (one score per batch, head, query, key)."
+ATTN_EQ = ("softmax(Q K^T / sqrt(D)) V per (batch, head) pair (Vaswani et al. 2017, eq. 1): flatten (B, H) into "
+           "B * H rows, and for each slice of slice_size rows compute scores = q_s @ k_s^T * D ** -0.5, "
+           "probs = scores.softmax(dim=-1), out_s = probs @ v_s.")
+# Tolerances, |got - expected| <= atol + rtol * |expected|, against float64 math: a rewrite (einsum,
+# baddbmm, SDPA per slice, float32 softmax) differs by rounding only; bfloat16 keeps 8 significant bits.
+TOL = {torch.float64: dict(atol=1e-9, rtol=1e-9), torch.float32: dict(atol=2e-5, rtol=2e-5),
+       torch.bfloat16: dict(atol=4e-2, rtol=4e-2)}
+
+
+def _lead(labels):
+    """'Likely bug: ...' for the bugs that give exactly what the learner's function gave (several
+    bugs can give the same number on one input: then all of them are named)."""
+    labels = list(dict.fromkeys(labels))
+    if not labels:
+        return ""
+    if len(labels) == 1:
+        return f"Likely bug: {labels[0]}\n"
+    return "Likely bug (these give the same number here; one of them):\n" + "".join(f"  - {x}\n" for x in labels)
+
+
+def _int_result(name, got, expected, bugs, hint):
+    """got must be the int `expected`; if it equals a bug's value, name the bug."""
+    if isinstance(got, bool) or not isinstance(got, int):
+        extra = (" (an integral float: return int(...), or use // instead of /)"
+                 if isinstance(got, float) and float(got).is_integer() else "")
+        raise CheckFailed(f"{name}: expected a Python int (bytes), got {describe(got)}{extra}.\nHint: {hint}")
+    if got == expected:
+        return
+    lead = _lead([label for label, value in bugs if value == got and value != expected])
+    ratio = f" ({got / expected:.4g} x the expected)" if expected else ""
+    raise CheckFailed(f"{lead}{name}: expected {expected:,}, got {got:,}{ratio}.\nHint: {hint}")
+
+
+# --------------------------------------------------------------------------- attention_scores_bytes
+
+def _meta_scores_bytes(batch, heads, q, k, dtype):
+    """Bytes of the tensor `get_attention_scores` really allocates, (B * H, Lq, Lk), on the meta device."""
+    t = torch.empty(batch * heads, q, k, dtype=dtype, device="meta")
+    return t.numel() * t.element_size()
+
+
+def _scores_bugs(b, h, q, k, dtype):
+    n, size = b * h * q * k, dtype.itemsize
+    bugs = [
+        ("you returned the number of elements, not bytes: multiply by the bytes per element, dtype.itemsize.", n),
+        ("bits, not bytes: torch.finfo(dtype).bits is in bits; bytes = bits // 8 = dtype.itemsize.", n * 8 * size),
+        ("the scores of cross-attention are (Lq, Lk): you used query_len twice (query_len ** 2).",
+         b * h * q * q * size),
+        ("the scores are (Lq, Lk): you used key_len twice (key_len ** 2).", b * h * k * k * size),
+        ("heads missing: every head has its own (Lq, Lk) scores; diffusers' head_to_batch_dim makes B * H rows.",
+         b * q * k * size),
+        ("batch missing: every batch element (2 x images with CFG) has its own scores.", h * q * k * size),
+        ("you returned MiB (bytes / 2**20); the function returns bytes.", (n * size) // 2**20),
+    ]
+    if dtype == torch.bfloat16:
+        bugs.insert(0, ("bytes per element wrong for bfloat16: it has 16 bits, 2 bytes, like float16 (same size, "
+                        "8 exponent bits instead of 5); you used 4. Use dtype.itemsize.", n * 4))
+    if dtype == torch.float16:
+        bugs.insert(0, ("bytes per element wrong for float16: 2 bytes; you used 4. Use dtype.itemsize.", n * 4))
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        bugs.append((f"bytes per element wrong for {dtype}: it has {size}; you used 4 (float32's) whatever the "
+                     f"dtype. Use dtype.itemsize.", n * 4))
+    return bugs
+
+
+def check_attention_scores_bytes(fn, gen):
+    """Every dtype (float32, float16, bfloat16, float64, float8) with random batch, heads and
+    lengths; self-attention (Lq = Lk) and cross-attention (Lk = 77 text tokens) shapes."""
+    dtypes = list(DTYPES)
+    order = torch.randperm(len(dtypes), generator=gen).tolist()
+    for i in order:
+        dtype = dtypes[i]
+        b, h = randint(gen, 2, 4), randint(gen, 3, 16)
+        side = randint(gen, 3, 64)
+        q = side * side
+        k = choice(gen, (q, 77, randint(gen, 5, 300)))
+        if k == q and i % 2:  # half the dtypes with cross-attention, so Lq ** 2 cannot pass
+            k = 77
+        expected = ref.attention_scores_bytes(b, h, q, k, dtype)
+        assert expected == _meta_scores_bytes(b, h, q, k, dtype)
+        name = f"attention_scores_bytes(batch={b}, heads={h}, query_len={q}, key_len={k}, dtype={dtype})"
+        got = fn(b, h, q, k, dtype)
+        _int_result(name, got, expected, _scores_bugs(b, h, q, k, dtype), SCORES_EQ + " " + BYTES_HINT)
+
+
+# --------------------------------------------------------------------------- sliced_attention
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest tensor (elements) any operator creates while active (views excluded:
+    they share memory with their base)."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel, self.shape, self.op = 0, None, None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not getattr(func, "is_view", False):
+            for o in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(o, torch.Tensor) and o.numel() > self.numel:
+                    self.numel, self.shape, self.op = o.numel(), tuple(o.shape), str(func).split(".")[1]
+        return out
+
+
+def _attn64(q, k, v, *, scale=None, dim=-1):
+    """Full attention in float64 (B, H, Lq, Dv); scale defaults to 1 / sqrt(D)."""
+    q, k, v = q.double(), k.double(), v.double()
+    s = q @ k.transpose(-1, -2) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    return s.softmax(dim=dim) @ v
+
+
+def _rows(x):
+    B, H = x.shape[:2]
+    return x.reshape(B * H, *x.shape[2:])
+
+
+def _sliced_bugs(q, k, v, s):
+    """What attention sliced along a wrong axis, or with a wrong scale, returns (float64)."""
+    B, H, Lq, D = q.shape
+    Lk, Dv = k.shape[-2], v.shape[-1]
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    bugs = []
+    chunks = [slice(i, i + s) for i in range(0, Lk, s)]
+    if len(chunks) > 1:
+        parts = [_attn64(q64, k64[:, :, c], v64[:, :, c]) for c in chunks]
+        bugs += [
+            ("slicing along the wrong axis: you sliced the KEYS (each key chunk got its own softmax, and you summed "
+             "the chunks). The softmax normalises over all Lk keys; slice the B * H (batch, head) rows instead.",
+             sum(parts)),
+            ("slicing along the wrong axis: you sliced the KEYS and kept only the last chunk's result. The softmax "
+             "needs all Lk keys at once; slice the B * H (batch, head) rows instead.", parts[-1]),
+        ]
+    if Dv == D and D > s:
+        dchunks = [slice(i, min(i + s, D)) for i in range(0, D, s)]
+        for full_scale, how in ((False, "1 / sqrt of the chunk's width"), (True, "the full 1 / sqrt(D)")):
+            out = torch.cat([_attn64(q64[..., c], k64[..., c], v64[..., c],
+                                     scale=D ** -0.5 if full_scale else (c.stop - c.start) ** -0.5)
+                             for c in dchunks], dim=-1)
+            bugs.append((f"slicing along the wrong axis: you sliced the HEAD DIMENSION D (with {how}): each chunk's "
+                         "Q K^T is a partial dot product. Q K^T sums over all of D; slice the B * H (batch, head) "
+                         "rows instead.", out))
+    bugs += [
+        ("missing scale: the scores are Q K^T / sqrt(D) (D = query.shape[-1], the head dimension).",
+         _attn64(q, k, v, scale=1.0)),
+        ("wrong scale: 1 / sqrt(D), not 1 / D.", _attn64(q, k, v, scale=1.0 / D)),
+        ("softmax over the wrong axis: the probabilities of one query sum to 1 over the KEYS: softmax(dim=-1) of "
+         "the (.., Lq, Lk) scores.", _attn64(q, k, v, dim=-2)),
+    ]
+    if Dv != D:
+        bugs.append(("wrong scale: use the head dimension of the queries and keys, D = query.shape[-1], "
+                     "not value's.", _attn64(q, k, v, scale=Dv ** -0.5)))
+    if Lk != Lq:
+        bugs.append(("wrong scale: 1 / sqrt(D) with D the head dimension, not the number of keys.",
+                     _attn64(q, k, v, scale=Lk ** -0.5)))
+    return bugs
+
+
+def _call_sliced(fn, name, q, k, v, s):
+    inputs = [t.clone() for t in (q, k, v)]
+    got = fn(q, k, v, s)
+    if any(not torch.equal(a, b) for a, b in zip(inputs, (q, k, v))):
+        raise CheckFailed(f"{name}: your function changed query, key or value in place; build new tensors.")
+    return got
+
+
+def _remainder_dropped(got, expected, s):
+    """The last, shorter slice is wrong while every full slice is right."""
+    if not (isinstance(got, torch.Tensor) and got.shape == expected.shape):
+        return False
+    g, e = _rows(got.detach().double()), _rows(expected.double())
+    n = g.shape[0]
+    full = (n // s) * s
+    if full in (0, n):
+        return False
+    return bool(torch.allclose(g[:full], e[:full], atol=1e-3, rtol=1e-3)
+                and not torch.allclose(g[full:], e[full:], atol=1e-3, rtol=1e-3))
+
+
+def _sliced_case(fn, gen, B, H, Lq, Lk, D, Dv, s, dtype, diagnose=True):
+    q = torch.randn(B, H, Lq, D, generator=gen, dtype=torch.float64)
+    k = torch.randn(B, H, Lk, D, generator=gen, dtype=torch.float64)
+    v = torch.randn(B, H, Lk, Dv, generator=gen, dtype=torch.float64)
+    q = (q * 1.5).to(dtype)  # logits of a few units: a wrong scale or axis changes the output visibly
+    k, v = k.to(dtype), v.to(dtype)
+    name = (f"sliced_attention(query {tuple(q.shape)}, key {tuple(k.shape)}, value {tuple(v.shape)}, "
+            f"slice_size={s}) [{dtype}, B * H = {B * H} rows]")
+    got = _call_sliced(fn, name, q, k, v, s)
+    expected = ref.sliced_attention(q, k, v, s)
+    if isinstance(got, torch.Tensor) and got.shape == (B * H, Lq, Dv):
+        raise CheckFailed(f"Likely bug: output not reshaped back: you returned the (B * H, Lq, Dv) rows; reshape "
+                          f"them to (B, H, Lq, Dv) = {(B, H, Lq, Dv)}.\n{name}: got shape {tuple(got.shape)}.")
+    if _remainder_dropped(got, expected, s):
+        raise CheckFailed(f"Likely bug: the last slice is missing: B * H = {B * H} rows is not a multiple of "
+                          f"slice_size = {s}, so the last slice has only {B * H % s} rows; "
+                          f"range(0, B * H, slice_size) visits it, range(B * H // slice_size) does not.\n{name}: "
+                          f"rows {(B * H // s) * s}..{B * H - 1} (flattened) are wrong, the others right.\n"
+                          f"Hint: {ATTN_EQ}")
+    exact = _attn64(q, k, v)
+    tol = TOL[dtype]
+    bugs = [(label, cand.to(dtype)) for label, cand in _sliced_bugs(q, k, v, s)] if diagnose else None
+    assert_close(name, got, exact.to(dtype), **tol, diagnose=bugs, hint=ATTN_EQ)
+    sdpa = F.scaled_dot_product_attention(q, k, v)
+    assert_close(f"{name} vs torch.nn.functional.scaled_dot_product_attention", got, sdpa, **tol)
+    return expected
+
+
+def _memory_case(fn, gen):
+    """Few query tokens, many keys, head dimension 2, slice_size 1 (diffusers' "max"): one slice's
+    scores (1, Lq, Lk) are smaller than the inputs, and the inputs (B * H * Lk * 2 values) are
+    smaller than the scores of one batch element's heads (H * Lq * Lk) or of everything."""
+    B, H = 2, randint(gen, 4, 6)
+    Lq, Lk, D, s = randint(gen, 6, 8), randint(gen, 96, 160), 2, 1
+    q = torch.randn(B, H, Lq, D, generator=gen) * 1.5
+    k, v = torch.randn(B, H, Lk, D, generator=gen), torch.randn(B, H, Lk, D, generator=gen)
+    name = (f"sliced_attention(query {tuple(q.shape)}, key {tuple(k.shape)}, value {tuple(v.shape)}, "
+            f"slice_size={s}) [float32]")
+    inputs = [t.clone() for t in (q, k, v)]
+    mode = _LargestTensor()
+    with sdpa_kernel(SDPBackend.MATH), mode:  # SDPA materialises the scores, like the classic processor
+        got = fn(q, k, v, s)
+    if any(not torch.equal(a, b) for a, b in zip(inputs, (q, k, v))):
+        raise CheckFailed(f"{name}: your function changed query, key or value in place; build new tensors.")
+    assert_close(name, got, F.scaled_dot_product_attention(q, k, v), **TOL[torch.float32], hint=ATTN_EQ)
+    one_slice = s * Lq * Lk
+    bound = max(one_slice, q.numel(), k.numel(), v.numel(), B * H * Lq * D)
+    if mode.numel <= bound:
+        return
+    n, shape = mode.numel, mode.shape
+    if n == B * H * Lq * Lk:
+        why = ("you computed the scores of all B * H (batch, head) pairs at once: that (B * H, Lq, Lk) tensor is "
+               "what slicing avoids. Compute them inside the loop, slice_size rows at a time.")
+    elif n == s * H * Lq * Lk:
+        why = ("you sliced the batch axis only: each slice holds all H heads. slice_size counts (batch, head) "
+               "pairs, as in diffusers' SlicedAttnProcessor: flatten (B, H) into B * H rows and slice those.")
+    else:
+        why = "a tensor larger than one slice's scores, the inputs and the output was created."
+    raise CheckFailed(
+        f"Likely bug: {why}\n{name}: the largest tensor your function created has shape {shape} ({n:,} values, "
+        f"from aten.{mode.op}); one slice's scores (slice_size, Lq, Lk) = ({s}, {Lq}, {Lk}) have {one_slice:,} "
+        f"values, and no input or output has more than {bound:,}. The output is right, but the memory is not "
+        f"saved.\nHint: {ATTN_EQ}")
+
+
+def check_sliced_attention(fn, gen):
+    """Self- and cross-attention shapes, B * H not a multiple of slice_size, slice_size >= B * H,
+    head dimensions of values different from queries', float64 / float32 / bfloat16; each result
+    against float64 math and `scaled_dot_product_attention`. Then the memory: with few queries
+    and many keys, the largest tensor created may not exceed one slice's (slice_size, Lq, Lk)
+    scores (or the inputs and output). There `scaled_dot_product_attention` runs on its math
+    backend, which materialises the scores like the classic processor: SDPA on one slice is
+    fine, SDPA on all B * H rows at once is not slicing."""
+    # 1. float64, D = Dv, Lq != Lk, a remainder slice.
+    B, H = randint(gen, 1, 3), randint(gen, 2, 5)
+    sizes = [s for s in (2, 3, 4) if (B * H) % s and B * H > s]  # some full slices and a shorter last one
+    while not sizes:
+        H += 1
+        sizes = [s for s in (2, 3, 4) if (B * H) % s and B * H > s]
+    s = choice(gen, sizes)
+    D = randint(gen, 5, 8)  # D > slice_size: slicing D by mistake gives several chunks
+    _sliced_case(fn, gen, B, H, randint(gen, 8, 16), randint(gen, 17, 30), D, D, s, torch.float64)
+    # 2. slice_size 1 (diffusers' "max"), cross-attention shape, Dv != D, float32.
+    _sliced_case(fn, gen, randint(gen, 1, 2), randint(gen, 2, 4), randint(gen, 9, 20), 7, 8, randint(gen, 3, 6),
+                 1, torch.float32)
+    # 3. one slice holds everything (slice_size >= B * H), self-attention.
+    B, H, L = randint(gen, 1, 2), randint(gen, 1, 3), randint(gen, 8, 20)
+    _sliced_case(fn, gen, B, H, L, L, 8, 8, B * H + randint(gen, 0, 3), torch.float32)
+    # 4. bfloat16: the output keeps the inputs' dtype.
+    _sliced_case(fn, gen, 2, randint(gen, 2, 3), 12, 12, 8, 8, randint(gen, 2, 3), torch.bfloat16, diagnose=False)
+    # 5. memory.
+    _memory_case(fn, gen)
+
+
+# --------------------------------------------------------------------------- param_bytes
+
+class _Tied(torch.nn.Module):
+    """A small language-model-like module: embedding and output head share ONE weight, plus a
+    buffer (not a parameter)."""
+
+    def __init__(self, vocab, dim, hidden):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, dim)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, dim))
+        self.norm = torch.nn.LayerNorm(dim)
+        self.head = torch.nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.embed.weight  # tied
+        self.register_buffer("position_ids", torch.arange(vocab * 4).unsqueeze(0))
+
+
+def _param_bugs(model, dtype):
+    """Byte counts that typical bugs give for `model` cast to `dtype` (None: stored dtypes)."""
+    params = list(model.parameters())
+    numel = sum(p.numel() for p in params)
+    size = (lambda p: p.element_size()) if dtype is None else (lambda p: dtype.itemsize)  # noqa: E731
+    state = list(model.state_dict().values())
+    dup = list(model.named_parameters(remove_duplicate=False))
+    bugs = [
+        ("you counted tensors, not elements: each parameter has p.numel() elements.",
+         sum(size(p) for p in params)),
+        ("you counted the state_dict: it has the buffers too (not weights) and a shared (tied) weight once per "
+         "name. Count model.parameters().", sum(t.numel() * (t.element_size() if dtype is None else dtype.itemsize)
+                                               for t in state)),
+        ("a shared (tied) weight counted twice: named_parameters(remove_duplicate=False) lists it once per name; "
+         "model.parameters() lists it once.", sum(p.numel() * size(p) for _, p in dup)),
+        ("bits, not bytes: bytes per element = dtype.itemsize (torch.finfo(dtype).bits // 8).",
+         sum(p.numel() * size(p) * 8 for p in params)),
+        ("you returned the parameter count: multiply by the bytes per element.", numel),
+    ]
+    if dtype is not None:
+        bugs.insert(0, (f"dtype ignored: the weights are stored in {params[0].dtype}, but the question is their "
+                        f"size in {dtype}: numel * dtype.itemsize.", sum(p.numel() * p.element_size() for p in params)))
+        if dtype == torch.bfloat16:
+            bugs.insert(0, ("bytes per element wrong for bfloat16: it is 2 bytes (16 bits), like float16; you used 4. "
+                            "Use dtype.itemsize.", numel * 4))
+        if dtype not in (torch.float32, torch.bfloat16):
+            bugs.append((f"bytes per element wrong for {dtype}: it has {dtype.itemsize}; you used 4 (float32's) "
+                         f"whatever the dtype. Use dtype.itemsize.", numel * 4))
+    else:
+        bugs.insert(0, ("dtype=None means the dtypes the parameters have now (this model mixes them): "
+                        "p.element_size() per parameter; you assumed float32.", numel * 4))
+    return bugs
+
+
+def _small_unet(gen):
+    c = choice(gen, (8, 16))
+    return dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(c, 2 * c),
+                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                cross_attention_dim=randint(gen, 8, 24), attention_head_dim=2, norm_num_groups=4)
+
+
+def check_param_bytes(fn, gen):
+    """A module with a tied weight and a buffer (CPU, float32) in bfloat16 and another dtype; the
+    same on the meta device; a mixed-dtype module with dtype=None; a small UNet2DConditionModel on
+    the meta device against diffusers' `num_parameters()`."""
+    vocab, dim, hidden = randint(gen, 20, 60), randint(gen, 8, 24), randint(gen, 16, 40)
+    cases = []
+    with torch.random.fork_rng(devices=[]):  # initial values do not matter; leave the caller's RNG alone
+        model = _Tied(vocab, dim, hidden).double()  # stored in float64: "dtype ignored" gives 8 bytes each
+        mixed = _Tied(vocab, dim, hidden)
+    other = choice(gen, (torch.float16, torch.float32, torch.float8_e4m3fn))
+    cases += [(model, torch.bfloat16, "a module with a tied weight and a buffer, float64 on the CPU"),
+              (model, other, "a module with a tied weight and a buffer, float64 on the CPU")]
+    vocab_meta = randint(gen, 20, 60)
+    with torch.device("meta"):
+        meta = _Tied(vocab_meta, dim, hidden)
+    cases.append((meta, choice(gen, (torch.float16, torch.bfloat16)), "the same module on the meta device"))
+    mixed.mlp.to(choice(gen, (torch.bfloat16, torch.float16)))
+    mixed.norm.to(torch.float64)
+    cases.append((mixed, None, "a module whose MLP is in half precision and its LayerNorm in float64"))
+    for m, dtype, what in cases:
+        expected = ref.param_bytes(m, dtype)
+        name = f"param_bytes(model, dtype={dtype}) [{what}]"
+        got = fn(m, dtype)
+        _int_result(name, got, expected, _param_bugs(m, dtype),
+                    "sum of p.numel() over model.parameters() (each shared parameter once, no buffers), times "
+                    "dtype.itemsize (or each parameter's p.element_size() when dtype is None). " + BYTES_HINT)
+    config = _small_unet(gen)
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**config)
+    dtype = choice(gen, (torch.float16, torch.bfloat16, torch.float32))
+    got = fn(unet, dtype)
+    _int_result(f"param_bytes(UNet2DConditionModel on the meta device, dtype={dtype})", got,
+                unet.num_parameters() * dtype.itemsize, _param_bugs(unet, dtype),
+                "diffusers' unet.num_parameters() * dtype.itemsize. " + BYTES_HINT)
+
+
+# --------------------------------------------------------------------------- latent_shape
+
+def _diffusers_latent_shape(height, width, f, channels):
+    """The shape StableDiffusionPipeline.prepare_latents gives, without the batch."""
+    fake = SimpleNamespace(vae_scale_factor=f, scheduler=SimpleNamespace(init_noise_sigma=1.0))
+    latents = StableDiffusionPipeline.prepare_latents(fake, 1, channels, height, width, torch.float32,
+                                                      torch.device("meta"), None)
+    return tuple(latents.shape[1:])
+
+
+def check_latent_shape(fn, gen):
+    """Non-square sizes (rows != columns), factors 8, 16 and 32, 4 / 16 / 32 channels, and one size
+    that is not a multiple of the factor (floor, like prepare_latents); against the reference and
+    the shape of StableDiffusionPipeline.prepare_latents."""
+    cases = []
+    for f, c in ((8, 4), (choice(gen, (16, 32)), choice(gen, (16, 32))), (8, 16)):
+        h, w = randint(gen, 4, 24) * f, randint(gen, 4, 24) * f
+        while w == h:
+            w += f
+        cases.append((h, w, f, c))
+    h, w, f = randint(gen, 40, 120) * 8 + randint(gen, 1, 7), randint(gen, 40, 120) * 8, 8
+    cases.append((h, w, f, 4))
+    for h, w, f, c in cases:
+        expected = ref.latent_shape(h, w, f, c)
+        assert expected == _diffusers_latent_shape(h, w, f, c)
+        name = f"latent_shape(height={h}, width={w}, vae_scale_factor={f}, channels={c})"
+        got = fn(h, w, f, c)
+        if not isinstance(got, tuple) or len(got) != 3 or not all(isinstance(x, int) and not isinstance(x, bool)
+                                                                   for x in got):
+            hint = ""
+            if isinstance(got, (tuple, list)) and len(got) == 2:
+                hint = "Likely bug: channels missing: the latent is (channels, height // f, width // f).\n"
+            elif isinstance(got, (tuple, list)) and any(isinstance(x, float) for x in got):
+                hint = "Likely bug: float division: h / f gives a float; use h // f (ints), as prepare_latents.\n"
+            raise CheckFailed(f"{hint}{name}: expected a tuple of 3 ints {expected}, got {got!r} ({describe(got)}).")
+        if got == expected:
+            continue
+        bugs = [
+            ("height and width swapped: rows (height) come before columns (width), like a (C, H, W) tensor.",
+             (c, w // f, h // f)),
+            ("channels last: the latent is channels-first, (C, H, W), as the UNet takes it.", (h // f, w // f, c)),
+            ("multiplied by the factor: the VAE DOWNsamples, the latent is f times smaller per side.",
+             (c, h * f, w * f)),
+            ("rounded up: prepare_latents uses floor division, int(height) // vae_scale_factor (and the pipeline's "
+             "check_inputs accepts only multiples of 8 anyway).", (c, -(-h // f), -(-w // f))),
+            (f"vae_scale_factor used as an exponent: f = {f} is already the factor (2 ** (number of VAE blocks - 1)).",
+             (c, h // 2**f, w // 2**f)),
+        ]
+        lead = next((f"Likely bug: {label}\n" for label, value in bugs if value == tuple(got)), "")
+        raise CheckFailed(f"{lead}{name}: expected {expected}, got {got}.\nHint: (channels, height // f, width // f), "
+                          f"the shape StableDiffusionPipeline.prepare_latents uses (without the batch).")
+
+
+# --------------------------------------------------------------------------- estimate_peak_memory
+
+def _estimate_variant(n_params, height, width, *, heads, vae_channels, dtype=torch.float16, vae_dtype=None,
+                      batch_size=1, cfg=True, vae_scale_factor=8, attn_downsample=1, text_tokens=0,
+                      attention="sdpa", slice_size=1, bug=None):
+    """The estimate written independently of the reference, with one typical bug switched on."""
+    def size(dt):
+        return 4 if (bug == "bf16" and dt == torch.bfloat16) else dt.itemsize
+
+    weights = n_params * size(dtype)
+    h, w = (height, width) if bug == "pixels" else (height // vae_scale_factor, width // vae_scale_factor)
+    if bug == "downsample_area":
+        grid = (h * w) // attn_downsample
+    elif bug == "no_downsample":
+        grid = h * w
+    else:
+        grid = (h // attn_downsample) * (w // attn_downsample)
+    tokens = grid + (0 if bug == "no_text" else text_tokens)
+    rows = batch_size * (2 if (cfg or bug == "always_cfg") and bug != "no_cfg" else 1)
+    copies = 1 if bug == "once" else 2
+    if attention == "classic":
+        attn = copies * rows * heads * tokens * tokens * size(dtype)
+    elif attention == "sliced":
+        pairs = rows * heads if bug == "slice_ignored" else (slice_size * heads if bug == "slice_heads"
+                                                              else min(slice_size, rows * heads))
+        attn = copies * pairs * tokens * tokens * size(dtype)
+    else:
+        attn = 0
+    vdt = dtype if bug == "vae_dtype" else (vae_dtype or dtype)
+    vb = 1 if bug == "vae_batch" else batch_size
+    vh, vw = (h, w) if bug == "vae_latent" else (height, width)
+    vae = ref.VAE_LIVE_TENSORS * vb * vae_channels * vh * vw * size(vdt)
+    if bug == "sum":
+        peak = weights + attn + vae
+    elif bug == "max3":
+        peak = max(weights, attn, vae)
+    else:
+        peak = weights + max(attn, vae)
+    return {"weights": weights, "attention": attn, "vae_decoder": vae, "peak": peak}
+
+
+ESTIMATE_BUGS = {
+    "bf16": "bytes per element wrong for bfloat16: 2 bytes (16 bits), like float16; you used 4. Use dtype.itemsize.",
+    "pixels": "tokens counted in PIXELS: the denoiser works on the latent, f = vae_scale_factor times smaller per "
+              "side: (h, w) = latent_shape(height, width, f)[1:].",
+    "no_downsample": "attn_downsample ignored: the largest attention's token grid is (h // attn_downsample) x "
+                     "(w // attn_downsample) (SDXL's first level has no attention; FLUX packs 2 x 2 latent pixels "
+                     "per token).",
+    "downsample_area": "attn_downsample divides EACH side: L = (h // d) * (w // d), not (h * w) // d.",
+    "no_text": "text_tokens ignored: in FLUX's joint attention the text tokens are queries and keys too: "
+               "L = image tokens + text_tokens.",
+    "no_cfg": "CFG ignored: with classifier-free guidance the denoiser runs on 2 * batch_size (uncond and cond).",
+    "always_cfg": "cfg=False: the denoiser's batch is batch_size, not doubled (no unconditional branch).",
+    "once": "the classic processor holds the scores AND their softmax at once (get_attention_scores: baddbmm, then "
+            "softmax before `del attention_scores`): 2 * attention_scores_bytes(...).",
+    "slice_ignored": "slice_size ignored: with slicing only min(slice_size, B' * heads) (batch, head) pairs have "
+                     "scores at a time.",
+    "slice_heads": "a slice holds slice_size (batch, head) PAIRS, not slice_size batches of all heads: "
+                   "min(slice_size, B' * heads) rows of (L, L) scores.",
+    "vae_dtype": "vae_dtype ignored: the VAE term uses bytes(vae_dtype or dtype) (SDXL's VAE decodes in float32).",
+    "vae_batch": "the VAE decodes every image: its term scales with batch_size.",
+    "vae_latent": "the VAE decoder's largest feature maps are at the IMAGE resolution (height x width), not the "
+                  "latent's.",
+    "sum": "the denoising loop and the VAE decode do not overlap in time: peak = weights + max(attention, "
+           "vae_decoder), not their sum.",
+    "max3": "the weights stay resident the whole time: peak = weights + max(attention, vae_decoder).",
+}
+
+
+def _estimate_case(fn, gen, attention, dtype, *, cfg, text_tokens, attn_downsample, vae_dtype):
+    kw = dict(heads=randint(gen, 2, 24), vae_channels=choice(gen, (32, 128, 256)), dtype=dtype, vae_dtype=vae_dtype,
+              batch_size=randint(gen, 2, 4), cfg=cfg, vae_scale_factor=8, attn_downsample=attn_downsample,
+              text_tokens=text_tokens, attention=attention, slice_size=randint(gen, 2, 5))
+    n_params = randint(gen, 10**6, 10**9) * choice(gen, (1, 12))
+    height, width = randint(gen, 4, 24) * 64, randint(gen, 4, 24) * 64
+    while width == height:
+        width += 64
+    expected = ref.estimate_peak_memory(n_params, height, width, **kw)
+    assert expected == _estimate_variant(n_params, height, width, **kw)
+    args = ", ".join(f"{k}={v}" for k, v in kw.items())
+    name = f"estimate_peak_memory({n_params}, {height}, {width}, {args})"
+    got = fn(n_params, height, width, **kw)
+    if not isinstance(got, dict) or set(got) != set(expected):
+        raise CheckFailed(f"{name}: expected a dict with the keys {sorted(expected)} (bytes, ints), got "
+                          f"{sorted(got) if isinstance(got, dict) else describe(got)}.")
+    wrong = [k for k in expected if got[k] != expected[k] or isinstance(got[k], bool) or not isinstance(got[k], int)]
+    if not wrong:
+        return
+    labels = []
+    for bug, label in ESTIMATE_BUGS.items():
+        cand = _estimate_variant(n_params, height, width, **kw, bug=bug)
+        if cand != expected and all(got[k] == cand[k] for k in expected):
+            labels.append(label)
+    lead = _lead(labels)
+    show = lambda x: f"{x:>16,}" if isinstance(x, int) else f"{x!r:>16}"  # noqa: E731
+    lines = "\n".join(f"  {k:12s} expected {expected[k]:>16,}  got {show(got[k])}" for k in expected)
+    raise CheckFailed(f"{lead}{name}: wrong {', '.join(wrong)}:\n{lines}\nHint: weights = n_params * bytes(dtype); "
+                      f"L = (h // attn_downsample) * (w // attn_downsample) + text_tokens with (h, w) the latent's; "
+                      f"attention: 'classic' 2 * scores of B' = batch_size * (2 if cfg) rows, 'sliced' 2 * scores of "
+                      f"min(slice_size, B' * heads) pairs, 'sdpa' 0; vae_decoder = VAE_LIVE_TENSORS * batch_size * "
+                      f"vae_channels * height * width * bytes(vae_dtype or dtype); peak = weights + max(attention, "
+                      f"vae_decoder).")
+
+
+def check_estimate_peak_memory(fn, gen):
+    """Every attention setting; bfloat16, float16 and float32; with and without CFG; UNet-like
+    (attn_downsample 1 or 2, no text tokens) and FLUX-like (joint attention with text tokens);
+    a float32 VAE under float16 weights; batch sizes > 1; a ValueError for an unknown setting."""
+    _estimate_case(fn, gen, "classic", torch.bfloat16, cfg=False, text_tokens=randint(gen, 77, 512),
+                   attn_downsample=2, vae_dtype=None)
+    _estimate_case(fn, gen, "classic", torch.bfloat16, cfg=True, text_tokens=0, attn_downsample=1, vae_dtype=None)
+    _estimate_case(fn, gen, "classic", torch.float16, cfg=True, text_tokens=0, attn_downsample=2,
+                   vae_dtype=torch.float32)
+    _estimate_case(fn, gen, "sliced", choice(gen, (torch.float16, torch.float32)), cfg=True, text_tokens=0,
+                   attn_downsample=1, vae_dtype=None)
+    _estimate_case(fn, gen, "sdpa", torch.bfloat16, cfg=choice(gen, (True, False)), text_tokens=0,
+                   attn_downsample=1, vae_dtype=choice(gen, (None, torch.float32)))
+    try:
+        fn(10**6, 512, 512, heads=8, vae_channels=256, attention="flash-v9")
+    except ValueError:
+        return
+    raise CheckFailed("estimate_peak_memory(..., attention='flash-v9'): expected a ValueError for an unknown "
+                      "attention setting (only 'classic', 'sliced' and 'sdpa' are modelled).")

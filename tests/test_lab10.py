@@ -1,0 +1,426 @@
+"""Lab 10 (memory): the reference equals torch / diffusers, passes its checks, and every check
+is proven able to fail: each planted bug below fails with its specific hint."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0, SlicedAttnProcessor
+
+from helpers.checks import lab10_memory as checks
+from helpers.checks._core import CheckFailed, make_generator
+from helpers.solutions import lab10_memory as ref
+
+SEEDS = [0, 1, 2, 3, 7, 123, 2024]
+NAMES = ["attention_scores_bytes", "sliced_attention", "param_bytes", "latent_shape", "estimate_peak_memory"]
+
+
+def run(name, fn, seed=0):
+    getattr(checks, f"check_{name}")(fn, make_generator(seed, name, "test"))
+
+
+def fails(name, fn, phrase, seeds=(0, 1, 2)):
+    """The check of ``name`` fails on ``fn`` for every seed, and the message has ``phrase``."""
+    for seed in seeds:
+        with pytest.raises(CheckFailed) as info:
+            run(name, fn, seed)
+        assert phrase in str(info.value), f"seed {seed}: {phrase!r} not in:\n{info.value}"
+
+
+# --------------------------------------------------------------------------- the reference
+
+def test_exercise_names_in_order():
+    assert ref.__all__ == NAMES
+    assert checks.LAB == "lab10"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_reference_passes(name, seed):
+    run(name, getattr(ref, name), seed)
+
+
+@pytest.mark.parametrize("dtype,size", [(torch.float32, 4), (torch.float16, 2), (torch.bfloat16, 2),
+                                        (torch.float64, 8), (torch.float8_e4m3fn, 1)])
+def test_scores_bytes_is_what_get_attention_scores_allocates(dtype, size):
+    """The (B * H, Lq, Lk) baddbmm input of Attention.get_attention_scores has exactly that many bytes."""
+    attn = Attention(query_dim=16, heads=4, dim_head=4)
+    q, k = torch.randn(2 * 4, 10, 4), torch.randn(2 * 4, 7, 4)
+    probs = attn.get_attention_scores(q, k)  # (B * H, Lq, Lk), float32 here
+    assert ref.attention_scores_bytes(2, 4, 10, 7, dtype) == probs.numel() * size
+
+
+@pytest.mark.parametrize("slice_size", [1, 3, 8, 100])
+def test_sliced_equals_sdpa_and_diffusers_processors(slice_size):
+    """Inside a diffusers Attention layer, the reference gives what SlicedAttnProcessor,
+    AttnProcessor and AttnProcessor2_0 give (same projections, same output layer)."""
+    torch.manual_seed(0)
+    attn = Attention(query_dim=32, cross_attention_dim=24, heads=4, dim_head=8).eval()
+    x, ctx = torch.randn(2, 50, 32), torch.randn(2, 11, 24)
+
+    def ours(attn, hidden_states, encoder_hidden_states):
+        B = hidden_states.shape[0]
+        split = lambda t: t.reshape(B, -1, attn.heads, t.shape[-1] // attn.heads).transpose(1, 2)  # noqa: E731
+        q, k, v = (split(attn.to_q(hidden_states)), split(attn.to_k(encoder_hidden_states)),
+                   split(attn.to_v(encoder_hidden_states)))
+        out = ref.sliced_attention(q, k, v, slice_size).transpose(1, 2).reshape(B, -1, attn.heads * q.shape[-1])
+        return attn.to_out[1](attn.to_out[0](out))
+
+    with torch.no_grad():
+        mine = ours(attn, x, ctx)
+        for proc in (SlicedAttnProcessor(slice_size), AttnProcessor(), AttnProcessor2_0()):
+            attn.set_processor(proc)
+            torch.testing.assert_close(mine, attn(x, ctx), atol=1e-5, rtol=1e-5)
+    q, k, v = torch.randn(3, 5, 17, 8), torch.randn(3, 5, 9, 8), torch.randn(3, 5, 9, 6)
+    torch.testing.assert_close(ref.sliced_attention(q, k, v, slice_size), F.scaled_dot_product_attention(q, k, v),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_sliced_attention_lowers_the_measured_peak():
+    """The profiler's CPU peak of sliced attention is close to one slice's scores, far below full
+    attention's (B * H, Lq, Lk) scores and probabilities."""
+    from helpers.memory import measure_peak
+
+    q, k, v = (torch.randn(2, 4, 512, 8) for _ in range(3))
+    full = measure_peak(lambda: (q @ k.transpose(-1, -2) * 8**-0.5).softmax(-1) @ v, "cpu").extra
+    sliced = measure_peak(lambda: ref.sliced_attention(q, k, v, 1), "cpu").extra
+    scores = ref.attention_scores_bytes(2, 4, 512, 512, torch.float32)
+    assert full >= 2 * scores
+    assert sliced < 0.3 * scores  # one slice of 8: 1/8 of the scores, twice, plus the output
+
+
+def test_param_bytes_on_meta_and_diffusers():
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(block_out_channels=(32, 64),
+                                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                    norm_num_groups=8, layers_per_block=1)
+    n = unet.num_parameters()
+    assert ref.param_bytes(unet, torch.bfloat16) == 2 * n
+    assert ref.param_bytes(unet) == 4 * n
+    assert ref.param_bytes(unet, torch.float8_e4m3fn) == n
+
+
+def test_latent_shape_matches_the_tiny_pipeline():
+    from helpers.zoo import load_pipeline
+
+    pipe = load_pipeline("tiny-sd", device="cpu")
+    latents = pipe.prepare_latents(1, pipe.unet.config.in_channels, 96, 160, torch.float32, torch.device("cpu"), None)
+    assert ref.latent_shape(96, 160, pipe.vae_scale_factor, pipe.unet.config.in_channels) == tuple(latents.shape[1:])
+
+
+def test_estimate_terms_and_value_error():
+    t = ref.estimate_peak_memory(10**9, 512, 512, heads=8, vae_channels=256, attention="classic")
+    assert t["weights"] == 2 * 10**9
+    assert t["attention"] == 2 * 2 * 8 * 4096**2 * 2  # scores + probs, CFG batch 2, 64 x 64 latent
+    assert t["vae_decoder"] == 3 * 256 * 512 * 512 * 2
+    assert t["peak"] == t["weights"] + max(t["attention"], t["vae_decoder"])
+    assert ref.estimate_peak_memory(10**9, 512, 512, heads=8, vae_channels=256)["attention"] == 0
+    with pytest.raises(ValueError, match="unknown attention"):
+        ref.estimate_peak_memory(1, 64, 64, heads=1, vae_channels=1, attention="xformers")
+
+
+# --------------------------------------------------------------------------- planted bugs: attention_scores_bytes
+
+def scores_variant(bug):
+    def fn(batch, heads, query_len, key_len, dtype):
+        size = dtype.itemsize
+        if bug == "bf16_4":
+            size = {torch.float16: 2, torch.float64: 8, torch.float8_e4m3fn: 1}.get(dtype, 4)
+        if bug == "float32_always":
+            size = 4
+        n = batch * heads * query_len * key_len
+        return {"bf16_4": n * size, "float32_always": n * size, "elements": n, "bits": n * torch.finfo(dtype).bits,
+                "q_squared": batch * heads * query_len * query_len * size,
+                "no_heads": batch * query_len * key_len * size,
+                "float": n * torch.finfo(dtype).bits / 8, "mib": n * size // 2**20,
+                None: n * size}[bug]
+    return fn
+
+
+@pytest.mark.parametrize("bug,phrase", [
+    ("bf16_4", "bytes per element wrong for bfloat16"),
+    ("float32_always", "bytes per element wrong for"),
+    ("elements", "number of elements, not bytes"),
+    ("bits", "bits, not bytes"),
+    ("q_squared", "used query_len twice"),
+    ("no_heads", "heads missing"),
+    ("float", "expected a Python int"),
+    ("mib", "MiB"),
+])
+def test_attention_scores_bytes_bugs(bug, phrase):
+    fails("attention_scores_bytes", scores_variant(bug), phrase)
+
+
+def test_attention_scores_bytes_correct_variant_passes():
+    alt = lambda b, h, q, k, dtype: b * h * q * k * torch.finfo(dtype).bits // 8  # noqa: E731
+    for seed in SEEDS:
+        run("attention_scores_bytes", scores_variant(None), seed)
+        run("attention_scores_bytes", alt, seed)
+
+
+# --------------------------------------------------------------------------- planted bugs: sliced_attention
+
+def _softmax_attn(q, k, v, scale, dim=-1):
+    return (q @ k.transpose(-1, -2) * scale).softmax(dim=dim) @ v
+
+
+def sliced_variant(bug):
+    """Sliced attention written independently of the reference, with one bug switched on."""
+    def fn(query, key, value, slice_size):
+        B, H, Lq, D = query.shape
+        Lk, Dv = key.shape[-2], value.shape[-1]
+        scale = {"no_scale": 1.0, "scale_d": 1.0 / D, "scale_dv": Dv**-0.5}.get(bug, D**-0.5)
+        dim = -2 if bug == "softmax_dim" else -1
+        if bug == "sdpa_whole":
+            return F.scaled_dot_product_attention(query, key, value)
+        if bug == "keys_sum":  # each key chunk its own softmax, summed
+            return sum(_softmax_attn(query, key[:, :, i:i + slice_size], value[:, :, i:i + slice_size], scale)
+                       for i in range(0, Lk, slice_size))
+        if bug == "keys_last":  # each key chunk overwrites the output
+            out = None
+            for i in range(0, Lk, slice_size):
+                out = _softmax_attn(query, key[:, :, i:i + slice_size], value[:, :, i:i + slice_size], scale)
+            return out
+        if bug == "head_dim":  # partial dot products over chunks of D
+            parts = [_softmax_attn(query[..., i:i + slice_size], key[..., i:i + slice_size],
+                                   value[..., i:i + slice_size], min(slice_size, D - i) ** -0.5)
+                     for i in range(0, D, slice_size)]
+            return torch.cat(parts, dim=-1)
+        if bug == "batch_only":  # slice_size batch elements, all heads at once
+            return torch.cat([_softmax_attn(query[i:i + slice_size], key[i:i + slice_size], value[i:i + slice_size],
+                                            scale) for i in range(0, B, slice_size)])
+        q, k, v = (t.reshape(B * H, *t.shape[2:]) for t in (query, key, value))
+        out = torch.zeros(B * H, Lq, Dv, dtype=query.dtype)
+        if bug == "full_scores":  # all the scores first, then the softmax in slices
+            scores = torch.bmm(q, k.transpose(1, 2)) * scale
+            for i in range(0, B * H, slice_size):
+                out[i:i + slice_size] = scores[i:i + slice_size].softmax(dim) @ v[i:i + slice_size]
+            return out.reshape(B, H, Lq, Dv)
+        stop = (B * H // slice_size) * slice_size if bug == "remainder" else B * H
+        for i in range(0, stop, slice_size):
+            s = slice(i, i + slice_size)
+            if bug == "sdpa_slices":
+                out[s] = F.scaled_dot_product_attention(q[s], k[s], v[s])
+            elif bug == "float32":
+                up = torch.promote_types(query.dtype, torch.float32)  # bfloat16 -> float32, float64 stays
+                out[s] = _softmax_attn(q[s].to(up), k[s].to(up), v[s].to(up), scale, dim).to(query.dtype)
+            else:
+                out[s] = torch.einsum("sqk,skd->sqd", torch.einsum("sqd,skd->sqk", q[s], k[s]).mul(scale).softmax(dim),
+                                      v[s])
+        return out if bug == "no_reshape" else out.reshape(B, H, Lq, Dv)
+    return fn
+
+
+@pytest.mark.parametrize("bug,phrase", [
+    ("keys_sum", "slicing along the wrong axis: you sliced the KEYS"),
+    ("keys_last", "slicing along the wrong axis: you sliced the KEYS"),
+    ("head_dim", "slicing along the wrong axis: you sliced the HEAD DIMENSION"),
+    ("no_scale", "missing scale"),
+    ("scale_d", "not 1 / D"),
+    ("scale_dv", "not value's"),
+    ("softmax_dim", "softmax over the wrong axis"),
+    ("remainder", "the last slice is missing"),
+    ("no_reshape", "not reshaped back"),
+    ("full_scores", "scores of all B * H (batch, head) pairs at once"),
+    ("sdpa_whole", "scores of all B * H (batch, head) pairs at once"),
+    ("batch_only", "sliced the batch axis only"),
+])
+def test_sliced_attention_bugs(bug, phrase):
+    fails("sliced_attention", sliced_variant(bug), phrase)
+
+
+@pytest.mark.parametrize("variant", [None, "sdpa_slices", "float32"])
+def test_sliced_attention_correct_variants_pass(variant):
+    for seed in SEEDS:
+        run("sliced_attention", sliced_variant(variant), seed)
+
+
+def test_sliced_attention_in_place_edit_fails():
+    def fn(q, k, v, s):
+        q.mul_(1.0 + 1e-3)
+        return ref.sliced_attention(q, k, v, s)
+    fails("sliced_attention", fn, "in place")
+
+
+# --------------------------------------------------------------------------- planted bugs: param_bytes
+
+def param_variant(bug):
+    def fn(model, dtype=None):
+        params = list(model.parameters())
+        size = (lambda p: p.element_size()) if dtype is None else (lambda p: dtype.itemsize)  # noqa: E731
+        if bug == "bf16_4" and dtype is not None:
+            size = lambda p: {torch.float16: 2, torch.float64: 8, torch.float8_e4m3fn: 1}.get(dtype, 4)  # noqa: E731
+        if bug == "tensors":
+            return sum(size(p) for p in params)
+        if bug == "state_dict":
+            return sum(t.numel() * (t.element_size() if dtype is None else dtype.itemsize)
+                       for t in model.state_dict().values())
+        if bug == "tied_twice":
+            return sum(p.numel() * size(p) for _, p in model.named_parameters(remove_duplicate=False))
+        if bug == "ignore_dtype":
+            return sum(p.numel() * p.element_size() for p in params)
+        if bug == "none_float32":
+            return sum(p.numel() for p in params) * (4 if dtype is None else dtype.itemsize)
+        if bug == "bits":
+            return sum(p.numel() * size(p) * 8 for p in params)
+        return sum(p.numel() * size(p) for p in params)
+    return fn
+
+
+@pytest.mark.parametrize("bug,phrase", [
+    ("bf16_4", "bytes per element wrong for bfloat16"),
+    ("tensors", "counted tensors, not elements"),
+    ("state_dict", "state_dict"),
+    ("tied_twice", "counted twice"),
+    ("ignore_dtype", "dtype ignored"),
+    ("none_float32", "dtype=None means the dtypes the parameters have now"),
+    ("bits", "bits, not bytes"),
+])
+def test_param_bytes_bugs(bug, phrase):
+    fails("param_bytes", param_variant(bug), phrase)
+
+
+def test_param_bytes_correct_variant_passes():
+    for seed in SEEDS:
+        run("param_bytes", param_variant(None), seed)
+
+
+# --------------------------------------------------------------------------- planted bugs: latent_shape
+
+def latent_variant(bug):
+    def fn(height, width, vae_scale_factor=8, channels=4):
+        f = vae_scale_factor
+        return {"swapped": (channels, width // f, height // f), "channels_last": (height // f, width // f, channels),
+                "multiplied": (channels, height * f, width * f),
+                "ceil": (channels, math.ceil(height / f), math.ceil(width / f)),
+                "no_channels": (height // f, width // f), "float": (channels, height / f, width / f),
+                "exponent": (channels, height // 2**f, width // 2**f), "list": [channels, height // f, width // f],
+                None: (channels, height // f, width // f)}[bug]
+    return fn
+
+
+@pytest.mark.parametrize("bug,phrase", [
+    ("swapped", "height and width swapped"),
+    ("channels_last", "channels last"),
+    ("multiplied", "multiplied by the factor"),
+    ("ceil", "rounded up"),
+    ("no_channels", "channels missing"),
+    ("float", "float division"),
+    ("exponent", "as an exponent"),
+    ("list", "expected a tuple of 3 ints"),
+])
+def test_latent_shape_bugs(bug, phrase):
+    fails("latent_shape", latent_variant(bug), phrase)
+
+
+def test_latent_shape_correct_variant_passes():
+    for seed in SEEDS:
+        run("latent_shape", latent_variant(None), seed)
+
+
+# --------------------------------------------------------------------------- planted bugs: estimate_peak_memory
+
+def estimate_variant(bug):
+    """The estimate written independently of the reference (and of the check's candidates)."""
+    def fn(n_params, height, width, *, heads, vae_channels, dtype=torch.float16, vae_dtype=None, batch_size=1, cfg=True,
+           vae_scale_factor=8, attn_downsample=1, text_tokens=0, attention="sdpa", slice_size=1):
+        if attention not in ("classic", "sliced", "sdpa"):
+            if bug == "no_error":
+                attention = "sdpa"
+            else:
+                raise ValueError(attention)
+        nbytes = lambda dt: (4 if dt == torch.bfloat16 else torch.finfo(dt).bits // 8) if bug == "bf16" \
+            else torch.finfo(dt).bits // 8  # noqa: E731
+        _, h, w = ref.latent_shape(height, width, vae_scale_factor)
+        if bug == "pixels":
+            h, w = height, width
+        d = 1 if bug == "no_downsample" else attn_downsample
+        L = (h // d) * (w // d) + (0 if bug == "no_text" else text_tokens)
+        batch = batch_size * (2 if cfg and bug != "no_cfg" else 1)
+        copies = 1 if bug == "once" else 2
+        attn = 0
+        if attention == "classic":
+            attn = copies * batch * heads * L * L * nbytes(dtype)
+        elif attention == "sliced":
+            pairs = batch * heads if bug == "slice_ignored" else min(slice_size, batch * heads)
+            attn = copies * pairs * L * L * nbytes(dtype)
+        vae = 3 * (1 if bug == "vae_batch" else batch_size) * vae_channels * height * width * \
+            nbytes(dtype if bug == "vae_dtype" else (vae_dtype or dtype))
+        weights = n_params * nbytes(dtype)
+        peak = weights + attn + vae if bug == "sum" else weights + max(attn, vae)
+        return {"weights": weights, "attention": attn, "vae_decoder": vae, "peak": peak}
+    return fn
+
+
+@pytest.mark.parametrize("bug,phrase", [
+    ("bf16", "bytes per element wrong for bfloat16"),
+    ("pixels", "tokens counted in PIXELS"),
+    ("no_downsample", "attn_downsample ignored"),
+    ("no_text", "text_tokens ignored"),
+    ("no_cfg", "CFG ignored"),
+    ("once", "scores AND their softmax"),
+    ("slice_ignored", "slice_size ignored"),
+    ("vae_dtype", "vae_dtype ignored"),
+    ("vae_batch", "scales with batch_size"),
+    ("sum", "do not overlap in time"),
+    ("no_error", "expected a ValueError"),
+])
+def test_estimate_peak_memory_bugs(bug, phrase):
+    fails("estimate_peak_memory", estimate_variant(bug), phrase)
+
+
+def test_estimate_peak_memory_correct_variant_passes():
+    for seed in SEEDS:
+        run("estimate_peak_memory", estimate_variant(None), seed)
+
+
+# --------------------------------------------------------------------------- hard-coded answers, machinery
+
+@pytest.mark.parametrize("name", NAMES)
+def test_hard_coded_answer_fails(name):
+    for fixed in (4096, (4, 8, 8), torch.zeros(2, 4, 8, 8),
+                  {"weights": 1, "attention": 0, "vae_decoder": 1, "peak": 2}):
+        with pytest.raises(CheckFailed):
+            run(name, lambda *a, fixed=fixed, **k: fixed)
+
+
+@pytest.fixture
+def pristine_starters(tmp_path, monkeypatch):
+    from helpers.labs import find_lab
+    from helpers.make_starters import strip_solutions
+
+    info = find_lab("lab10")
+    (tmp_path / f"{info.slug}.py").write_text(strip_solutions(info.solution_path.read_text(), "lab10"))
+    monkeypatch.setenv("DIFFUSION_LABS_STARTERS", str(tmp_path))
+    monkeypatch.delenv("DIFFUSION_LABS_MODE", raising=False)
+    return tmp_path / f"{info.slug}.py"
+
+
+def test_check_on_pristine_starter_is_all_todo(pristine_starters, capsys):
+    from helpers.exercise import check
+
+    results = check("lab10", seed=0)
+    assert [r.name for r in results] == NAMES
+    assert [r.status for r in results] == ["todo"] * len(NAMES)
+
+
+def test_estimate_is_judged_on_its_own_code(pristine_starters, capsys):
+    """The learner's estimate calls their (TODO) attention_scores_bytes and latent_shape: the
+    references are substituted for them, so a right estimate passes."""
+    from helpers.exercise import exercise
+
+    src = pristine_starters.read_text()
+    body = '    raise NotImplementedError("TODO(lab10): estimate_peak_memory")'
+    assert body in src
+    solution = ref.__loader__.get_source(ref.__name__)
+    start = solution.index('    if attention not in ("classic", "sliced", "sdpa"):')
+    end = solution.index("    # END SOLUTION", start)
+    pristine_starters.write_text(src.replace(body, solution[start:end].rstrip()))
+    ex = exercise("lab10", seed=0)
+    assert ex.status["estimate_peak_memory"] == "passed" and ex.origin["estimate_peak_memory"] == "yours"
+    assert ex.status["attention_scores_bytes"] == "todo"

@@ -1,0 +1,113 @@
+"""helpers.memory: the CPU/CUDA peak measurement is exact on known allocations, the real-scale
+configs reproduce the published parameter counts, and the analytic model agrees with what the
+profiler measures on tiny-sd."""
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+from helpers import memory
+from helpers.solutions import lab10_memory as ref
+
+
+def test_fmt_bytes():
+    assert memory.fmt_bytes(512) == "512 B"
+    assert memory.fmt_bytes(1536) == "1.5 KiB"
+    assert memory.fmt_bytes(3 * 2**20) == "3.0 MiB"
+    assert memory.fmt_bytes(3 * 2**30) == "3.00 GiB"
+
+
+def test_cpu_peak_of_known_allocations():
+    """Two 4 MB tensors alive together, then one freed and a third made: the peak is 8 MB."""
+    def fn():
+        a = torch.empty(10**6)  # 4,000,000 bytes
+        b = torch.empty(10**6)
+        del a
+        c = torch.empty(10**6)
+        return b, c
+
+    m = memory.measure_peak(fn, "cpu", resident=123)
+    assert m.extra == 8_000_000
+    assert m.peak == 8_000_123
+    assert m.method.startswith("torch.profiler") and m.seconds >= 0
+    assert isinstance(m.output, tuple) and m.output[0].numel() == 10**6
+    assert any("empty" in op for op in m.at_peak)
+
+
+def test_cpu_peak_ignores_what_existed_before():
+    x = torch.ones(10**6)
+    m = memory.measure_peak(lambda: x.mul_(2), "cpu")  # in place: nothing new
+    assert m.extra < 100  # a scalar or two, never the 4 MB of x
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_peak_of_known_allocations():  # pragma: no cover - CPU CI
+    resident = torch.empty(2**20, device="cuda")  # noqa: F841 - counted by the CUDA counter
+
+    def fn():
+        a = torch.empty(2**20, device="cuda")
+        b = torch.empty(2**20, device="cuda")
+        return a, b
+
+    m = memory.measure_peak(fn, "cuda", resident=5)
+    assert m.extra == 8 * 2**20  # the resident 4 MiB above is not counted: it was there before
+    assert m.peak == 8 * 2**20 + 5
+
+
+def test_time_call_and_transfer():
+    assert memory.time_call(lambda: torch.ones(10).sum(), "cpu", repeats=2) > 0
+    assert memory.transfer_seconds(25 * 10**9, 25.0) == pytest.approx(1.0)
+
+
+def test_real_scale_configs_reproduce_published_parameter_counts():
+    models = {m.name: m for m in memory.real_scale_models()}
+    for (name, component), count in memory.PUBLISHED_PARAMS.items():
+        assert models[name].params(component) == count, (name, component)
+    for m in models.values():
+        assert all(p.device.type == "meta" for c in m.components.values() for p in c.parameters())
+    sd15, sdxl, flux = (models[k] for k in ("SD 1.5", "SDXL", "FLUX.1-dev"))
+    assert memory.attention_facts(sd15.components["unet"]) == {"heads": 8, "attn_downsample": 1}
+    assert memory.attention_facts(sdxl.components["unet"]) == {"heads": 10, "attn_downsample": 2}
+    assert memory.attention_facts(flux.components["transformer"]) == {"heads": 24, "attn_downsample": 2}
+    assert {memory.vae_decoder_channels(m.components["vae"]) for m in models.values()} == {256}
+    assert flux.largest_component() == "transformer" and sdxl.largest_component() == "unet"
+
+
+def test_real_scale_table_verdicts():
+    rows = {(r["model"], r["size"], r["setting"]): r for r in memory.real_scale_table(ref.estimate_peak_memory)}
+    assert all(rows[("SD 1.5", s, "SDPA")]["fits"] for s in (512, 1024))
+    assert not rows[("SD 1.5", 1024, "classic attention")]["fits"]  # (2 * 8 * 16384^2) float16 scores, twice
+    assert rows[("SDXL", 1024, "SDPA")]["fits"]
+    assert rows[("SDXL", 1024, "SDPA")]["vae_decoder"] == 3 * 256 * 1024 * 1024 * 4  # float32 VAE
+    assert not any(rows[("FLUX.1-dev", s, k)]["fits"] for s in (512, 1024)
+                   for k in ("SDPA", "classic attention", "SDPA + model offload"))
+    assert rows[("FLUX.1-dev", 1024, "float8 weights + model offload")]["fits"]
+    assert rows[("FLUX.1-dev", 512, "SDPA")]["weights"] == 2 * sum(
+        v for (m, _), v in memory.PUBLISHED_PARAMS.items() if m == "FLUX.1-dev")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from helpers.zoo import load_pipeline
+
+    return load_pipeline("tiny-sd", device="cpu")
+
+
+def _estimate_and_measure(pipe, res, attention):
+    processor = AttnProcessor() if attention == "classic" else AttnProcessor2_0()
+    pipe.unet.set_attn_processor(processor)
+    facts = memory.attention_facts(pipe.unet)
+    n_params = sum(ref.param_bytes(m) for m in (pipe.unet, pipe.vae, pipe.text_encoder)) // 4
+    est = ref.estimate_peak_memory(n_params, res, res, **facts, vae_channels=memory.vae_decoder_channels(pipe.vae),
+                                   dtype=torch.float32, attention=attention)
+    m = memory.measure_peak(lambda: pipe("a red circle", height=res, width=res, num_inference_steps=1,
+                                         output_type="pt"), "cpu", resident=4 * n_params)
+    pipe.unet.set_attn_processor(AttnProcessor2_0())
+    return est["peak"], m.peak
+
+
+@pytest.mark.parametrize("attention", ["classic", "sdpa"])
+def test_estimate_within_20_percent_of_the_cpu_measurement(tiny, attention):
+    est, measured = _estimate_and_measure(tiny, 192, attention)
+    assert abs(est - measured) / measured < 0.2, (est, measured)
