@@ -9,4 +9,7 @@ cd "$(dirname "$0")/.."
 export MPLBACKEND=Agg HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 unset DIFFUSION_LABS_MODE DIFFUSION_LABS_STARTERS
 python -m pytest tests/ -q -p no:cacheprovider "$@"
-python -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=300 notebooks/ -q -p no:cacheprovider
+mkdir -p runs
+python -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=300 notebooks/ -q -p no:cacheprovider \
+  --junitxml=runs/nbval.xml
+python -m scripts.nb_times runs/nbval.xml   # per-notebook seconds (docs/BUDGETS.md)

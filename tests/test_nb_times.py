@@ -1,0 +1,21 @@
+"""scripts.nb_times sums nbval's per-cell times per notebook and flags the over-budget ones."""
+from scripts import nb_times
+
+XML = """<?xml version="1.0"?><testsuites><testsuite name="pytest">
+<testcase classname="notebooks.01_a.ipynb" name="Cell 0" time="1.5"/>
+<testcase classname="notebooks.01_a.ipynb" name="Cell 1" time="2.0"/>
+<testcase classname="notebooks.02_b.ipynb" name="Cell 0" time="95.0"><failure message="x"/></testcase>
+<testcase classname="tests.test_x" name="test_y" time="7.0"/>
+</testsuite></testsuites>"""
+
+
+def test_sums_per_notebook_and_flags_budget(tmp_path, capsys):
+    path = tmp_path / "nbval.xml"
+    path.write_text(XML)
+    assert nb_times.notebook_times(str(path)) == {"notebooks.01_a.ipynb": (3.5, 2, 0),
+                                                   "notebooks.02_b.ipynb": (95.0, 1, 1)}
+    assert nb_times.main([str(path), "--budget", "90"]) == 0
+    out = capsys.readouterr().out
+    assert "| notebooks.01_a.ipynb | 2 | 0 | 3.5 | yes |" in out
+    assert "| notebooks.02_b.ipynb | 1 | 1 | 95.0 | NO |" in out
+    assert "| all | 3 | 1 | 98.5 | |" in out
