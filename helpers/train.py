@@ -1,6 +1,8 @@
 """Reproducible training of the zoo's models.
 
-    python -m helpers.train tiny-sd [--out DIR] [--seed 0] [--quick]
+    python -m helpers.train tiny-sd [--out DIR] [--seed 0] [--quick] [--threads N]
+    python -m helpers.train tiny-controlnet [...]      (helpers/train_controlnet.py)
+    python -m helpers.train tiny-dit [...]             (helpers/train_dit.py)
 
 tiny-sd is trained in the order latent diffusion prescribes (Rombach et al. 2022):
   1. the autoencoder (AutoencoderKL, factor 8, 4 latent channels) on shapes images, with an
@@ -156,6 +158,20 @@ def encode_all(vae, data, device, batch=256):
     return torch.cat(means), torch.cat(stds)
 
 
+@torch.no_grad()
+def caption_bank(tokenizer, text_encoder, device):
+    """Every training-split caption (each attribute combination x each template) and "",
+    with the frozen text encoder's hidden states: (captions, index {caption: row},
+    embeddings (N, L, D))."""
+    caps = [shapes.caption(a, t) for a in shapes.all_attributes("train")
+            for t in range(len(shapes.TEMPLATES))] + [""]
+    ids = tokenizer(caps, padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    emb = torch.cat([text_encoder(ids[i:i + 256].to(device)).last_hidden_state.cpu()
+                     for i in range(0, len(ids), 256)])
+    return caps, {c: i for i, c in enumerate(caps)}, emb
+
+
 def train_denoiser(unet, text_encoder, tokenizer, noise_sched, means, stds, captions, scale,
                    cfg, accelerator, log):
     from diffusers.training_utils import EMAModel
@@ -198,6 +214,14 @@ def train_denoiser(unet, text_encoder, tokenizer, noise_sched, means, stds, capt
             log("unet", step, loss.item(), sched.get_last_lr()[0])
     ema.copy_to(params)
     return accelerator.unwrap_model(unet).eval(), accelerator.unwrap_model(text_encoder).eval()
+
+
+def write_train_log(path: Path, rows) -> None:
+    """The loss log as CSV: phase, step, loss, lr, elapsed_s (one row per logged step)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["phase", "step", "loss", "lr", "elapsed_s"])
+        w.writerows(rows)
 
 
 def count(m) -> int:
@@ -281,30 +305,46 @@ def versions() -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("model", choices=["tiny-sd"])
+    ap.add_argument("model", choices=["tiny-sd", "tiny-controlnet", "tiny-dit"])
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: helpers/assets/<model>)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a smoke run of a few steps (weights are not good)")
-    ap.add_argument("--unet-steps", type=int, default=None)
-    ap.add_argument("--vae-steps", type=int, default=None)
+    ap.add_argument("--unet-steps", type=int, default=None, help="tiny-sd: UNet + text encoder steps")
+    ap.add_argument("--vae-steps", type=int, default=None, help="tiny-sd: VAE steps")
+    ap.add_argument("--steps", type=int, default=None, help="tiny-controlnet / tiny-dit: training steps")
+    ap.add_argument("--base", type=Path, default=None,
+                    help="tiny-controlnet / tiny-dit: the tiny-sd folder to build on (default: the zoo's)")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for torch (1 is fastest on a CPU shared with other work)")
     ap.add_argument("--no-eval", action="store_true", help="skip the judge evaluation and model card")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TinySDConfig.quick() if args.quick else TinySDConfig()
-    cfg.seed = args.seed
-    if args.unet_steps is not None:
-        cfg.unet_steps = args.unet_steps
-    if args.vae_steps is not None:
-        cfg.vae_steps = args.vae_steps
     out = args.out or ASSETS / args.model
-    info = train_tiny_sd(out, cfg)
+    if args.model == "tiny-sd":
+        cfg = TinySDConfig.quick() if args.quick else TinySDConfig()
+        cfg.seed = args.seed
+        if args.unet_steps is not None:
+            cfg.unet_steps = args.unet_steps
+        if args.vae_steps is not None:
+            cfg.vae_steps = args.vae_steps
+        info = train_tiny_sd(out, cfg)
+    else:
+        if args.model == "tiny-controlnet":
+            from helpers.train_controlnet import TinyControlNetConfig as Config
+            from helpers.train_controlnet import train_tiny_controlnet as train_fn
+        else:
+            from helpers.train_dit import TinyDiTConfig as Config
+            from helpers.train_dit import train_tiny_dit as train_fn
+        cfg = Config.quick() if args.quick else Config()
+        cfg.seed = args.seed
+        if args.steps is not None:
+            cfg.steps = args.steps
+        info = train_fn(out, cfg, base=args.base)
     print(json.dumps(info["times_s"]), info["params"])
     if not args.no_eval:
-        from helpers.model_card import write_card
-        write_card(out, quick=args.quick)
+        from helpers.model_card import write_model_card
+        write_model_card(out, quick=args.quick)
     write_manifest(out)
     print(f"wrote {out}")
 

@@ -2,6 +2,8 @@
 `from_pretrained`.
 
     pipe = load_pipeline("tiny-sd")                 # a diffusers StableDiffusionPipeline
+    pipe = load_pipeline("tiny-controlnet")         # StableDiffusionControlNetPipeline (tiny-sd + ControlNet)
+    dit = load_pipeline("tiny-dit")                 # helpers.dit.TinyDiT (PixArt transformer + tiny-sd parts)
 
 Each model is a diffusers-format folder under `helpers/assets/<name>/` with safetensors
 weights, a model card (README.md) and a checksum manifest (`checksums.sha256`). Loading
@@ -11,7 +13,12 @@ or is a Git LFS pointer instead of the weights.
 Pointing the same code at another model: set `DIFFUSION_LABS_MODEL_TINY_SD` (the name in
 upper case, "-" as "_") to a local diffusers folder or to a Hub model id such as
 "stable-diffusion-v1-5/stable-diffusion-v1-5" (needs network and, in practice, a GPU). Such
-a model is loaded as it is, without a checksum manifest.
+a model is loaded as it is, without a checksum manifest. `DIFFUSION_LABS_MODEL_TINY_CONTROLNET`
+and `DIFFUSION_LABS_MODEL_TINY_DIT` do the same for the models that stand on tiny-sd's parts.
+
+tiny-controlnet (a ControlNetModel) and tiny-dit (a PixArtTransformer2DModel) were trained
+on one particular tiny-sd: each records the sha256 of the tiny-sd files it depends on
+(train_info.json "base"), and loading refuses a mismatch (`check_base`).
 """
 
 from __future__ import annotations
@@ -104,6 +111,8 @@ def load_pipeline(name: str = "tiny-sd", device=None, dtype=None, **kwargs):
     import diffusers
     import torch
 
+    if name in OTHER_LOADERS:                      # tiny-controlnet, tiny-dit: see below
+        return globals()[OTHER_LOADERS[name]](device=device, dtype=dtype)
     path = model_path(name)
     if not os.environ.get(env_var(name)):
         verify(path)
@@ -118,3 +127,135 @@ def load_pipeline(name: str = "tiny-sd", device=None, dtype=None, **kwargs):
     pipe = cls.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+# ---------------------------------------------------------------------------------------
+# tiny-controlnet and tiny-dit: models that stand on tiny-sd's components
+# ---------------------------------------------------------------------------------------
+
+OTHER_LOADERS = {  # zoo models that stand on tiny-sd's components: load_pipeline(name) calls
+    "tiny-controlnet": "load_controlnet_pipeline",
+    "tiny-dit": "load_dit",
+}
+BASE_FILES = {  # the tiny-sd files each model was trained against
+    "tiny-controlnet": ("unet/diffusion_pytorch_model.safetensors",
+                        "text_encoder/model.safetensors", "tokenizer/vocab.json"),
+    "tiny-dit": ("vae/diffusion_pytorch_model.safetensors",
+                 "text_encoder/model.safetensors", "tokenizer/vocab.json"),
+}
+
+
+def control_image(mask):
+    """A shape mask as tiny-controlnet's control image: (B, 1, H, W) or (1, H, W) {0, 1}
+    -> float32 (B, 3, H, W) or (3, H, W) in [0, 1] (white shape on black, 3 channels like
+    the segmentation and canny maps of the public ControlNets)."""
+    m = mask.float()
+    return m.expand(*m.shape[:-3], 3, *m.shape[-2:]).contiguous()
+
+
+def _manifest(folder: Path) -> dict:
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        return {}
+    return {rel: digest for digest, rel in
+            (line.split(maxsplit=1) for line in path.read_text().splitlines() if line.strip())}
+
+
+def base_record(base: str | Path, model: str | None = None) -> dict:
+    """What a model trained on the tiny-sd folder `base` records about it: the sha256 of
+    the base files it depends on (BASE_FILES), so a later tiny-sd can be told apart."""
+    base = Path(base)
+    files = sorted({f for fs in BASE_FILES.values() for f in fs}) if model is None else BASE_FILES[model]
+    return {"name": "tiny-sd", "sha256": {f: sha256(base / f) for f in files if (base / f).exists()}}
+
+
+def check_base(name: str, folder: str | Path, base: str | Path) -> None:
+    """Raise ZooError when zoo model `name` (at `folder`) was trained on a different tiny-sd
+    than the one at `base` (its weights would not fit: a ControlNet adds residuals to one
+    particular UNet; a DiT denoises one particular VAE's latents)."""
+    import json
+
+    info_path = Path(folder) / "train_info.json"
+    if not info_path.exists():
+        return
+    recorded = json.loads(info_path.read_text()).get("base", {}).get("sha256", {})
+    current = _manifest(base)
+    stale = [f for f in BASE_FILES[name] if f in recorded and f in current and recorded[f] != current[f]]
+    if stale:
+        raise ZooError(f"{name} at {folder} was trained on another tiny-sd (differs in {stale}); "
+                       f"retrain it with `python -m helpers.train {name}`.")
+
+
+def _device(device):
+    import torch
+    return device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _local_or_verified(name: str) -> tuple[str, bool]:
+    """(path or model id, shipped?) of zoo model `name`; a shipped folder is verified."""
+    path = model_path(name)
+    shipped = not os.environ.get(env_var(name))
+    if shipped:
+        verify(path)
+    return path, shipped
+
+
+def load_controlnet(device=None, dtype=None, **kwargs):
+    """tiny-controlnet as a diffusers `ControlNetModel` (checksum-verified, and checked to
+    belong to the shipped tiny-sd). `DIFFUSION_LABS_MODEL_TINY_CONTROLNET` points it at
+    another ControlNet folder or Hub id (e.g. "lllyasviel/sd-controlnet-seg" together with
+    `DIFFUSION_LABS_MODEL_TINY_SD` set to a Stable Diffusion v1.5 model)."""
+    import torch
+    from diffusers import ControlNetModel
+
+    path, shipped = _local_or_verified("tiny-controlnet")
+    if shipped and not os.environ.get(env_var("tiny-sd")):
+        check_base("tiny-controlnet", path, model_path("tiny-sd"))
+    if Path(path).exists():
+        kwargs.setdefault("local_files_only", True)
+    model = ControlNetModel.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
+    return model.to(_device(device)).eval()
+
+
+def load_controlnet_pipeline(device=None, dtype=None):
+    """A diffusers `StableDiffusionControlNetPipeline`: tiny-sd's VAE, text encoder,
+    tokenizer, UNet and scheduler with tiny-controlnet.
+
+        pipe = load_controlnet_pipeline()
+        image = pipe("a large red circle at the top left", image=control_image(mask)).images[0]
+    """
+    from diffusers import StableDiffusionControlNetPipeline
+
+    sd = load_pipeline("tiny-sd", device=device, dtype=dtype)
+    controlnet = load_controlnet(device=device, dtype=dtype)
+    pipe = StableDiffusionControlNetPipeline(
+        vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet,
+        controlnet=controlnet, scheduler=sd.scheduler, safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(_device(device))
+
+
+def load_dit(device=None, dtype=None):
+    """tiny-dit with the tiny-sd parts it needs, as a `helpers.dit.TinyDiT` (transformer,
+    vae, text_encoder, tokenizer, scheduler; callable like a pipeline, see helpers/dit.py).
+    The transformer is a diffusers `PixArtTransformer2DModel` loaded from
+    `<folder>/transformer`; `DIFFUSION_LABS_MODEL_TINY_DIT` points at another folder of
+    the same layout (transformer/, scheduler/)."""
+    import diffusers
+    import torch
+    from diffusers import PixArtTransformer2DModel
+
+    from helpers.dit import TinyDiT
+
+    path, shipped = _local_or_verified("tiny-dit")
+    if shipped and not os.environ.get(env_var("tiny-sd")):
+        check_base("tiny-dit", path, model_path("tiny-sd"))
+    kwargs = {"local_files_only": True} if Path(path).exists() else {}
+    transformer = PixArtTransformer2DModel.from_pretrained(path, subfolder="transformer",
+                                                           dtype=dtype or torch.float32, **kwargs)
+    sched_cfg = diffusers.DDPMScheduler.load_config(path, subfolder="scheduler", **kwargs)
+    scheduler = getattr(diffusers, sched_cfg["_class_name"]).from_config(sched_cfg)
+    sd = load_pipeline("tiny-sd", device=device, dtype=dtype)
+    return TinyDiT(transformer=transformer.eval(), vae=sd.vae, text_encoder=sd.text_encoder,
+                   tokenizer=sd.tokenizer, scheduler=scheduler).to(_device(device))
