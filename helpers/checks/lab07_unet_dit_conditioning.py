@@ -1,0 +1,442 @@
+"""Checks of Lab 07 (UNet / DiT conditioning): one ``check_<name>(fn, gen)`` per exercise.
+
+Every check draws fresh inputs from ``gen`` (sizes, head counts, embedding widths, patch
+sizes, the flags of the timestep embedding, random module weights) and compares the
+learner's output with the reference AND with diffusers on the same inputs:
+``get_timestep_embedding``, ``F.scaled_dot_product_attention`` on split heads, an
+``Attention`` module's own forward, ``PatchEmbed``'s convolution, PixArt's unpatchify lines,
+``AdaLayerNormZero``. When the output matches what a typical bug returns, the message
+names that bug: the ``diagnose`` candidates below are those bugs, computed on the same inputs.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
+from diffusers.models.embeddings import PatchEmbed, get_timestep_embedding
+from diffusers.models.normalization import AdaLayerNormZero
+
+from helpers.checks._core import CheckFailed, assert_close, choice, describe, describe_exception, randint
+from helpers.solutions import lab07_unet_dit_conditioning as ref
+
+LAB = "lab07"
+
+EQ_EMB = ("half = dim // 2; f_i = exp(-ln(max_period) * i / (half - downscale_freq_shift)), i = 0..half-1; "
+          "arg = scale * t * f; emb = [sin(arg), cos(arg)] ([cos, sin] when flip_sin_to_cos); one zero column "
+          "when dim is odd (diffusers.models.embeddings.get_timestep_embedding)")
+EQ_ATT = ("split D into heads: (B, N, D) -> view (B, N, heads, d) -> transpose -> (B, heads, N, d); "
+          "softmax(Q K^T / sqrt(d), over the keys) V with d = D / heads; transpose back and reshape to (B, N, D)")
+EQ_XATT = ("Q = to_q(hidden_states); K = to_k(ctx), V = to_v(ctx) with ctx = encoder_hidden_states (or hidden_states "
+           "when it is None); out = to_out[1](to_out[0](attention(Q, K, V, attn.heads)))")
+EQ_PATCH = ("(B, C, H, W) -> reshape (B, C, H/p, p, W/p, p) -> permute (B, H/p, W/p, C, p, p) -> "
+            "reshape (B, (H/p)(W/p), C p p): tokens row-major over the grid, (C, dy, dx) inside a token")
+EQ_UNPATCH = ("the exact inverse of patchify: reshape (B, H/p, W/p, C, p, p) -> permute (B, C, H/p, p, W/p, p) -> "
+              "reshape (B, C, H, W); height and width are the latent's H and W")
+EQ_MOD = "adaLN (DiT, Peebles & Xie 2023): x * (1 + scale) + shift, with (B, D) shift/scale unsqueezed to (B, 1, D)"
+
+TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float64: dict(atol=1e-9, rtol=1e-9)}
+
+
+def _rand(gen, shape, dtype=torch.float32, std=1.0):
+    return (torch.randn(shape, generator=gen, dtype=torch.float64) * std).to(dtype)
+
+
+def _seeded(gen):
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+
+
+def _call(name, fn, *args, hint=""):
+    """Call the learner; turn a shape error into a message that says which shape to fix."""
+    try:
+        return fn(*args)
+    except NotImplementedError:
+        raise
+    except RuntimeError as exc:
+        raise CheckFailed(f"{name} raised {describe_exception(exc)}\nHint: {hint}") from exc
+
+
+def _untouched(name, before, after):
+    for a, b in zip(before, after):
+        if isinstance(a, torch.Tensor) and not torch.equal(a, b):
+            raise CheckFailed(f"{name}: your function changed its inputs in place; build new tensors.")
+
+
+# --------------------------------------------------------------------------- timestep_embedding
+
+def emb_variant(t, dim, flip=False, shift=1, scale=1, max_period=10000, *, bug=None):
+    """The timestep embedding in float64, written independently of the reference, with one bug on."""
+    half = dim // 2
+    i = torch.arange(half, dtype=torch.float64)
+    denom = {"shift_ignored": half, "shift_always_1": half - 1, "dim_denominator": dim}.get(bug, half - shift)
+    log = math.log10 if bug == "log10" else math.log
+    mp = 10000 if bug == "max_period_ignored" else max_period
+    freqs = torch.exp((1 if bug == "positive_exponent" else -1) * log(mp) * i / denom)
+    s = {"no_scale": 1, "divide_scale": 1 / scale}.get(bug, scale)
+    args = s * t.double()[:, None] * freqs[None, :]
+    sin, cos = torch.sin(args), torch.cos(args)
+    if bug == "interleaved":
+        emb = torch.stack([cos, sin] if flip else [sin, cos], dim=-1).reshape(len(t), -1)
+    else:
+        first_cos = flip != (bug == "flipped")
+        emb = torch.cat([cos, sin] if first_cos else [sin, cos], dim=-1)
+    if dim % 2 == 1 and bug != "no_pad":
+        emb = F.pad(emb, (0, 1))
+    return emb.float()
+
+
+EMB_BUGS = [
+    ("flipped", "sin/cos order flipped: flip_sin_to_cos=True puts the cos half FIRST, False the sin half first."),
+    ("interleaved", "sin and cos interleaved (sin_0, cos_0, sin_1, ...): diffusers concatenates the two halves."),
+    ("shift_ignored", "downscale_freq_shift ignored: the exponent is divided by (half - downscale_freq_shift)."),
+    ("shift_always_1", "downscale_freq_shift hard-coded to 1: use the argument (Stable Diffusion's UNet passes 0)."),
+    ("dim_denominator", "frequencies spaced over embedding_dim: divide by (half - downscale_freq_shift), half = dim // 2."),
+    ("positive_exponent", "frequencies grow instead of decaying: the exponent is -ln(max_period) * i / (...)."),
+    ("log10", "log base 10: the exponent uses the natural log, ln(max_period)."),
+    ("max_period_ignored", "max_period ignored (10000 hard-coded): use the argument."),
+    ("no_scale", "missing scaling factor: `scale` multiplies the arguments t * f_i before sin and cos."),
+    ("divide_scale", "divided by scale instead of multiplying by it: arg = scale * t * f_i."),
+]
+
+
+def check_timestep_embedding(fn, gen):
+    """Tiny fractional t (every argument small, so a wrong frequency shows exactly), Stable Diffusion's setting (cos first, shift 0, int timesteps 0..999), DDPM's (sin first,
+    shift 1, odd width), fractional t in [0, 1] with scale = 1000 (as flow-matching models feed
+    sigma), and another max_period; each compared with diffusers' get_timestep_embedding."""
+    cases = [  # the first: tiny t, where every frequency's argument is small and exact in float32
+        dict(dim=2 * randint(gen, 8, 40), flip=choice(gen, [True, False]), shift=1, scale=1, max_period=10000,
+             kind="tiny"),
+        dict(dim=2 * randint(gen, 8, 80), flip=True, shift=0, scale=1, max_period=10000, kind="int"),
+        dict(dim=2 * randint(gen, 8, 40) + 1, flip=False, shift=1, scale=1, max_period=10000, kind="int"),
+        dict(dim=2 * randint(gen, 8, 40), flip=choice(gen, [True, False]), shift=1,
+             scale=choice(gen, [100, 1000]), max_period=10000, kind="unit"),
+        dict(dim=2 * randint(gen, 8, 40), flip=True, shift=0, scale=1, max_period=choice(gen, [1000, 100]),
+             kind="float"),
+    ]
+    for c in cases:
+        B = randint(gen, 2, 6)
+        if c["kind"] == "int":
+            t = torch.randint(0, 1000, (B,), generator=gen)
+            t[0] = 0
+        elif c["kind"] == "tiny":
+            t = torch.rand(B, generator=gen) * 1e-5
+        elif c["kind"] == "unit":
+            t = torch.rand(B, generator=gen)
+        else:
+            t = torch.rand(B, generator=gen) * 999
+        t_in = t.clone()
+        dim = c["dim"]
+        args = (c["flip"], c["shift"], c["scale"], c["max_period"])
+        name = (f"timestep_embedding(timesteps={describe(t)}, embedding_dim={dim}, flip_sin_to_cos={c['flip']}, "
+                f"downscale_freq_shift={c['shift']}, scale={c['scale']}, max_period={c['max_period']})")
+        got = _call(name, fn, t_in, dim, *args, hint=EQ_EMB)
+        _untouched(name, [t], [t_in])
+        if isinstance(got, torch.Tensor) and dim % 2 == 1 and tuple(got.shape) == (B, dim - 1):
+            raise CheckFailed(f"Likely bug: odd embedding_dim not padded.\n{name}: expected shape {(B, dim)}, got "
+                              f"{tuple(got.shape)}.\nHint: pad one zero column at the end when embedding_dim is odd "
+                              f"(torch.nn.functional.pad(emb, (0, 1))).")
+        # sin of float32 arguments up to ~1000 is good to a few ulps of the argument; tiny ones are exact
+        tol = dict(atol=2e-6, rtol=2e-6) if c["kind"] == "tiny" else dict(atol=2e-4, rtol=1e-4)
+        diag = [(label, emb_variant(t, dim, *args, bug=b)) for b, label in EMB_BUGS]
+        assert_close(name, got, ref.timestep_embedding(t, dim, *args), **tol, diagnose=diag, hint=EQ_EMB)
+        assert_close(f"{name} vs diffusers' get_timestep_embedding", got, get_timestep_embedding(t, dim, *args), **tol)
+
+
+# --------------------------------------------------------------------------- attention
+
+def attention_variant(q, k, v, heads, *, bug=None):
+    """Multi-head attention in float64, written independently of the reference, with one bug on."""
+    dtype = q.dtype
+    q, k, v = q.double(), k.double(), v.double()
+    B, N, D = q.shape
+    M = k.shape[1]
+    h = 1 if bug == "one_head" else heads
+    d = D // h
+
+    def split(x, L):
+        if bug == "wrong_axis":
+            return x.reshape(B, h, L, d)
+        if bug == "interleaved":
+            return x.reshape(B, L, d, h).permute(0, 3, 1, 2)
+        return x.reshape(B, L, h, d).transpose(1, 2)
+
+    qs, ks, vs = split(q, N), split(k, M), split(v, M)
+    s = qs @ ks.transpose(-1, -2)
+    s = s * {"no_scale": 1.0, "full_dim": D ** -0.5, "over_d": 1.0 / d}.get(bug, d ** -0.5)
+    w = s.softmax(dim=-2 if bug == "softmax_queries" else -1)
+    o = w @ vs  # (B, h, N, d)
+    if bug == "merge_no_transpose":
+        o = o.reshape(B, N, D)
+    elif bug == "interleaved":
+        o = o.permute(0, 2, 3, 1).reshape(B, N, D)
+    else:
+        o = o.transpose(1, 2).reshape(B, N, D)
+    return o.to(dtype)
+
+
+ATT_BUGS = [
+    ("no_scale", "missing 1/sqrt(d): the scores are Q K^T / sqrt(d) (Vaswani et al. 2017, eq. 1)."),
+    ("full_dim", "scaled by 1/sqrt(D), the full width: the scale uses the HEAD dim d = D / heads."),
+    ("over_d", "scaled by 1/d instead of 1/sqrt(d)."),
+    ("wrong_axis", "heads split along the wrong axis: view (B, N, heads, d) then transpose(1, 2); a direct "
+                   "reshape to (B, heads, N, d) mixes tokens between heads."),
+    ("interleaved", "heads interleaved: head h must own the contiguous channels h*d .. (h+1)*d - 1, as in "
+                    "diffusers' view(B, -1, heads, head_dim)."),
+    ("merge_no_transpose", "heads merged along the wrong axis: transpose (B, heads, N, d) back to (B, N, heads, d) "
+                           "before reshaping to (B, N, D)."),
+    ("softmax_queries", "softmax over the wrong axis: normalise over the KEYS (the last axis), so each query's "
+                        "weights sum to 1."),
+    ("one_head", "heads ignored: one head over all D channels (scale 1/sqrt(D)); split into `heads` heads."),
+]
+
+
+def sdpa_reference(q, k, v, heads):
+    """What AttnProcessor2_0 computes between its projections: F.scaled_dot_product_attention on split heads."""
+    B, N, D = q.shape
+    d = D // heads
+    sp = lambda x: x.view(B, -1, heads, d).transpose(1, 2)  # noqa: E731
+    out = F.scaled_dot_product_attention(sp(q), sp(k), sp(v), dropout_p=0.0, is_causal=False)
+    return out.transpose(1, 2).reshape(B, N, D)
+
+
+def check_attention(fn, gen):
+    """Self-attention (M = N), cross-attention (M != N) with several heads, one head, and float64;
+    compared with the reference and with F.scaled_dot_product_attention on split heads."""
+    heads_a = choice(gen, [2, 4])
+    cases = [("self", heads_a, torch.float32), ("cross", choice(gen, [2, 3, 4]), torch.float32),
+             ("cross", 1, torch.float32), ("cross", heads_a, torch.float64)]
+    for kind, heads, dtype in cases:
+        B = randint(gen, 2, 3)
+        N = randint(gen, 5, 12)
+        M = N if kind == "self" else choice(gen, [m for m in range(3, 9) if m != N])
+        d = choice(gen, [4, 6, 8, 16])
+        D = heads * d
+        q, k, v = _rand(gen, (B, N, D), dtype, 1.3), _rand(gen, (B, M, D), dtype, 1.3), _rand(gen, (B, M, D), dtype)
+        ins = [q.clone(), k.clone(), v.clone()]
+        name = f"attention(query (B, N, D) = {(B, N, D)}, key/value (B, M, D) = {(B, M, D)}, heads={heads}, {dtype})"
+        got = _call(name, fn, *ins, heads, hint=EQ_ATT)
+        _untouched(name, [q, k, v], ins)
+        bugs = [(label, attention_variant(q, k, v, heads, bug=b)) for b, label in ATT_BUGS
+                if not (heads == 1 and b in ("wrong_axis", "interleaved", "merge_no_transpose", "one_head",
+                                            "full_dim"))]
+        assert_close(name, got, ref.attention(q, k, v, heads), **TOL[dtype], diagnose=bugs, hint=EQ_ATT)
+        assert_close(f"{name} vs F.scaled_dot_product_attention on split heads", got, sdpa_reference(q, k, v, heads),
+                     **TOL[dtype])
+
+
+# --------------------------------------------------------------------------- cross_attention
+
+def _attention_module(gen, query_dim, cross_dim, heads, dim_head, bias):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seeded(gen))
+        attn = Attention(query_dim, cross_attention_dim=cross_dim, heads=heads, dim_head=dim_head, bias=bias,
+                         out_bias=True)
+        if bias:  # nonzero biases, so a skipped projection shows
+            for lin in (attn.to_q, attn.to_k, attn.to_v):
+                torch.nn.init.normal_(lin.bias, std=0.1)
+    return attn.eval()
+
+
+def xattn_variant(attn, x, ctx, *, bug=None):
+    with torch.no_grad():
+        c = x if (ctx is None or bug == "self") else ctx
+        q, k, v = attn.to_q(x), attn.to_k(c), attn.to_v(c)
+        if bug == "k_as_v":
+            v = k
+        out = ref.attention(q, k, v, 1 if bug == "one_head" else attn.heads)
+        return out if bug == "no_out" else attn.to_out[0](out)
+
+
+XATT_BUGS = [
+    ("self", "keys and values from hidden_states: in cross-attention they come from encoder_hidden_states (the text)."),
+    ("no_out", "output projection to_out[0] missing."),
+    ("one_head", "heads ignored: pass attn_module.heads to attention."),
+    ("k_as_v", "values computed with to_k: V = to_v(context)."),
+]
+
+
+def check_cross_attention(fn, gen):
+    """A UNet-like attn2 (cross_attention_dim != query_dim, no q/k/v bias), a PixArt-like attn2
+    (equal widths, biases), and a self-attention attn1 called with encoder_hidden_states=None;
+    compared with the module's own forward (diffusers' AttnProcessor2_0)."""
+    cases = [("unet attn2", False, True), ("pixart attn2", True, True), ("attn1 (self)", choice(gen, [False, True]),
+                                                                         False)]
+    for kind, bias, cross in cases:
+        heads = choice(gen, [2, 4])
+        dim_head = choice(gen, [4, 8])
+        query_dim = heads * dim_head if kind != "unet attn2" else choice(gen, [24, 32])
+        cross_dim = (query_dim if kind == "pixart attn2" else choice(gen, [12, 20])) if cross else None
+        attn = _attention_module(gen, query_dim, cross_dim, heads, dim_head, bias)
+        B, N, M = randint(gen, 2, 3), randint(gen, 6, 16), randint(gen, 3, 5)
+        x = _rand(gen, (B, N, query_dim))
+        ctx = _rand(gen, (B, M, cross_dim)) if cross else None
+        name = (f"cross_attention(Attention(query_dim={query_dim}, cross_attention_dim={cross_dim}, heads={heads}, "
+                f"dim_head={dim_head}, bias={bias}), hidden_states {tuple(x.shape)}, encoder_hidden_states "
+                f"{None if ctx is None else tuple(ctx.shape)})")
+        hint = EQ_XATT + (". to_k and to_v take the TEXT (width cross_attention_dim), to_q the image tokens."
+                          if cross else "")
+        with torch.no_grad():
+            got = _call(name, fn, attn, x.clone(), None if ctx is None else ctx.clone(), hint=hint)
+            expected = attn(x, ctx)
+        bugs = [(label, xattn_variant(attn, x, ctx, bug=b)) for b, label in XATT_BUGS
+                if b != "self" or (cross and cross_dim == query_dim)]
+        if isinstance(got, torch.Tensor) and got.requires_grad:
+            got = got.detach()
+        assert_close(name, got, ref.cross_attention(attn, x, ctx).detach(), **TOL[torch.float32], diagnose=bugs,
+                     hint=hint)
+        assert_close(f"{name} vs the module's own forward attn(hidden_states, encoder_hidden_states)", got, expected,
+                     **TOL[torch.float32])
+
+
+# --------------------------------------------------------------------------- patchify / unpatchify
+
+def patch_variant(x, p, *, bug=None):
+    B, C, H, W = x.shape
+    r, c = H // p, W // p
+    if bug == "no_permute":
+        return x.reshape(B, r * c, C * p * p)
+    y = x.reshape(B, C, r, p, c, p)
+    order = {"grid_transposed": (0, 4, 2, 1, 3, 5), "channels_last": (0, 2, 4, 3, 5, 1),
+             "dxdy": (0, 2, 4, 1, 5, 3)}.get(bug, (0, 2, 4, 1, 3, 5))
+    return y.permute(*order).reshape(B, r * c, C * p * p)
+
+
+PATCH_BUGS = [
+    ("no_permute", "patch order scrambled: a plain reshape of (B, C, H, W) to tokens mixes channels and pixels of "
+                   "different patches; reshape to (B, C, H/p, p, W/p, p) and permute first."),
+    ("grid_transposed", "patch grid transposed: tokens go row by row (row-major, token = row * (W/p) + col), like "
+                        "PatchEmbed's conv(x).flatten(2).transpose(1, 2)."),
+    ("channels_last", "(dy, dx, C) order inside a token: PatchEmbed's conv weight is (D, C, p, p), channel first."),
+    ("dxdy", "dy and dx swapped inside a token: the order is (C, dy, dx), row before column."),
+]
+
+
+def _patch_inputs(gen):
+    p = choice(gen, [2, 4])
+    C = randint(gen, 2, 5)
+    rows, cols = choice(gen, [(2, 3), (3, 2), (2, 4), (3, 4)])
+    B = randint(gen, 1, 3)
+    return _rand(gen, (B, C, rows * p, cols * p)), p
+
+
+def check_patchify(fn, gen):
+    """Random non-square latents, p in {2, 4}; tokens compared with the reference and with
+    diffusers' PatchEmbed (a Conv2d with kernel = stride = p): tokens @ W.reshape(D, -1).T + b."""
+    for _ in range(3):
+        x, p = _patch_inputs(gen)
+        B, C, H, W = x.shape
+        name = f"patchify(latents (B, C, H, W) = {tuple(x.shape)}, patch_size={p})"
+        x_in = x.clone()
+        got = _call(name, fn, x_in, p, hint=EQ_PATCH)
+        _untouched(name, [x], [x_in])
+        bugs = [(label, patch_variant(x, p, bug=b)) for b, label in PATCH_BUGS]
+        assert_close(name, got, ref.patchify(x, p), atol=0, rtol=0, diagnose=bugs, hint=EQ_PATCH)
+        D = randint(gen, 8, 24)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_seeded(gen))
+            pe = PatchEmbed(height=H, width=W, patch_size=p, in_channels=C, embed_dim=D, pos_embed_type=None)
+        with torch.no_grad():
+            conv_tokens = pe(x)  # (B, N, D)
+            mine = got @ pe.proj.weight.reshape(D, -1).T + pe.proj.bias
+        assert_close(f"{name} @ W.reshape(D, -1).T + b vs diffusers' PatchEmbed (Conv2d kernel = stride = {p})",
+                     mine, conv_tokens, atol=1e-4, rtol=1e-4, hint=EQ_PATCH)
+
+
+def pixart_unpatchify(tokens_pqc, p, h, w, C):
+    """The lines at the end of PixArtTransformer2DModel.forward (h, w: the patch grid), whose tokens
+    hold (p, p, C) per patch."""
+    x = tokens_pqc.reshape(shape=(-1, h, w, p, p, C))
+    x = torch.einsum("nhwpqc->nchpwq", x)
+    return x.reshape(shape=(-1, C, h * p, w * p))
+
+
+def unpatch_variant(tokens, p, H, W, C, *, bug=None):
+    B = tokens.shape[0]
+    r, c = H // p, W // p
+    if bug == "no_permute":
+        return tokens.reshape(B, C, H, W)
+    if bug == "grid_transposed":
+        return tokens.reshape(B, c, r, C, p, p).permute(0, 3, 2, 4, 1, 5).reshape(B, C, H, W)
+    if bug == "channels_last":
+        return tokens.reshape(B, r, c, p, p, C).permute(0, 5, 1, 3, 2, 4).reshape(B, C, H, W)
+    if bug == "dxdy":
+        return tokens.reshape(B, r, c, C, p, p).permute(0, 3, 1, 5, 2, 4).reshape(B, C, H, W)
+    return tokens.reshape(B, r, c, C, p, p).permute(0, 3, 1, 4, 2, 5).reshape(B, C, H, W)
+
+
+def check_unpatchify(fn, gen):
+    """unpatchify(patchify(x)) must give x back exactly, for non-square latents; random tokens
+    must also round-trip (patchify(unpatchify(t)) == t); and the result equals PixArt's own
+    unpatchify lines once the inner (C, p, p) order is converted to PixArt's (p, p, C)."""
+    for _ in range(3):
+        x, p = _patch_inputs(gen)
+        B, C, H, W = x.shape
+        tokens = ref.patchify(x, p)
+        name = f"unpatchify(tokens {tuple(tokens.shape)}, patch_size={p}, height={H}, width={W}, channels={C})"
+        got = _call(name, fn, tokens.clone(), p, H, W, C,
+                    hint=EQ_UNPATCH + f" (here the grid is {H // p} x {W // p} patches)")
+        bugs = [(label.replace("patch order scrambled: a plain reshape of (B, C, H, W) to tokens",
+                               "patch order scrambled: a plain reshape of the tokens to (B, C, H, W)"),
+                 unpatch_variant(tokens, p, H, W, C, bug=b)) for b, label in PATCH_BUGS]
+        assert_close(f"{name}, tokens = patchify(x): expected x back", got, x, atol=0, rtol=0, diagnose=bugs,
+                     hint=EQ_UNPATCH)
+        pqc = tokens.reshape(B, -1, C, p, p).permute(0, 1, 3, 4, 2).reshape(B, -1, p * p * C)
+        assert_close(f"{name} vs PixArtTransformer2DModel's unpatchify (tokens converted to its (p, p, C) order)",
+                     got, pixart_unpatchify(pqc, p, H // p, W // p, C), atol=0, rtol=0, hint=EQ_UNPATCH)
+        t = _rand(gen, tokens.shape)
+        back = ref.patchify(_call(name, fn, t.clone(), p, H, W, C, hint=EQ_UNPATCH), p)
+        assert_close(f"patchify(unpatchify(random tokens {tuple(t.shape)}, {p}, {H}, {W}, {C})) vs the tokens",
+                     back, t, atol=0, rtol=0, hint=EQ_UNPATCH)
+
+
+# --------------------------------------------------------------------------- modulate
+
+def mod_variant(x, shift, scale, *, bug=None):
+    if shift.ndim == x.ndim - 1:
+        shift, scale = shift.unsqueeze(1), scale.unsqueeze(1)
+    return {"no_one": x * scale + shift, "swapped": x * (1 + shift) + scale,
+            "shift_first": (x + shift) * (1 + scale), "minus": x * (1 - scale) + shift,
+            None: x * (1 + scale) + shift}[bug]
+
+
+MOD_BUGS = [
+    ("no_one", "adaLN without the 1+: out = x * (1 + scale) + shift, so that scale = shift = 0 is the identity."),
+    ("swapped", "shift and scale swapped: out = x * (1 + scale) + shift."),
+    ("shift_first", "shift added before scaling: out = x * (1 + scale) + shift, not (x + shift) * (1 + scale)."),
+    ("minus", "1 - scale: out = x * (1 + scale) + shift."),
+]
+BROADCAST = ("shift and scale of shape (B, D) must be unsqueezed to (B, 1, D) to broadcast over the N tokens of "
+             "x (B, N, D) (DiT's modulate: shift.unsqueeze(1)).")
+
+
+def check_modulate(fn, gen):
+    """(B, D) shift/scale with B != N (broadcast over tokens), (B, 1, D) ones (PixArt's shape),
+    zero shift/scale (must be the identity), and the modulation inside diffusers'
+    AdaLayerNormZero (DiT's block) computed from its own linear layer."""
+    B = randint(gen, 2, 3)
+    N = choice(gen, [n for n in range(4, 9) if n != B])
+    D = choice(gen, [8, 12, 16])
+    x = _rand(gen, (B, N, D))
+    cases = [("(B, D)", _rand(gen, (B, D), std=0.5), _rand(gen, (B, D), std=0.5)),
+             ("(B, 1, D)", _rand(gen, (B, 1, D), std=0.5), _rand(gen, (B, 1, D), std=0.5)),
+             ("zeros (B, D)", torch.zeros(B, D), torch.zeros(B, D))]
+    for label, shift, scale in cases:
+        name = f"modulate(x {tuple(x.shape)}, shift {label} {tuple(shift.shape)}, scale {tuple(scale.shape)})"
+        ins = [x.clone(), shift.clone(), scale.clone()]
+        got = _call(name, fn, *ins, hint=BROADCAST)
+        _untouched(name, [x, shift, scale], ins)
+        bugs = [(lab, mod_variant(x, shift, scale, bug=b)) for b, lab in MOD_BUGS]
+        extra = " With zero shift and scale the output must be x itself." if label.startswith("zeros") else ""
+        assert_close(name, got, ref.modulate(x, shift, scale), **TOL[torch.float32], diagnose=bugs,
+                     hint=EQ_MOD + extra)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seeded(gen))
+        ada = AdaLayerNormZero(D).eval()
+    emb = _rand(gen, (B, D))
+    with torch.no_grad():
+        expected = ada(x, emb=emb)[0]
+        shift_msa, scale_msa = ada.linear(ada.silu(emb)).chunk(6, dim=1)[:2]
+        normed = ada.norm(x)
+        got = _call("modulate inside AdaLayerNormZero", fn, normed, shift_msa, scale_msa, hint=BROADCAST)
+    bugs = [(lab, mod_variant(normed, shift_msa, scale_msa, bug=b)) for b, lab in MOD_BUGS]
+    assert_close(f"modulate(LayerNorm(x), shift_msa, scale_msa) vs diffusers' AdaLayerNormZero (DiT's block), "
+                 f"x {tuple(x.shape)}", got, expected, **TOL[torch.float32], diagnose=bugs, hint=EQ_MOD)

@@ -1,0 +1,288 @@
+"""Checks of Lab 09 (ControlNet): one ``check_<name>(fn, gen)`` per exercise.
+
+Every check draws fresh inputs from ``gen`` and compares the learner's output with the
+reference solution AND with diffusers on the same inputs:
+
+- ``zero_conv``: the conv diffusers builds for each residual (``zero_module(nn.Conv2d(c, c, 1))``
+  in ``ControlNetModel``), its output (zero) and its gradient (not zero) on random inputs;
+- ``controlnet_unet_step``: a small random UNet2DConditionModel and a ControlNetModel made from
+  it with ``from_unet`` whose zero convs are then filled with random numbers (a fresh
+  ControlNet returns zeros, which would make every wiring bug invisible), called the way
+  ``StableDiffusionControlNetPipeline.__call__`` calls them (``conditioning_scale`` passed to
+  the ControlNet, the control image doubled by ``torch.cat`` for the guidance batch);
+- ``make_control_image``: ``StableDiffusionControlNetPipeline.prepare_image`` on the same maps
+  given as grey-scale PIL images, and ``helpers.zoo.control_image``.
+
+When the output matches what a typical bug returns, the message names that bug (the
+``diagnose`` candidates below).
+"""
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch import nn
+
+from helpers.checks._core import CheckFailed, assert_close, choice, describe, describe_exception, randint, require
+from helpers.solutions import lab09_controlnet as ref
+
+LAB = "lab09"
+
+TOL = dict(atol=1e-5, rtol=1e-4)
+
+EQ_STEP = ("down, mid = controlnet(latents, t, encoder_hidden_states=text_embeddings, controlnet_cond=control, "
+           "return_dict=False); every down residual AND mid times conditioning_scale; "
+           "unet(latents, t, encoder_hidden_states=text_embeddings, down_block_additional_residuals=down, "
+           "mid_block_additional_residual=mid).sample; under guidance (2B latents, B maps) "
+           "control = torch.cat([control_image] * 2), as the pipeline's prepare_image")
+EQ_IMAGE = ("the pipeline's prepare_image on grey PIL images: RGB (3 equal channels), float32, values / 255 for "
+            "uint8, kept in [0, 1] (the control processor has do_normalize=False), shape (B, 3, H, W)")
+
+
+# --------------------------------------------------------------------------- zero_conv
+
+def check_zero_conv(fn, gen):
+    from diffusers.models.controlnets.controlnet import zero_module
+
+    for _ in range(3):
+        c = randint(gen, 1, 48)
+        name = f"zero_conv({c})"
+        conv = fn(c)
+        require(isinstance(conv, nn.Conv2d), f"{name}: expected an nn.Conv2d, got {describe(conv)}.")
+        theirs = zero_module(nn.Conv2d(c, c, kernel_size=1))  # what ControlNetModel builds
+        require(tuple(conv.kernel_size) == tuple(theirs.kernel_size),
+                f"Likely bug: not a 1x1 convolution.\n{name}: kernel_size {tuple(conv.kernel_size)}, expected (1, 1) "
+                f"(a zero conv only mixes channels; ControlNet uses nn.Conv2d(c, c, kernel_size=1)).")
+        require((conv.in_channels, conv.out_channels) == (c, c),
+                f"{name}: expected {c} input and {c} output channels, got {conv.in_channels} -> {conv.out_channels}.")
+        require(tuple(conv.stride) == (1, 1) and tuple(conv.dilation) == (1, 1) and conv.groups == 1,
+                f"{name}: expected stride 1, dilation 1, groups 1 (the residual keeps the feature map's size); got "
+                f"stride {tuple(conv.stride)}, dilation {tuple(conv.dilation)}, groups {conv.groups}.")
+        require(conv.bias is not None,
+                f"{name}: no bias. ControlNet's zero convs have a bias (nn.Conv2d's default), zero-initialised "
+                f"like the weight.")
+        for pname in ("weight", "bias"):
+            p = getattr(conv, pname)
+            require(torch.count_nonzero(p.detach()) == 0,
+                    f"Likely bug: a non-zero zero-conv: the {pname} is not zero-initialised "
+                    f"(max |{pname}| = {p.detach().abs().max().item():.3g}).\n{name}: nn.Conv2d initialises weight and "
+                    f"bias randomly; set both to zero (nn.init.zeros_), as diffusers' zero_module does. A non-zero "
+                    f"zero conv makes a fresh ControlNet change the pretrained UNet's output before any training.")
+            require(p.requires_grad,
+                    f"Likely bug: the zero conv is frozen.\n{name}: {pname}.requires_grad is False. It is the part "
+                    f"that learns: zero at the start, trained like the rest of the ControlNet copy.")
+        # zero output for any input, non-zero gradient (the reason training can start)
+        x = torch.randn(randint(gen, 1, 3), c, randint(gen, 2, 6), randint(gen, 2, 6), generator=gen)
+        r = torch.randn(x.shape, generator=gen)
+        conv.zero_grad(set_to_none=True)
+        out = conv(x)
+        assert_close(f"{name}(x)", out.detach(), torch.zeros_like(x), atol=0.0, rtol=0.0)
+        (out * r).sum().backward()
+        expected = torch.einsum("bohw,bihw->oi", r, x)[..., None, None]  # dL/dW = sum_pixels dL/dy x^T
+        assert_close(f"{name}: gradient of sum(conv(x) * r) with respect to the weight", conv.weight.grad,
+                     expected, atol=1e-4, rtol=1e-4,
+                     hint="the gradient into a zero conv is dL/dy times its input, not zero: the weight must be a "
+                          "trainable nn.Parameter used in forward.")
+
+
+# --------------------------------------------------------------------------- controlnet_unet_step
+
+def _models(gen):
+    """A small random UNet and a ControlNet from it, zero convs (and the conditioning
+    embedding's last conv, also zero-initialised in diffusers) filled with random numbers."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    c1 = choice(gen, (8, 16))
+    d = choice(gen, (8, 16))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(randint(gen, 0, 2**31 - 1))
+        unet = UNet2DConditionModel(
+            sample_size=4, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(c1, 16, 16),
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=d, attention_head_dim=4, norm_num_groups=4).eval()
+        cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8, 8, 8)).eval()
+        with torch.no_grad():
+            for conv in [*cn.controlnet_down_blocks, cn.controlnet_mid_block, cn.controlnet_cond_embedding.conv_out]:
+                conv.weight.normal_(0, 0.3)
+                conv.bias.normal_(0, 0.1)
+    return unet, cn, d
+
+
+def _masks(gen, b, hw):
+    """b different random rectangles, (b, 1, hw, hw) in {0, 1}."""
+    m = torch.zeros(b, 1, hw, hw)
+    for i in range(b):
+        y0, x0 = randint(gen, 0, hw // 2), randint(gen, 0, hw // 2)
+        m[i, :, y0:y0 + randint(gen, 4, hw // 2), x0:x0 + randint(gen, 4, hw // 2)] = 1
+    return m
+
+
+@torch.no_grad()
+def _pipeline_call(unet, cn, x, t, emb, image, s, *, mid_scale=None, down_scale=None, interleave=False,
+                   no_mid=False, swap_mid=False, normalise=False, no_controlnet=False):
+    """The pipeline's two calls (conditioning_scale given to the ControlNet), or a typical bug."""
+    if normalise:
+        image = image * 2 - 1
+    if x.shape[0] != image.shape[0]:
+        k = x.shape[0] // image.shape[0]
+        image = image.repeat_interleave(k, dim=0) if interleave else torch.cat([image] * k)
+    if no_controlnet:
+        return unet(x, t, encoder_hidden_states=emb).sample
+    down, mid = cn(x, t, encoder_hidden_states=emb, controlnet_cond=image, conditioning_scale=1.0, return_dict=False)
+    ds = s if down_scale is None else down_scale
+    ms = s if mid_scale is None else mid_scale
+    down, mid = [r * ds for r in down], mid * ms
+    if swap_mid:
+        down, mid = [*down[:-1], mid], down[-1]
+    return unet(x, t, encoder_hidden_states=emb, down_block_additional_residuals=down,
+                mid_block_additional_residual=None if no_mid else mid).sample
+
+
+def _diagnose(unet, cn, x, t, emb, image, s):
+    def call(**kw):
+        try:
+            return _pipeline_call(unet, cn, x, t, emb, image, s, **kw)
+        except RuntimeError:  # a bug that crashes is explained where the learner's call fails
+            return None
+    out = [("conditioning_scale not applied to the mid residual: multiply mid_block_res_sample by it too.",
+            call(mid_scale=1.0)),
+           ("conditioning_scale not applied to the down residuals: multiply every one of them.", call(down_scale=1.0)),
+           ("conditioning_scale not applied at all: the pipeline multiplies every residual by it.",
+            call(down_scale=1.0, mid_scale=1.0)),
+           ("conditioning_scale applied twice (passed to the ControlNet AND multiplied afterwards).",
+            call(down_scale=s * s, mid_scale=s * s)),
+           ("mid residual not added: pass mid_block_additional_residual=mid to the UNet.", call(no_mid=True)),
+           ("residuals added at the wrong blocks: the mid residual went to the last skip connection and the last down "
+            "residual to the mid block. Pass the ControlNet's lists as they come.", call(swap_mid=True)),
+           ("the ControlNet's residuals are ignored: this is the UNet alone (diffusers adds them only when BOTH "
+            "down_block_additional_residuals and mid_block_additional_residual are given).", call(no_controlnet=True)),
+           ("control image normalised to [-1, 1]: ControlNet maps stay in [0, 1] (do_normalize=False).",
+            call(normalise=True))]
+    if x.shape[0] != image.shape[0] and image.shape[0] > 1:
+        out.append(("control image doubled with repeat_interleave: the guidance batch is [all uncond; all cond], so "
+                    "rows i and B + i need map i: torch.cat([control_image] * 2).", call(interleave=True)))
+    return out
+
+
+def _step_case(fn, gen, unet, cn, d, b, cfg, s, as_tensor):
+    hw = 4
+    n = 2 * b if cfg else b
+    x = torch.randn(n, 4, hw, hw, generator=gen)
+    emb = torch.randn(n, randint(gen, 3, 7), d, generator=gen)
+    image = _masks(gen, b, 8 * hw).expand(-1, 3, -1, -1).contiguous()
+    t_int = randint(gen, 0, 999)
+    t = torch.tensor(t_int) if as_tensor else t_int
+    name = (f"controlnet_unet_step(latents {tuple(x.shape)}, timestep={t!r}, text_embeddings {tuple(emb.shape)}, "
+            f"control_image {tuple(image.shape)}, conditioning_scale={s:.3g})")
+    try:
+        with torch.no_grad():
+            got = fn(unet, cn, x.clone(), t, emb.clone(), image.clone(), s)
+    except NotImplementedError:
+        raise
+    except RuntimeError as exc:
+        if cfg and b > 1:
+            raise CheckFailed(f"Likely bug: control image not doubled for the guidance batch.\n{name} raised "
+                              f"{describe_exception(exc)}\nHint: latents and text_embeddings have 2B rows "
+                              f"[uncond; cond], the control image B: torch.cat([control_image] * 2), as "
+                              f"prepare_image does.") from exc
+        raise CheckFailed(f"Likely bug: residuals added at the wrong blocks (their order or number changed).\n"
+                          f"{name} raised {describe_exception(exc)}\nHint: pass the ControlNet's down residuals "
+                          f"as one list in the order it returns them (one per UNet skip connection), and its mid "
+                          f"residual as mid_block_additional_residual (both: given down residuals without a mid one, diffusers' "
+                          f"UNet takes them for T2I-Adapter's intra-block residuals, which have other shapes).") from exc
+    expected = _pipeline_call(unet, cn, x, t, emb, image, s)
+    try:
+        assert_close(name, got, expected, **TOL, hint=EQ_STEP)
+    except CheckFailed:  # only now run the typical bugs, to name the one that matches
+        assert_close(name, got, expected, **TOL, hint=EQ_STEP, diagnose=_diagnose(unet, cn, x, t, emb, image, s))
+    with torch.no_grad():
+        mine = ref.controlnet_unet_step(unet, cn, x, t, emb, image, s)
+    assert_close(name + " (against the reference)", got, mine, **TOL, hint=EQ_STEP)
+
+
+def check_controlnet_unet_step(fn, gen):
+    unet, cn, d = _models(gen)
+    scale = lambda: choice(gen, (0.35, 0.6, 1.4, 1.8)) + 0.1 * float(torch.rand((), generator=gen))  # noqa: E731
+    _step_case(fn, gen, unet, cn, d, randint(gen, 2, 3), False, scale(), False)  # no guidance
+    _step_case(fn, gen, unet, cn, d, randint(gen, 2, 3), True, scale(), True)    # guidance batch
+    _step_case(fn, gen, unet, cn, d, 1, True, scale(), False)                    # one map, guidance
+    _step_case(fn, gen, unet, cn, d, 2, True, 1.0, True)                         # the default scale
+    # s = 0 is the UNet alone
+    x = torch.randn(2, 4, 4, 4, generator=gen)
+    emb = torch.randn(2, 5, d, generator=gen)
+    image = _masks(gen, 2, 32).expand(-1, 3, -1, -1).contiguous()
+    with torch.no_grad():
+        got = fn(unet, cn, x, 10, emb, image, 0.0)
+        alone = unet(x, 10, encoder_hidden_states=emb).sample
+    assert_close("controlnet_unet_step(..., conditioning_scale=0.0) against the UNet alone", got, alone, **TOL,
+                 hint="with s = 0 every residual is 0: the UNet's own output.")
+
+
+# --------------------------------------------------------------------------- make_control_image
+
+def _prepare_image(maps_u8, device="cpu"):
+    """The pipeline's prepare_image on grey PIL images (no guidance doubling)."""
+    import PIL.Image
+    from diffusers import StableDiffusionControlNetPipeline
+    from diffusers.image_processor import VaeImageProcessor
+
+    proc = VaeImageProcessor(vae_scale_factor=8, do_convert_rgb=True, do_normalize=False)  # the pipeline's
+    pil = [PIL.Image.fromarray(m) for m in maps_u8]
+    b, (h, w) = len(pil), maps_u8[0].shape
+    return StableDiffusionControlNetPipeline.prepare_image(
+        SimpleNamespace(control_image_processor=proc), pil, w, h, b, 1, device, torch.float32)
+
+
+def _maps(gen):
+    """A random batch of one-channel maps: (levels (B, H, W) uint8, kind)."""
+    from helpers import shapes
+
+    b, h, w = randint(gen, 1, 4), 8 * randint(gen, 2, 8), 8 * randint(gen, 2, 8)
+    m = torch.zeros(b, 1, h, w)
+    for i in range(b):
+        y0, x0 = randint(gen, 0, h // 2), randint(gen, 0, w // 2)
+        m[i, :, y0:y0 + randint(gen, 3, h // 2), x0:x0 + randint(gen, 3, w // 2)] = 1
+    return (m[:, 0] * 255).to(torch.uint8), (shapes.edges(m)[:, 0] * 255).to(torch.uint8)
+
+
+def _image_case(fn, name, arg, levels):
+    got = fn(arg.clone())
+    expected = _prepare_image(levels.numpy())
+    if isinstance(got, torch.Tensor) and got.shape != expected.shape:
+        b, _, h, w = expected.shape
+        if tuple(got.shape) in ((b, 1, h, w), (b, h, w)):
+            raise CheckFailed(f"Likely bug: one channel: the ControlNet's conditioning embedding takes 3 (RGB).\n"
+                              f"{name}: expected shape {tuple(expected.shape)}, got {tuple(got.shape)}. The pipeline "
+                              f"converts a grey PIL image to RGB, but passes a 1-channel tensor on unchanged.")
+        if tuple(got.shape) == (b, h, w, 3):
+            raise CheckFailed(f"Likely bug: channels last.\n{name}: expected {tuple(expected.shape)} (B, 3, H, W), "
+                              f"got {tuple(got.shape)}.")
+    lv = levels.float()[:, None].expand(-1, 3, -1, -1)
+    diag = [("normalised to [-1, 1]: the pipeline's control_image_processor has do_normalize=False; keep [0, 1].",
+             expected * 2 - 1),
+            ("uint8 values not divided by 255: the pipeline's images are in [0, 1].", lv),
+            ("inverted map (1 - x): keep white where the map is on.", 1 - expected)]
+    assert_close(name, got, expected, atol=1e-6, rtol=0, hint=EQ_IMAGE, diagnose=diag)
+
+
+def check_make_control_image(fn, gen):
+    from helpers.zoo import control_image
+
+    for _ in range(2):
+        masks, edges = _maps(gen)
+        for levels, kind in ((masks, "mask"), (edges, "edge map")):
+            as_float = (levels.float() / 255)[:, None]  # (B, 1, H, W) in {0, 1}
+            _image_case(fn, f"make_control_image(float {kind} {tuple(as_float.shape)})", as_float, levels)
+            _image_case(fn, f"make_control_image(bool {kind} {tuple(as_float.shape)})", as_float > 0.5, levels)
+            _image_case(fn, f"make_control_image(uint8 0..255 {kind} {tuple(levels.shape)})", levels, levels)
+            _image_case(fn, f"make_control_image(float {kind} {tuple(levels.shape)}, no channel dim)",
+                        as_float[:, 0], levels)
+    # grey levels (a soft map: depth-like), exactly representable as 8-bit
+    b, h, w = randint(gen, 1, 3), 16, 24
+    levels = torch.randint(0, 256, (b, h, w), generator=gen, dtype=torch.uint8)
+    _image_case(fn, f"make_control_image(float grey levels {(b, 1, h, w)})", (levels.float() / 255)[:, None], levels)
+    _image_case(fn, f"make_control_image(uint8 grey levels {(b, h, w)})", levels, levels)
+    # the zoo's helper, which the notebook uses for tiny-controlnet, agrees
+    m = (masks.float() / 255)[:, None]
+    assert_close("make_control_image(mask) against helpers.zoo.control_image(mask)", fn(m), control_image(m),
+                 atol=0, rtol=0, hint=EQ_IMAGE)

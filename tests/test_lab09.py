@@ -1,0 +1,255 @@
+"""Lab 09 (ControlNet): the reference equals diffusers' pipeline, passes its checks, and every
+check is proven able to fail: each planted bug below fails with its specific hint."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from helpers.checks import lab09_controlnet as checks
+from helpers.checks._core import CheckFailed, make_generator
+from helpers.solutions import lab09_controlnet as ref
+
+SEEDS = [0, 1, 2, 7, 2024]
+NAMES = ["zero_conv", "controlnet_unet_step", "make_control_image"]
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+def run(name, fn, seed=0):
+    getattr(checks, f"check_{name}")(fn, make_generator(seed, name, "test"))
+
+
+def fails(name, fn, phrase, seeds=(0, 1)):
+    """The check of ``name`` fails on ``fn`` for every seed, and the message has ``phrase``."""
+    for seed in seeds:
+        with pytest.raises(CheckFailed) as info:
+            run(name, fn, seed)
+        assert phrase in str(info.value), f"seed {seed}: {phrase!r} not in:\n{info.value}"
+
+
+# --------------------------------------------------------------------------- the reference
+
+def test_exercise_names_in_order():
+    assert ref.__all__ == NAMES
+    assert checks.LAB == "lab09"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_reference_passes(name, seed):
+    run(name, getattr(ref, name), seed)
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    """tiny-sd + tiny-controlnet as a StableDiffusionControlNetPipeline (weights loaded directly,
+    so this test does not depend on the zoo's manifest)."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    from helpers.zoo import ASSETS, load_pipeline
+    sd = load_pipeline("tiny-sd", device="cpu")
+    cn = ControlNetModel.from_pretrained(ASSETS / "tiny-controlnet", local_files_only=True).eval()
+    pipe = StableDiffusionControlNetPipeline(
+        vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet, controlnet=cn,
+        scheduler=sd.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("scale", [0.7, 1.0])
+def test_reference_equals_the_pipelines_own_call(tiny_pipe, scale):
+    """Record every UNet and ControlNet call of a real pipeline run (guidance on, 2 prompts with
+    different maps) and recompute the UNet's output with the reference: bit for bit."""
+    import PIL.Image
+
+    from helpers import shapes
+    pipe = tiny_pipe
+    batch = shapes.make_batch(2, seed=3)
+    masks = batch["mask"]  # (2, 1, 64, 64)
+    pil = [PIL.Image.fromarray((m[0].numpy() * 255).astype("uint8")) for m in masks]
+    calls, conds = [], []
+    h1 = pipe.unet.register_forward_hook(lambda m, a, kw, out: calls.append((a, kw, out)), with_kwargs=True)
+    h2 = pipe.controlnet.register_forward_pre_hook(lambda m, a, kw: conds.append(kw["controlnet_cond"]),
+                                                   with_kwargs=True)
+    try:
+        pipe(batch["captions"], image=pil, num_inference_steps=3, guidance_scale=5.0,
+             controlnet_conditioning_scale=scale, generator=torch.Generator().manual_seed(0), output_type="latent")
+    finally:
+        h1.remove()
+        h2.remove()
+    assert len(calls) >= 3  # PNDM (tiny-sd's scheduler) makes one extra call
+    control = ref.make_control_image(masks)
+    assert torch.equal(torch.cat([control] * 2), conds[0])  # prepare_image's output, guidance-doubled
+    with torch.no_grad():
+        for args, kw, out in calls:
+            x, t = args[0], args[1]
+            mine = ref.controlnet_unet_step(pipe.unet, pipe.controlnet, x, t, kw["encoder_hidden_states"], control,
+                                            scale)
+            assert torch.equal(mine, out[0])
+
+
+def test_fresh_controlnet_leaves_the_unet_exactly_unchanged(tiny_pipe):
+    from diffusers import ControlNetModel
+
+    fresh = ControlNetModel.from_unet(tiny_pipe.unet, conditioning_embedding_out_channels=(8, 16, 32, 32)).eval()
+    g = torch.Generator().manual_seed(0)
+    x, emb = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 7, 64, generator=g)
+    image = torch.rand(2, 3, 64, 64, generator=g)
+    with torch.no_grad():
+        alone = tiny_pipe.unet(x, 500, encoder_hidden_states=emb).sample
+        assert torch.equal(ref.controlnet_unet_step(tiny_pipe.unet, fresh, x, 500, emb, image, 1.0), alone)
+
+
+# --------------------------------------------------------------------------- planted bugs: zero_conv
+
+def zc_variant(bug):
+    def fn(c):
+        conv = nn.Conv2d(c, c, 3 if bug == "3x3" else 1, padding=1 if bug == "3x3" else 0, bias=bug != "no_bias")
+        if bug == "default_init":
+            return conv
+        nn.init.zeros_(conv.weight)
+        if conv.bias is not None and bug != "bias_random":
+            nn.init.zeros_(conv.bias)
+        if bug == "frozen":
+            conv.requires_grad_(False)
+        return conv
+    return fn
+
+
+@pytest.mark.parametrize("bug,phrase", [
+    ("default_init", "non-zero zero-conv"),
+    ("bias_random", "non-zero zero-conv"),
+    ("3x3", "not a 1x1 convolution"),
+    ("frozen", "frozen"),
+    ("no_bias", "no bias"),
+])
+def test_zero_conv_bugs(bug, phrase):
+    fails("zero_conv", zc_variant(bug), phrase)
+
+
+def test_zero_conv_hand_written_passes():
+    for seed in SEEDS:
+        run("zero_conv", zc_variant(None), seed)
+
+
+# --------------------------------------------------------------------------- planted bugs: controlnet_unet_step
+
+def step_variant(bug):
+    """The pipeline's call written out independently, with one bug switched on."""
+    def fn(unet, controlnet, latents, timestep, text_embeddings, control_image, conditioning_scale=1.0):
+        s = conditioning_scale
+        img = control_image * 2 - 1 if bug == "normalise" else control_image
+        k = latents.shape[0] // img.shape[0]
+        if bug == "not_doubled":
+            pass
+        elif bug == "interleave":
+            img = img.repeat_interleave(k, dim=0)
+        elif k > 1:
+            img = torch.cat([img] * k)
+        if bug == "unet_only":
+            return unet(latents, timestep, encoder_hidden_states=text_embeddings).sample
+        # passing the scale to the ControlNet is the pipeline's own way, and right
+        down, mid = controlnet(latents, timestep, encoder_hidden_states=text_embeddings, controlnet_cond=img,
+                               conditioning_scale=s if bug in (None, "twice") else 1.0, return_dict=False)
+        if bug in ("mid_unscaled", "twice"):
+            down = [d * s for d in down]
+        if bug == "twice":
+            mid = mid * s
+        if bug in ("down_unscaled", "swap_mid", "reversed", "no_mid", "no_down", "not_doubled", "interleave",
+                   "normalise"):
+            mid = mid * s
+            if bug != "down_unscaled":
+                down = [d * s for d in down]
+        if bug == "swap_mid":
+            down, mid = [*down[:-1], mid], down[-1]
+        if bug == "reversed":
+            down = down[::-1]
+        return unet(latents, timestep, encoder_hidden_states=text_embeddings,
+                    down_block_additional_residuals=None if bug == "no_down" else down,
+                    mid_block_additional_residual=None if bug == "no_mid" else mid).sample
+    return fn
+
+
+@pytest.mark.parametrize("bug,phrase", [
+    ("mid_unscaled", "conditioning_scale not applied to the mid residual"),
+    ("down_unscaled", "conditioning_scale not applied to the down residuals"),
+    ("unscaled", "conditioning_scale not applied at all"),
+    ("twice", "conditioning_scale applied twice"),
+    ("swap_mid", "residuals added at the wrong blocks"),
+    ("reversed", "residuals added at the wrong blocks"),
+    ("no_mid", "residuals added at the wrong blocks"),
+    ("not_doubled", "control image not doubled for the guidance batch"),
+    ("interleave", "repeat_interleave"),
+    ("normalise", "normalised to [-1, 1]"),
+    ("unet_only", "residuals are ignored"),
+    ("no_down", "residuals are ignored"),
+])
+def test_controlnet_unet_step_bugs(bug, phrase):
+    fails("controlnet_unet_step", step_variant(bug), phrase)
+
+
+def test_controlnet_unet_step_pipeline_style_passes():
+    for seed in SEEDS[:3]:
+        run("controlnet_unet_step", step_variant(None), seed)
+
+
+# --------------------------------------------------------------------------- planted bugs: make_control_image
+
+def img_variant(bug):
+    def fn(mask):
+        m = mask if mask.ndim == 4 else mask[:, None]
+        m = m.float() if bug == "no_255" else (m.float() / 255 if m.dtype == torch.uint8 else m.float())
+        if bug == "one_channel":
+            return m
+        m = m.repeat(1, 3, 1, 1)
+        if bug == "normalise":
+            return m * 2 - 1
+        if bug == "inverted":
+            return 1 - m
+        if bug == "channels_last":
+            return m.permute(0, 2, 3, 1)
+        if bug == "float64":
+            return m.double()
+        return m
+    return fn
+
+
+@pytest.mark.parametrize("bug,phrase", [
+    ("normalise", "normalised to [-1, 1]"),
+    ("no_255", "not divided by 255"),
+    ("one_channel", "one channel"),
+    ("inverted", "inverted map"),
+    ("channels_last", "channels last"),
+    ("float64", "wrong dtype"),
+])
+def test_make_control_image_bugs(bug, phrase):
+    fails("make_control_image", img_variant(bug), phrase)
+
+
+def test_make_control_image_variant_passes():
+    for seed in SEEDS:
+        run("make_control_image", img_variant(None), seed)
+
+
+# --------------------------------------------------------------------------- hard-coded answers, machinery
+
+@pytest.mark.parametrize("name", NAMES)
+def test_hard_coded_answer_fails(name):
+    fixed = torch.zeros(2, 4, 4, 4)
+    with pytest.raises(CheckFailed):
+        run(name, lambda *a, **k: fixed.clone())
+
+
+def test_check_on_pristine_starter_is_all_todo(tmp_path, monkeypatch, capsys):
+    from helpers.exercise import check
+    from helpers.labs import find_lab
+    from helpers.make_starters import strip_solutions
+
+    info = find_lab("lab09")
+    (tmp_path / f"{info.slug}.py").write_text(strip_solutions(info.solution_path.read_text(), "lab09"))
+    monkeypatch.setenv("DIFFUSION_LABS_STARTERS", str(tmp_path))
+    monkeypatch.delenv("DIFFUSION_LABS_MODE", raising=False)
+    results = check("lab09", seed=0)
+    assert [r.name for r in results] == NAMES
+    assert [r.status for r in results] == ["todo"] * 3
