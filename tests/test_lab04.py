@@ -7,6 +7,7 @@ import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg as diffusers_rescale
 
 from helpers.checks import lab04_cfg as checks
+from labtools import checker
 from helpers.checks._core import CheckFailed, make_generator
 from helpers.solutions import lab04_cfg as ref
 
@@ -14,16 +15,7 @@ SEEDS = [0, 1, 2, 7, 123]
 NAMES = ["classifier_free_guidance", "rescale_noise_cfg", "guided_noise_pred"]
 
 
-def run(name, fn, seed=0):
-    getattr(checks, f"check_{name}")(fn, make_generator(seed, name, "test"))
-
-
-def fails(name, fn, phrase, seeds=(0, 1, 2)):
-    """The check of ``name`` fails on ``fn`` for every seed, and the message has ``phrase``."""
-    for seed in seeds:
-        with pytest.raises(CheckFailed) as info:
-            run(name, fn, seed)
-        assert phrase in str(info.value), f"seed {seed}: {phrase!r} not in:\n{info.value}"
+run, fails = checker(checks)  # tests/labtools.py
 
 
 # --------------------------------------------------------------------------- the reference

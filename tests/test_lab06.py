@@ -12,7 +12,8 @@ from diffusers import StableDiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from helpers.checks import lab06_pipeline_components as checks
-from helpers.checks._core import CheckFailed, make_generator
+from labtools import checker
+from helpers.checks._core import CheckFailed
 from helpers.evaluate import make_scheduler
 from helpers.solutions import lab06_pipeline_components as ref
 
@@ -20,16 +21,7 @@ SEEDS = [0, 1, 2, 7]
 NAMES = ["encode_prompt", "prepare_latents", "generate"]
 
 
-def run(name, fn, seed=0):
-    getattr(checks, f"check_{name}")(fn, make_generator(seed, name, "test"))
-
-
-def fails(name, fn, phrase, seeds=(0, 1, 2)):
-    """The check of ``name`` fails on ``fn`` for every seed, and the message has ``phrase``."""
-    for seed in seeds:
-        with pytest.raises(CheckFailed) as info:
-            run(name, fn, seed)
-        assert phrase in str(info.value), f"seed {seed}: {phrase!r} not in:\n{info.value}"
+run, fails = checker(checks)  # tests/labtools.py
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor
 from diffusers.models.embeddings import PatchEmbed, get_timestep_embedding
 
 from helpers.checks import lab07_unet_dit_conditioning as checks
+from labtools import checker
 from helpers.checks._core import CheckFailed, make_generator
 from helpers.solutions import lab07_unet_dit_conditioning as ref
 
@@ -19,16 +20,7 @@ SEEDS = [0, 1, 2, 3, 7, 123, 2024]
 NAMES = ["timestep_embedding", "attention", "cross_attention", "patchify", "unpatchify", "modulate"]
 
 
-def run(name, fn, seed=0):
-    getattr(checks, f"check_{name}")(fn, make_generator(seed, name, "test"))
-
-
-def fails(name, fn, phrase, seeds=(0, 1, 2)):
-    """The check of ``name`` fails on ``fn`` for every seed, and the message has ``phrase``."""
-    for seed in seeds:
-        with pytest.raises(CheckFailed) as info:
-            run(name, fn, seed)
-        assert phrase in str(info.value), f"seed {seed}: {phrase!r} not in:\n{info.value}"
+run, fails = checker(checks)  # tests/labtools.py
 
 
 # --------------------------------------------------------------------------- the reference

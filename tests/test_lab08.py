@@ -14,6 +14,7 @@ from torch import nn
 
 from helpers import lora
 from helpers.checks import lab08_lora as checks
+from labtools import checker
 from helpers.checks._core import CheckFailed, make_generator
 from helpers.solutions import lab08_lora as ref
 
@@ -21,16 +22,7 @@ SEEDS = [0, 1, 2, 3, 7, 123, 2024]
 NAMES = ["LoRALinear", "inject_lora", "merge_lora"]
 
 
-def run(name, obj, seed=0):
-    getattr(checks, f"check_{name}")(obj, make_generator(seed, name, "test"))
-
-
-def fails(name, obj, phrase, seeds=(0, 1, 2)):
-    """The check of ``name`` fails on ``obj`` for every seed, and the message has ``phrase``."""
-    for seed in seeds:
-        with pytest.raises(CheckFailed) as info:
-            run(name, obj, seed)
-        assert phrase in str(info.value), f"seed {seed}: {phrase!r} not in:\n{info.value}"
+run, fails = checker(checks)  # tests/labtools.py
 
 
 def tiny_unet():
