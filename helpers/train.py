@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from helpers import shapes
 from helpers.tokenizer import make_tokenizer
-from helpers.zoo import ASSETS, write_manifest
+from helpers.zoo import ASSETS, verify, write_manifest
 
 SD_SCHEDULER = dict(  # Stable Diffusion v1's scheduler config (scheduler/scheduler_config.json)
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -287,6 +287,36 @@ def train_tiny_sd(out: Path, cfg: TinySDConfig) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     work.rename(out)
     return info
+
+
+def frozen_tiny_sd(base, dev):
+    """tiny-sd's parts for a model trained on top of them (ControlNet, DiT): checksum-verified,
+    loaded, frozen, in eval mode, on `dev`. Returns (pipe, DDPM noise scheduler, VAE scaling factor)."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    verify(base)
+    pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None,
+                                                   requires_safety_checker=False, local_files_only=True)
+    for m in (pipe.unet, pipe.vae, pipe.text_encoder):
+        m.requires_grad_(False).eval().to(dev)
+    return pipe, DDPMScheduler.from_config(pipe.scheduler.config), pipe.vae.config.scaling_factor
+
+
+def fresh_workdir(out: Path) -> Path:
+    """An empty `<out>.tmp` folder to write into; renamed to `out` when training succeeds."""
+    work = out.with_name(out.name + ".tmp")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    return work
+
+
+def encoded_dataset(cfg, vae, dev, accelerator):
+    """The training split rendered (cfg.n_train_images, cfg.data_seed) and encoded once:
+    (items, posterior means, posterior stds)."""
+    ds = shapes.ShapesDataset(cfg.n_train_images, seed=cfg.data_seed, split="train")
+    items = [ds[i] for i in tqdm(range(len(ds)), desc="render", disable=not accelerator.is_local_main_process)]
+    means, stds = encode_all(vae, torch.stack([it["pixel_values"] for it in items]), dev)
+    return items, means, stds
 
 
 def hardware(accelerator=None) -> str:

@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from helpers import shapes, zoo
-from helpers.train import (caption_bank, count, encode_all, hardware, lr_lambda, versions,
-                           write_train_log)
+from helpers.train import (caption_bank, count, encoded_dataset, fresh_workdir, frozen_tiny_sd, hardware,
+                           lr_lambda, versions, write_train_log)
 
 
 @dataclass
@@ -113,31 +113,21 @@ def train_tiny_dit(out: Path, cfg: TinyDiTConfig, base: str | None = None) -> di
     """Train the transformer on tiny-sd's (`base`, default the zoo's) latents and text
     states; write `out` (transformer/, scheduler/, train_info.json, train_log.csv)."""
     from accelerate import Accelerator
-    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
     from diffusers.training_utils import EMAModel, compute_snr
 
     accelerator = Accelerator()
     dev = accelerator.device
     base = Path(base or zoo.ASSETS / "tiny-sd")
-    zoo.verify(base)
-    pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None,
-                                                   requires_safety_checker=False, local_files_only=True)
+    pipe, noise_sched, scale = frozen_tiny_sd(base, dev)
     vae, text_encoder, tokenizer = pipe.vae, pipe.text_encoder, pipe.tokenizer
-    for m in (vae, text_encoder):
-        m.requires_grad_(False).eval().to(dev)
-    noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
-    scale = vae.config.scaling_factor
 
-    work = out.with_name(out.name + ".tmp")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = fresh_workdir(out)
     t_start, cpu_start = time.time(), time.process_time()
     log_rows = []
 
     t0 = time.time()
-    ds = shapes.ShapesDataset(cfg.n_train_images, seed=cfg.data_seed, split="train")
-    items = [ds[i] for i in tqdm(range(len(ds)), desc="render", disable=not accelerator.is_local_main_process)]
-    means, stds = encode_all(vae, torch.stack([it["pixel_values"] for it in items]), dev)
+    items, means, stds = encoded_dataset(cfg, vae, dev, accelerator)
     caps, index, emb = caption_bank(tokenizer, text_encoder, dev)          # frozen CLIP states
     cap_idx = torch.tensor([index[it["caption"]] for it in items])
     del items                                                               # ~1 GB of images
