@@ -44,6 +44,14 @@ def test_timesteps_equal_diffusers(spacing, T, offset):
         assert got.dtype == torch.int64 and torch.equal(got, s.timesteps), (n, got, s.timesteps)
 
 
+def test_reference_passes_the_timesteps_check_on_many_seeds():
+    """Regression: seed 746532 once drew T = 567, n = 60, where diffusers' float np.arange keeps
+    n + 1 'trailing' timesteps (the last -1); the check now draws n away from that edge."""
+    assert len(ref.ddim_timesteps(60, 567, "trailing", 0)) == 61  # the edge itself, as diffusers
+    for seed in range(300):
+        run("ddim_timesteps", ref.ddim_timesteps, seed)
+
+
 def test_timesteps_errors():
     with pytest.raises(ValueError):
         ref.ddim_timesteps(10, 1000, "uniform")

@@ -100,7 +100,7 @@ def _check_timesteps_case(fn, n, T, spacing, offset):
             f"Likely bug: {kind} timesteps: expected int64 like DDIMScheduler.timesteps, got {got.dtype}{values}.\n"
             f"{call}: round in numpy, then .astype(np.int64) (torch.int64); a UNet embeds integer "
             f"timesteps and alphas_cumprod[t] needs integer indices.")
-    if isinstance(got, torch.Tensor) and got.ndim == 1 and abs(got.shape[0] - n) == 1:
+    if isinstance(got, torch.Tensor) and got.ndim == 1 and abs(got.shape[0] - expected.shape[0]) == 1:
         raise CheckFailed(f"Likely bug: off-by-one length: expected n = {n} timesteps, got {got.shape[0]}.\n"
                           f"{call}: np.arange(T, 0, -T / n) has n values; np.linspace(0, T - 1, n) too.")
     hint = {"leading": "'leading': np.arange(n) * (T // n), descending, + steps_offset.",
@@ -113,10 +113,11 @@ def _check_timesteps_case(fn, n, T, spacing, offset):
 
 
 def _random_n(gen, T):
-    """An n in 3 .. T//2 that does not divide T (so rounding matters) when one exists."""
-    for _ in range(20):
+    """An n in 3 .. T//2 that does not divide T (so rounding matters) when one exists, away from
+    the float edge where diffusers' np.arange(T, 0, -T / n) keeps n + 1 values (lab page)."""
+    for _ in range(50):
         n = randint(gen, 3, min(60, T // 2))
-        if T % n:
+        if T % n and len(np.arange(T, 0, -T / n)) == n:
             return n
     return n
 
