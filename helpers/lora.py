@@ -109,7 +109,8 @@ def train_lora(pipe, groups, params, steps: int = 100, batch_size: int = 16, lr:
         groups: list of (text_encoder, data): each text encoder (carrying its own LoRA) encodes
             the captions of its data (`subject_data`); each group draws `batch_size` examples
             per step, and the UNet runs once on all groups' examples.
-        params: the trainable parameters (all groups' LoRA weights; `inject_lora` returns them).
+        params: the trainable parameters: LoRA weights injected into the groups' text encoders
+            and/or into `pipe.unet` (`inject_lora` returns them); everything else is frozen.
         steps, batch_size, lr: AdamW (no weight decay) steps, examples per group and step,
             learning rate.
 
@@ -125,7 +126,10 @@ def train_lora(pipe, groups, params, steps: int = 100, batch_size: int = 16, lr:
     T = acp.shape[0]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
-    unet.requires_grad_(False)
+    trainable = {id(p) for p in params}
+    for p in unet.parameters():
+        p.requires_grad_(id(p) in trainable)  # the base UNet frozen; a LoRA injected into it not
+    unet.train(any(p.requires_grad for p in unet.parameters()))
     for enc, _ in groups:
         enc.train()
     losses, log = [], []
@@ -152,6 +156,7 @@ def train_lora(pipe, groups, params, steps: int = 100, batch_size: int = 16, lr:
             log.append((step + 1, sum(losses[-log_every:]) / log_every))
     for enc, _ in groups:
         enc.eval()
+    unet.eval()
     return {"losses": losses, "log": log, "seconds": time.perf_counter() - t0,
             "cpu_seconds": time.process_time() - c0}
 

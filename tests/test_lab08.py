@@ -386,6 +386,33 @@ def test_train_lora_is_deterministic_and_trains_only_the_lora():
     assert any(p.abs().sum() > 0 for p in runs[0][1][1::2])  # up moved away from zero
 
 
+def test_train_lora_trains_a_lora_in_the_unet_and_freezes_its_base():
+    """Section 5 of the lab: the LoRA sits in the UNet; its up weights move, the base weights
+    (and the text encoder, which has no LoRA) stay exactly as they were."""
+    from types import SimpleNamespace
+
+    from diffusers import DDPMScheduler
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    te = CLIPTextModel(CLIPTextConfig(vocab_size=20, hidden_size=12, intermediate_size=24, num_hidden_layers=1,
+                                      num_attention_heads=2, max_position_embeddings=6))
+    unet = tiny_unet()
+    base_before = {k: v.clone() for k, v in unet.state_dict().items()}
+    params = ref.inject_lora(unet, lora.UNET_TARGETS, rank=2, alpha=2)
+    assert params and all(p.requires_grad for p in params)
+    text_before = {k: v.clone() for k, v in te.state_dict().items()}
+    data = {"latents": torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(1)),
+            "input_ids": torch.randint(0, 20, (6, 6), generator=torch.Generator().manual_seed(2))}
+    pipe = SimpleNamespace(unet=unet, scheduler=DDPMScheduler())
+    lora.train_lora(pipe, [(te, data)], params, steps=3, batch_size=2, lr=1e-2, seed=5)
+    assert all(torch.equal(v, te.state_dict()[k]) for k, v in text_before.items())
+    layers = lora.lora_layers(unet)
+    assert layers and all(torch.equal(base_before[f"{name}.weight"], layer.base.weight) for name, layer in layers.items())
+    assert any(layer.up.weight.abs().sum() > 0 for layer in layers.values())
+    assert not unet.training
+
+
 def test_subject_prompts_and_captions():
     s = lora.Subject("sks", "triangle", "red")
     caps, targets = lora.subject_prompts(s, 12)
