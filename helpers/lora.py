@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import shapes
+from helpers.train import q_sample
 
 # The Linear layers a LoRA adapts. diffusers' SD LoRA scripts target the attention
 # projections: "to_q", "to_k", "to_v", "to_out.0" in the UNet, "q_proj", "k_proj", "v_proj",
@@ -145,8 +146,7 @@ def train_lora(pipe, groups, params, steps: int = 100, batch_size: int = 16, lr:
         B = z0.shape[0]
         noise = torch.randn(z0.shape, generator=gen).to(device)
         t = torch.randint(0, T, (B,), generator=gen).to(device)
-        a = acp[t].view(B, 1, 1, 1)
-        x_t = a.sqrt() * z0 + (1 - a).sqrt() * noise  # DDPM eq. 4
+        x_t = q_sample(acp, z0, noise, t)  # DDPM eq. 4: sqrt(abar_t) z0 + sqrt(1 - abar_t) noise
         loss = F.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample, noise)  # DDPM eq. 14
         loss.backward()
         opt.step()

@@ -200,20 +200,32 @@ def train_denoiser(unet, text_encoder, tokenizer, noise_sched, means, stds, capt
         eps = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (B,), generator=gen)
         z0, eps, t, tok = z0.to(dev), eps.to(dev), t.to(dev), tok.to(dev)
-        a = acp[t].view(B, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps                           # q(z_t | z_0)
+        zt = q_sample(acp, z0, eps, t)                                       # q(z_t | z_0)
         cond = text_encoder(tok).last_hidden_state                           # (B, L, D)
         pred = unet(zt, t, encoder_hidden_states=cond).sample
         loss = F.mse_loss(pred, eps)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(params, 1.0)
-        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
-        ema.step(params)
+        optimizer_step(accelerator, loss, params, opt, sched, ema)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
             log("unet", step, loss.item(), sched.get_last_lr()[0])
     ema.copy_to(params)
     return accelerator.unwrap_model(unet).eval(), accelerator.unwrap_model(text_encoder).eval()
+
+
+def q_sample(alphas_cumprod: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The forward process in closed form (DDPM eq. 4, lab 01), used by every training loop:
+    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps. x0, noise: (B, C, H, W); t: (B,) int."""
+    a = alphas_cumprod[t].view(-1, 1, 1, 1)
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+def optimizer_step(accelerator, loss, params, opt, lr_sched, ema) -> None:
+    """One update of every zoo training loop: backward, clip the gradient norm to 1, AdamW,
+    the learning-rate schedule, then the EMA of the weights."""
+    accelerator.backward(loss)
+    accelerator.clip_grad_norm_(params, 1.0)
+    opt.step(); lr_sched.step(); opt.zero_grad(set_to_none=True)
+    ema.step(params)
 
 
 def write_train_log(path: Path, rows) -> None:

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from helpers import shapes, zoo
 from helpers.train import (caption_bank, count, encoded_dataset, fresh_workdir, frozen_tiny_sd, hardware,
-                           lr_lambda, versions, write_train_log)
+                           lr_lambda, optimizer_step, q_sample, versions, write_train_log)
 
 
 @dataclass
@@ -139,17 +139,13 @@ def train_tiny_controlnet(out: Path, cfg: TinyControlNetConfig, base: str | None
         cond = emb[cap_idx[idx]].to(dev)                                   # (B, L, D)
         control = zoo.control_image(masks[idx]).to(dev)                    # (B, 3, 64, 64)
         z0, eps, t = z0.to(dev), eps.to(dev), t.to(dev)
-        a = unet_acp[t].view(B, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps                           # q(z_t | z_0)
+        zt = q_sample(unet_acp, z0, eps, t)                                  # q(z_t | z_0)
         down, mid = controlnet(zt, t, encoder_hidden_states=cond, controlnet_cond=control,
                                return_dict=False)
         pred = unet(zt, t, encoder_hidden_states=cond, down_block_additional_residuals=down,
                     mid_block_additional_residual=mid).sample
         loss = F.mse_loss(pred, eps)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(params, 1.0)
-        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
-        ema.step(params)
+        optimizer_step(accelerator, loss, params, opt, sched, ema)
         if step % 20 == 0 or step == cfg.steps - 1:
             bar.set_postfix(loss=f"{loss.item():.4f}")
             log_rows.append(("controlnet", step, round(loss.item(), 6), sched.get_last_lr()[0],

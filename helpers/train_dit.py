@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from helpers import shapes, zoo
 from helpers.train import (caption_bank, count, encoded_dataset, fresh_workdir, frozen_tiny_sd, hardware,
-                           lr_lambda, versions, write_train_log)
+                           lr_lambda, optimizer_step, q_sample, versions, write_train_log)
 
 
 @dataclass
@@ -156,8 +156,7 @@ def train_tiny_dit(out: Path, cfg: TinyDiTConfig, base: str | None = None) -> di
         eps = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (B,), generator=gen)
         z0, eps, t, cond = z0.to(dev), eps.to(dev), t.to(dev), emb[rows].to(dev)
-        a = acp[t].view(B, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps                           # q(z_t | z_0)
+        zt = q_sample(acp, z0, eps, t)                                       # q(z_t | z_0)
         pred = model(zt, encoder_hidden_states=cond, timestep=t).sample
         mse = F.mse_loss(pred, eps, reduction="none").mean(dim=(1, 2, 3))   # (B,)
         if cfg.min_snr_gamma:                  # epsilon-prediction weight min(SNR, gamma) / SNR
@@ -166,10 +165,7 @@ def train_tiny_dit(out: Path, cfg: TinyDiTConfig, base: str | None = None) -> di
         else:
             weighted = mse.mean()
         loss = mse.mean()                      # logged: the plain MSE, comparable with tiny-sd's
-        accelerator.backward(weighted)
-        accelerator.clip_grad_norm_(params, 1.0)
-        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
-        ema.step(params)
+        optimizer_step(accelerator, weighted, params, opt, sched, ema)
         if step % 20 == 0 or step == cfg.steps - 1:
             bar.set_postfix(loss=f"{loss.item():.4f}")
             log_rows.append(("dit", step, round(loss.item(), 6), sched.get_last_lr()[0],

@@ -21,3 +21,17 @@ def checker(checks):
             assert phrase in str(info.value), f"seed {seed}: {phrase!r} not in:\n{info.value}"
 
     return run, fails
+
+
+def write_pristine_starter(lab: str, folder, monkeypatch):
+    """Write ``lab``'s pristine starter (every exercise TODO) into ``folder`` and point the course
+    at it (``DIFFUSION_LABS_STARTERS``, no forced mode); returns the starter's path."""
+    from helpers.labs import find_lab
+    from helpers.make_starters import strip_solutions
+
+    info = find_lab(lab)
+    path = folder / f"{info.slug}.py"
+    path.write_text(strip_solutions(info.solution_path.read_text(), info.key))
+    monkeypatch.setenv("DIFFUSION_LABS_STARTERS", str(folder))
+    monkeypatch.delenv("DIFFUSION_LABS_MODE", raising=False)
+    return path

@@ -9,7 +9,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from helpers.checks import lab01_forward_noise as checks
-from labtools import checker
+from labtools import checker, write_pristine_starter
 from helpers.checks._core import CheckFailed
 from helpers.solutions import lab01_forward_noise as ref
 
@@ -361,23 +361,7 @@ def test_inputs_are_fresh_per_seed():
 
 @pytest.fixture
 def pristine_starters(tmp_path, monkeypatch):
-    from helpers.labs import find_lab
-    from helpers.make_starters import strip_solutions
-
-    info = find_lab("lab01")
-    (tmp_path / f"{info.slug}.py").write_text(strip_solutions(info.solution_path.read_text(), "lab01"))
-    monkeypatch.setenv("DIFFUSION_LABS_STARTERS", str(tmp_path))
-    monkeypatch.delenv("DIFFUSION_LABS_MODE", raising=False)
-    return tmp_path / f"{info.slug}.py"
-
-
-def test_check_on_pristine_starter_is_all_todo(pristine_starters, capsys):
-    from helpers.exercise import check
-
-    results = check("lab01", seed=0)
-    assert [r.name for r in results] == NAMES
-    assert [r.status for r in results] == ["todo"] * 4
-    assert "0/4 passed" in capsys.readouterr().out
+    return write_pristine_starter("lab01", tmp_path, monkeypatch)
 
 
 def test_exercise_on_pristine_starter_falls_back_to_reference(pristine_starters, capsys):

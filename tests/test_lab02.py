@@ -8,7 +8,7 @@ from diffusers import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from helpers.checks import lab02_denoising_step as checks
-from labtools import checker
+from labtools import checker, write_pristine_starter
 from helpers.checks._core import CheckFailed
 from helpers.solutions import lab02_denoising_step as ref
 
@@ -241,22 +241,7 @@ def test_hard_coded_answer_fails(name):
 
 @pytest.fixture
 def pristine_starters(tmp_path, monkeypatch):
-    from helpers.labs import find_lab
-    from helpers.make_starters import strip_solutions
-
-    info = find_lab("lab02")
-    (tmp_path / f"{info.slug}.py").write_text(strip_solutions(info.solution_path.read_text(), "lab02"))
-    monkeypatch.setenv("DIFFUSION_LABS_STARTERS", str(tmp_path))
-    monkeypatch.delenv("DIFFUSION_LABS_MODE", raising=False)
-    return tmp_path / f"{info.slug}.py"
-
-
-def test_check_on_pristine_starter_is_all_todo(pristine_starters, capsys):
-    from helpers.exercise import check
-
-    results = check("lab02", seed=0)
-    assert [r.name for r in results] == NAMES
-    assert [r.status for r in results] == ["todo"] * 3
+    return write_pristine_starter("lab02", tmp_path, monkeypatch)
 
 
 def test_ddpm_step_is_judged_on_its_own_code(pristine_starters, capsys):

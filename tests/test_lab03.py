@@ -8,7 +8,7 @@ import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
 from helpers.checks import lab03_scheduler_reading as checks
-from labtools import checker
+from labtools import checker, write_pristine_starter
 from helpers.checks._core import CheckFailed
 from helpers.solutions import lab03_scheduler_reading as ref
 
@@ -278,22 +278,7 @@ def test_hard_coded_answers_fail():
 
 @pytest.fixture
 def pristine_starters(tmp_path, monkeypatch):
-    from helpers.labs import find_lab
-    from helpers.make_starters import strip_solutions
-
-    info = find_lab("lab03")
-    (tmp_path / f"{info.slug}.py").write_text(strip_solutions(info.solution_path.read_text(), "lab03"))
-    monkeypatch.setenv("DIFFUSION_LABS_STARTERS", str(tmp_path))
-    monkeypatch.delenv("DIFFUSION_LABS_MODE", raising=False)
-    return tmp_path / f"{info.slug}.py"
-
-
-def test_check_on_pristine_starter_is_all_todo(pristine_starters, capsys):
-    from helpers.exercise import check
-
-    results = check("lab03", seed=0)
-    assert [r.name for r in results] == NAMES
-    assert [r.status for r in results] == ["todo"] * 3
+    return write_pristine_starter("lab03", tmp_path, monkeypatch)
 
 
 def test_exercise_replaces_a_buggy_learner_function(pristine_starters, capsys):

@@ -7,7 +7,7 @@ import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg as diffusers_rescale
 
 from helpers.checks import lab04_cfg as checks
-from labtools import checker
+from labtools import checker, write_pristine_starter
 from helpers.checks._core import CheckFailed, make_generator
 from helpers.solutions import lab04_cfg as ref
 
@@ -264,23 +264,7 @@ def test_inputs_are_fresh_per_seed():
 
 @pytest.fixture
 def pristine_starters(tmp_path, monkeypatch):
-    from helpers.labs import find_lab
-    from helpers.make_starters import strip_solutions
-
-    info = find_lab("lab04")
-    (tmp_path / f"{info.slug}.py").write_text(strip_solutions(info.solution_path.read_text(), "lab04"))
-    monkeypatch.setenv("DIFFUSION_LABS_STARTERS", str(tmp_path))
-    monkeypatch.delenv("DIFFUSION_LABS_MODE", raising=False)
-    return tmp_path / f"{info.slug}.py"
-
-
-def test_check_on_pristine_starter_is_all_todo(pristine_starters, capsys):
-    from helpers.exercise import check
-
-    results = check("lab04", seed=0)
-    assert [r.name for r in results] == NAMES
-    assert [r.status for r in results] == ["todo"] * 3
-    assert "0/3 passed" in capsys.readouterr().out
+    return write_pristine_starter("lab04", tmp_path, monkeypatch)
 
 
 def test_a_learner_guided_noise_pred_uses_the_reference_cfg_when_theirs_is_todo(pristine_starters, capsys):

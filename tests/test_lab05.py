@@ -12,7 +12,7 @@ from diffusers import StableDiffusionImg2ImgPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from helpers.checks import lab05_vae_latents as checks
-from labtools import checker
+from labtools import checker, write_pristine_starter
 from helpers.checks._core import CheckFailed
 from helpers.solutions import lab05_vae_latents as ref
 
@@ -338,22 +338,7 @@ def test_hard_coded_answer_fails(name, answer):
 
 @pytest.fixture
 def pristine_starters(tmp_path, monkeypatch):
-    from helpers.labs import find_lab
-    from helpers.make_starters import strip_solutions
-
-    info = find_lab("lab05")
-    (tmp_path / f"{info.slug}.py").write_text(strip_solutions(info.solution_path.read_text(), "lab05"))
-    monkeypatch.setenv("DIFFUSION_LABS_STARTERS", str(tmp_path))
-    monkeypatch.delenv("DIFFUSION_LABS_MODE", raising=False)
-    return tmp_path / f"{info.slug}.py"
-
-
-def test_check_on_pristine_starter_is_all_todo(pristine_starters, capsys):
-    from helpers.exercise import check
-
-    results = check("lab05", seed=0)
-    assert [r.name for r in results] == NAMES
-    assert [r.status for r in results] == ["todo"] * 4
+    return write_pristine_starter("lab05", tmp_path, monkeypatch)
 
 
 def test_exercise_falls_back_to_the_reference(pristine_starters, capsys):

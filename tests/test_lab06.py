@@ -12,7 +12,7 @@ from diffusers import StableDiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from helpers.checks import lab06_pipeline_components as checks
-from labtools import checker
+from labtools import checker, write_pristine_starter
 from helpers.checks._core import CheckFailed
 from helpers.evaluate import make_scheduler
 from helpers.solutions import lab06_pipeline_components as ref
@@ -338,22 +338,7 @@ def test_generate_hard_coded_answer_fails():
 
 @pytest.fixture
 def pristine_starters(tmp_path, monkeypatch):
-    from helpers.labs import find_lab
-    from helpers.make_starters import strip_solutions
-
-    info = find_lab("lab06")
-    (tmp_path / f"{info.slug}.py").write_text(strip_solutions(info.solution_path.read_text(), "lab06"))
-    monkeypatch.setenv("DIFFUSION_LABS_STARTERS", str(tmp_path))
-    monkeypatch.delenv("DIFFUSION_LABS_MODE", raising=False)
-    return tmp_path / f"{info.slug}.py"
-
-
-def test_check_on_pristine_starter_is_all_todo(pristine_starters, capsys):
-    from helpers.exercise import check
-
-    results = check("lab06", seed=0)
-    assert [r.name for r in results] == NAMES
-    assert [r.status for r in results] == ["todo"] * 3
+    return write_pristine_starter("lab06", tmp_path, monkeypatch)
 
 
 def test_generate_is_judged_on_its_own_code(pristine_starters, capsys):

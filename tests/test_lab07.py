@@ -12,7 +12,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor
 from diffusers.models.embeddings import PatchEmbed, get_timestep_embedding
 
 from helpers.checks import lab07_unet_dit_conditioning as checks
-from labtools import checker
+from labtools import checker, write_pristine_starter
 from helpers.checks._core import CheckFailed, make_generator
 from helpers.solutions import lab07_unet_dit_conditioning as ref
 
@@ -344,22 +344,7 @@ def test_identity_answer_fails(name):
 
 @pytest.fixture
 def pristine_starters(tmp_path, monkeypatch):
-    from helpers.labs import find_lab
-    from helpers.make_starters import strip_solutions
-
-    info = find_lab("lab07")
-    (tmp_path / f"{info.slug}.py").write_text(strip_solutions(info.solution_path.read_text(), "lab07"))
-    monkeypatch.setenv("DIFFUSION_LABS_STARTERS", str(tmp_path))
-    monkeypatch.delenv("DIFFUSION_LABS_MODE", raising=False)
-    return tmp_path / f"{info.slug}.py"
-
-
-def test_check_on_pristine_starter_is_all_todo(pristine_starters, capsys):
-    from helpers.exercise import check
-
-    results = check("lab07", seed=0)
-    assert [r.name for r in results] == NAMES
-    assert [r.status for r in results] == ["todo"] * len(NAMES)
+    return write_pristine_starter("lab07", tmp_path, monkeypatch)
 
 
 def test_cross_attention_is_judged_on_its_own_code(pristine_starters, capsys):

@@ -14,7 +14,7 @@ from torch import nn
 
 from helpers import lora
 from helpers.checks import lab08_lora as checks
-from labtools import checker
+from labtools import checker, write_pristine_starter
 from helpers.checks._core import CheckFailed, make_generator
 from helpers.solutions import lab08_lora as ref
 
@@ -424,22 +424,7 @@ def test_subject_prompts_and_captions():
 
 @pytest.fixture
 def pristine_starters(tmp_path, monkeypatch):
-    from helpers.labs import find_lab
-    from helpers.make_starters import strip_solutions
-
-    info = find_lab("lab08")
-    (tmp_path / f"{info.slug}.py").write_text(strip_solutions(info.solution_path.read_text(), "lab08"))
-    monkeypatch.setenv("DIFFUSION_LABS_STARTERS", str(tmp_path))
-    monkeypatch.delenv("DIFFUSION_LABS_MODE", raising=False)
-    return tmp_path / f"{info.slug}.py"
-
-
-def test_check_on_pristine_starter_is_all_todo(pristine_starters, capsys):
-    from helpers.exercise import check
-
-    results = check("lab08", seed=0)
-    assert [r.name for r in results] == NAMES
-    assert [r.status for r in results] == ["todo"] * 3
+    return write_pristine_starter("lab08", tmp_path, monkeypatch)
 
 
 def test_inject_lora_is_judged_on_its_own_code(pristine_starters, capsys):

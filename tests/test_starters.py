@@ -10,6 +10,7 @@ import pytest
 from helpers import labs
 from helpers.exercise import load_module
 from helpers.make_starters import MarkerError, main, starter_text, strip_solutions
+from labtools import write_pristine_starter
 
 LABS = labs.available_labs()
 ids = [i.slug for i in LABS]
@@ -118,6 +119,18 @@ def test_pristine_starter_in_a_notebook_uses_every_reference(info, monkeypatch, 
     assert set(ex.status.values()) == {"todo"}
     assert all(getattr(ex, n) is getattr(reference(info), n) for n in ex.status)
     assert f"{len(ex.status)} of {len(ex.status)} functions replaced by the reference" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("info", LABS, ids=ids)
+def test_check_on_pristine_starter_is_all_todo(info, tmp_path, monkeypatch, capsys):
+    """check() on a learner's untouched starter: one TODO row per exercise, 0 passed."""
+    from helpers.exercise import check, names
+
+    write_pristine_starter(info.key, tmp_path, monkeypatch)
+    results = check(info.key, seed=0)
+    assert [r.name for r in results] == names(info)
+    assert [r.status for r in results] == ["todo"] * len(results)
+    assert f"0/{len(results)} passed" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("info", LABS, ids=ids)
