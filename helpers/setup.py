@@ -46,7 +46,7 @@ class UntestedVersionWarning(UserWarning):
 
 def tested_ranges(requirements=None) -> dict[str, str]:
     """The version ranges of :data:`TESTED_PACKAGES` in ``requirements.txt``, as written there
-    (``{"diffusers": ">=0.35,<0.44", ...}``). ``requirements`` defaults to the file at the root
+    (``{"diffusers": ">=0.42.1,<0.43", ...}``). ``requirements`` defaults to the file at the root
     of the checkout ``helpers`` is imported from; a missing or unreadable file gives ``{}``."""
     from pathlib import Path
 
