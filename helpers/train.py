@@ -246,9 +246,7 @@ def train_tiny_sd(out: Path, cfg: TinySDConfig) -> dict:
 
     accelerator = Accelerator()
     torch.manual_seed(cfg.seed)
-    work = out.with_name(out.name + ".tmp")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = fresh_workdir(out)
     t_start = time.time()
     log_rows = []
 
@@ -295,10 +293,7 @@ def train_tiny_sd(out: Path, cfg: TinySDConfig) -> dict:
         "final_loss": {"vae": next(r[2] for r in reversed(log_rows) if r[0] == "vae"),
                        "unet": next(r[2] for r in reversed(log_rows) if r[0] == "unet")},
     }
-    (work / "train_info.json").write_text(json.dumps(info, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    work.rename(out)
-    return info
+    return publish(work, out, info)
 
 
 def frozen_tiny_sd(base, dev):
@@ -320,6 +315,15 @@ def fresh_workdir(out: Path) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     return work
+
+
+def publish(work: Path, out: Path, info: dict) -> dict:
+    """Finish a training run: write `info` as train_info.json into the work folder
+    (`fresh_workdir`), then replace `out` by it. Returns `info`."""
+    (work / "train_info.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    work.rename(out)
+    return info
 
 
 def encoded_dataset(cfg, vae, dev, accelerator):

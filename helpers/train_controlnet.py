@@ -26,8 +26,6 @@ only; the map is then the only reliable source of the geometry. 10% of the capti
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +36,7 @@ from tqdm.auto import tqdm
 
 from helpers import shapes, zoo
 from helpers.train import (caption_bank, count, encoded_dataset, fresh_workdir, frozen_tiny_sd, hardware,
-                           lr_lambda, optimizer_step, q_sample, versions, write_train_log)
+                           lr_lambda, optimizer_step, publish, q_sample, versions, write_train_log)
 
 
 @dataclass
@@ -172,7 +170,4 @@ def train_tiny_controlnet(out: Path, cfg: TinyControlNetConfig, base: str | None
         "versions": versions(),
         "final_loss": {"controlnet": log_rows[-1][2]},
     }
-    (work / "train_info.json").write_text(json.dumps(info, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    work.rename(out)
-    return info
+    return publish(work, out, info)

@@ -29,8 +29,6 @@ cross-attention output and final projection, so each block starts near the ident
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,9 +37,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from helpers import shapes, zoo
+from helpers import zoo
 from helpers.train import (caption_bank, count, encoded_dataset, fresh_workdir, frozen_tiny_sd, hardware,
-                           lr_lambda, optimizer_step, q_sample, versions, write_train_log)
+                           lr_lambda, optimizer_step, publish, q_sample, versions, write_train_log)
 
 
 @dataclass
@@ -190,7 +188,4 @@ def train_tiny_dit(out: Path, cfg: TinyDiTConfig, base: str | None = None) -> di
         "versions": versions(),
         "final_loss": {"dit": log_rows[-1][2]},
     }
-    (work / "train_info.json").write_text(json.dumps(info, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    work.rename(out)
-    return info
+    return publish(work, out, info)
