@@ -12,7 +12,7 @@ from diffusers import StableDiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from helpers.checks import lab06_pipeline_components as checks
-from labtools import checker, write_pristine_starter
+from labtools import checker, fill_exercise, write_pristine_starter
 from helpers.checks._core import CheckFailed
 from helpers.evaluate import make_scheduler
 from helpers.solutions import lab06_pipeline_components as ref
@@ -346,13 +346,7 @@ def test_generate_is_judged_on_its_own_code(pristine_starters, capsys):
     references are substituted for them, so a right generate passes."""
     from helpers.exercise import exercise
 
-    src = pristine_starters.read_text()
-    body = '    raise NotImplementedError("TODO(lab06): generate")'
-    assert body in src
-    solution = ref.__loader__.get_source(ref.__name__)
-    start = solution.index('    tokenizer, text_encoder = components["tokenizer"]')
-    end = solution.index("    # END SOLUTION", start)
-    pristine_starters.write_text(src.replace(body, solution[start:end].rstrip()))
+    fill_exercise(pristine_starters, "lab06", "generate")
     ex = exercise("lab06", seed=0)
     assert ex.status["generate"] == "passed" and ex.origin["generate"] == "yours"
     assert ex.status["encode_prompt"] == "todo" and ex.status["prepare_latents"] == "todo"

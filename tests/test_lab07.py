@@ -12,7 +12,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor
 from diffusers.models.embeddings import PatchEmbed, get_timestep_embedding
 
 from helpers.checks import lab07_unet_dit_conditioning as checks
-from labtools import checker, write_pristine_starter
+from labtools import checker, fill_exercise, write_pristine_starter
 from helpers.checks._core import CheckFailed, make_generator
 from helpers.solutions import lab07_unet_dit_conditioning as ref
 
@@ -351,13 +351,7 @@ def test_cross_attention_is_judged_on_its_own_code(pristine_starters, capsys):
     """The learner's cross_attention calls their (TODO) attention: the reference is substituted."""
     from helpers.exercise import exercise
 
-    src = pristine_starters.read_text()
-    body = '    raise NotImplementedError("TODO(lab07): cross_attention")'
-    assert body in src
-    solution = ref.__loader__.get_source(ref.__name__)
-    start = solution.index("    context = hidden_states if encoder_hidden_states is None")
-    end = solution.index("    # END SOLUTION", start)
-    pristine_starters.write_text(src.replace(body, solution[start:end].rstrip()))
+    fill_exercise(pristine_starters, "lab07", "cross_attention")
     ex = exercise("lab07", seed=0)
     assert ex.status["cross_attention"] == "passed" and ex.origin["cross_attention"] == "yours"
     assert ex.status["attention"] == "todo"

@@ -14,7 +14,7 @@ from torch import nn
 
 from helpers import lora
 from helpers.checks import lab08_lora as checks
-from labtools import checker, write_pristine_starter
+from labtools import checker, fill_exercise, write_pristine_starter
 from helpers.checks._core import CheckFailed, make_generator
 from helpers.solutions import lab08_lora as ref
 
@@ -432,13 +432,7 @@ def test_inject_lora_is_judged_on_its_own_code(pristine_starters, capsys):
     it, so a right inject_lora passes."""
     from helpers.exercise import exercise
 
-    src = pristine_starters.read_text()
-    body = '    raise NotImplementedError("TODO(lab08): inject_lora")'
-    assert body in src
-    solution = ref.__loader__.get_source(ref.__name__)
-    start = solution.index("    model.requires_grad_(False)\n    targets")
-    end = solution.index("    # END SOLUTION", start)
-    pristine_starters.write_text(src.replace(body, solution[start:end].rstrip()))
+    fill_exercise(pristine_starters, "lab08", "inject_lora")
     ex = exercise("lab08", seed=0)
     assert ex.status["inject_lora"] == "passed" and ex.origin["inject_lora"] == "yours"
     assert ex.status["LoRALinear"] == "todo"

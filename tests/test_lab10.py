@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0, SlicedAttnProcessor
 
 from helpers.checks import lab10_memory as checks
-from labtools import checker, write_pristine_starter
+from labtools import checker, fill_exercise, write_pristine_starter
 from helpers.checks._core import CheckFailed
 from helpers.solutions import lab10_memory as ref
 
@@ -391,13 +391,7 @@ def test_estimate_is_judged_on_its_own_code(pristine_starters, capsys):
     references are substituted for them, so a right estimate passes."""
     from helpers.exercise import exercise
 
-    src = pristine_starters.read_text()
-    body = '    raise NotImplementedError("TODO(lab10): estimate_peak_memory")'
-    assert body in src
-    solution = ref.__loader__.get_source(ref.__name__)
-    start = solution.index('    if attention not in ("classic", "sliced", "sdpa"):')
-    end = solution.index("    # END SOLUTION", start)
-    pristine_starters.write_text(src.replace(body, solution[start:end].rstrip()))
+    fill_exercise(pristine_starters, "lab10", "estimate_peak_memory")
     ex = exercise("lab10", seed=0)
     assert ex.status["estimate_peak_memory"] == "passed" and ex.origin["estimate_peak_memory"] == "yours"
     assert ex.status["attention_scores_bytes"] == "todo"
