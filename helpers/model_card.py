@@ -230,15 +230,6 @@ a learner can see, and the judge counts them.
 """
 
 
-def write_card(folder, quick=False, workers=2) -> dict:
-    folder = Path(folder)
-    info = json.loads((folder / "train_info.json").read_text())
-    m = measure(folder, quick=quick, workers=workers)
-    (folder / "metrics.json").write_text(json.dumps(m, indent=2))
-    (folder / "README.md").write_text(render_card(folder, m, info))
-    return m
-
-
 # ---------------------------------------------------------------------------------------
 # tiny-controlnet and tiny-dit cards (`python -m helpers.model_card <folder>` dispatches on
 # the folder's train_info.json "model")
@@ -492,15 +483,6 @@ map against the caption; above 1 the residuals are extrapolated beyond training.
 """
 
 
-def write_controlnet_card(folder, quick=False, workers=1) -> dict:
-    folder = Path(folder)
-    info = json.loads((folder / "train_info.json").read_text())
-    m = measure_controlnet(folder, quick=quick, workers=workers)
-    (folder / "metrics.json").write_text(json.dumps(m, indent=2))
-    (folder / "README.md").write_text(render_controlnet_card(folder, m, info))
-    return m
-
-
 def count_flops(fn) -> int:
     """FLOPs of one call of fn() (torch.utils.flop_counter: matmuls and convolutions, a
     multiply-add counted as 2)."""
@@ -724,26 +706,23 @@ VAE and text encoder (the zoo loader checks that they are the ones it was traine
 """
 
 
-def write_dit_card(folder, quick=False, workers=1) -> dict:
-    folder = Path(folder)
-    info = json.loads((folder / "train_info.json").read_text())
-    m = measure_dit(folder, quick=quick, workers=workers)
-    (folder / "metrics.json").write_text(json.dumps(m, indent=2))
-    (folder / "README.md").write_text(render_dit_card(folder, m, info))
-    return m
-
-
 ASSETS_SD = Path(__file__).resolve().parent / "assets" / "tiny-sd"
-CARD_WRITERS = {"tiny-controlnet": write_controlnet_card, "tiny-dit": write_dit_card}
+# model (train_info.json "model") -> (measure, render, default worker processes for measure)
+CARDS = {"tiny-sd": (measure, render_card, 2),
+         "tiny-controlnet": (measure_controlnet, render_controlnet_card, 1),
+         "tiny-dit": (measure_dit, render_dit_card, 1)}
 
 
 def write_model_card(folder, quick=False, workers=None) -> dict:
-    """The card writer for the model in `folder` (train_info.json "model"; tiny-sd's
-    `write_card` when absent)."""
+    """Measure the model in `folder` (train_info.json "model", tiny-sd when absent) and write
+    metrics.json and its card README.md; returns the metrics."""
     folder = Path(folder)
-    model = json.loads((folder / "train_info.json").read_text()).get("model", "tiny-sd")
-    writer = CARD_WRITERS.get(model, write_card)
-    return writer(folder, quick=quick) if workers is None else writer(folder, quick=quick, workers=workers)
+    info = json.loads((folder / "train_info.json").read_text())
+    measure_fn, render_fn, default_workers = CARDS.get(info.get("model"), CARDS["tiny-sd"])
+    m = measure_fn(folder, quick=quick, workers=default_workers if workers is None else workers)
+    (folder / "metrics.json").write_text(json.dumps(m, indent=2))
+    (folder / "README.md").write_text(render_fn(folder, m, info))
+    return m
 
 
 def rerender_card(folder, bench=False) -> dict:

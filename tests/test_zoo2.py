@@ -243,3 +243,23 @@ def test_initialisation_is_reproducible_from_its_seed(sd):
         assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     # PixArt-alpha's initialisation: the final projection starts at zero
     assert torch.count_nonzero(build_transformer(TinyDiTConfig.quick()).proj_out.weight) == 0
+
+
+def test_write_model_card_dispatches_on_the_model_name(tmp_path, monkeypatch):
+    """train_info.json "model" picks the measure/render pair and its default worker count; a
+    folder without a model name is tiny-sd's."""
+    import json
+
+    calls = []
+    fake = {name: (lambda folder, quick, workers, name=name: calls.append((name, quick, workers)) or {"m": name},
+                   lambda folder, m, info, name=name: f"card of {name}", w)
+            for name, w in [("tiny-sd", 2), ("tiny-controlnet", 1), ("tiny-dit", 1)]}
+    monkeypatch.setattr(model_card, "CARDS", fake)
+    for info, workers, expected in [({"model": "tiny-dit"}, None, ("tiny-dit", True, 1)),
+                                    ({"model": "tiny-controlnet"}, 3, ("tiny-controlnet", True, 3)),
+                                    ({}, None, ("tiny-sd", True, 2))]:
+        (tmp_path / "train_info.json").write_text(json.dumps(info))
+        assert model_card.write_model_card(tmp_path, quick=True, workers=workers) == {"m": expected[0]}
+        assert calls[-1] == expected
+        assert (tmp_path / "README.md").read_text() == f"card of {expected[0]}"
+        assert json.loads((tmp_path / "metrics.json").read_text()) == {"m": expected[0]}
