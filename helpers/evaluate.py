@@ -26,10 +26,11 @@ SCHEDULERS = {  # the schedulers a Stable Diffusion user swaps in with from_conf
 }
 
 
-def make_scheduler(name: str, config):
-    """A scheduler by its UI name ("DPM++ 2M", ...) from another scheduler's config."""
+def make_scheduler(name: str, config, **overrides):
+    """A scheduler by its UI name ("DPM++ 2M", ...) from another scheduler's config, with
+    deliberate `overrides` of config entries (``steps_offset=0``, ...)."""
     import diffusers
-    return getattr(diffusers, SCHEDULERS[name]).from_config(config)
+    return getattr(diffusers, SCHEDULERS[name]).from_config(config, **overrides)
 
 
 def eval_prompts(n: int, seed: int = 1234, split: str = "train", template: int | None = None):
@@ -53,6 +54,56 @@ def generate(pipe, captions, guidance_scale=7.5, steps=25, seed=0, batch_size=12
                    guidance_scale=guidance_scale, generator=gen, output_type="pt")
         out.append(res.images.float().cpu())
     return torch.cat(out)
+
+
+def generate_with_sampler(model: str, sampler: str, captions, steps: int, guidance_scale=7.5, seed=0,
+                          **overrides):
+    """Load zoo `model` on the CPU, swap in `sampler` (a SCHEDULERS name, built from the model's
+    own scheduler config plus `overrides`) and generate one batch of `captions`.
+
+    Returns (images (B, 3, H, W) in [0, 1], seconds of the generation alone, loading excluded).
+    A module-level function so that another process can run it: ``in_background``.
+    """
+    from helpers import zoo
+    pipe = zoo.load_pipeline(model, device="cpu")
+    pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config, **overrides)
+    t0 = time.perf_counter()
+    images = generate(pipe, list(captions), guidance_scale, steps, seed=seed, batch_size=len(captions))
+    return images, time.perf_counter() - t0
+
+
+def _quiet_worker(threads: int) -> None:
+    import os
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    torch.set_num_threads(threads)
+    import diffusers
+    import transformers
+    for library in (diffusers, transformers):  # its loading bars would land in the notebook
+        library.utils.logging.set_verbosity_error()
+        library.utils.logging.disable_progress_bar()
+
+
+def in_background(fn, *args, threads: int = 1, **kwargs):
+    """Start ``fn(*args, **kwargs)`` in a fresh Python process with `threads` PyTorch threads and
+    return a ``concurrent.futures.Future``: ``.result()`` waits and returns fn's value (or
+    raises its exception). The process exits when fn returns.
+
+    Why a process and not a thread: a small model's time is mostly Python between PyTorch ops,
+    and Python threads of one process take turns (the GIL), so two threads are slower than one.
+    A second process has its own interpreter and runs on another core at full speed, provided
+    this process does not also use every core (``torch.set_num_threads(1)`` here meanwhile).
+    "spawn" starts a clean interpreter the same way on Linux, macOS, Windows and Colab; `fn`
+    must be importable (defined in a module, not in the notebook), and its arguments and result
+    are pickled across.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_quiet_worker, initargs=(threads,))
+    future = pool.submit(fn, *args, **kwargs)
+    pool.shutdown(wait=False)  # the submitted job still runs; the worker exits after it
+    return future
 
 
 def judge_accuracy(pipe, n=256, guidance_scale=7.5, steps=25, seed=1234, split="train",

@@ -111,3 +111,26 @@ def test_redirect_setting_points_at_another_folder(tmp_path, monkeypatch):
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(zoo.ZooError, match="unknown or missing zoo model"):
         zoo.load_pipeline("tiny-nothing")
+
+
+def test_generation_in_a_background_process_equals_generation_here(pipe):
+    """Lab 03 runs its 1000-step reference in a second process (evaluate.in_background): the
+    images must be the ones this process makes with the same sampler, overrides and seed."""
+    caps = ["a small blue circle at the center", "a large red square at the top left"]
+    job = evaluate.in_background(evaluate.generate_with_sampler, "tiny-sd", "DDPM", caps, 4, 4.0,
+                                 seed=3, steps_offset=0)
+    pipe.scheduler = evaluate.make_scheduler("DDPM", pipe.scheduler.config, steps_offset=0)
+    assert pipe.scheduler.config.steps_offset == 0                         # the override is applied
+    here = evaluate.generate(pipe, caps, 4.0, 4, seed=3, batch_size=2)
+    there, seconds = job.result(timeout=300)
+    assert there.shape == here.shape == (2, 3, 64, 64) and seconds > 0
+    assert torch.allclose(there, here, atol=1e-4), (there - here).abs().max()
+    # the comparison can fail: another seed gives other images
+    other = evaluate.generate(pipe, caps, 4.0, 4, seed=4, batch_size=2)
+    assert (other - there).abs().max() > 0.05
+
+
+def test_a_background_failure_is_raised_by_result():
+    job = evaluate.in_background(evaluate.generate_with_sampler, "no-such-model", "DDPM", ["a red circle"], 2)
+    with pytest.raises(zoo.ZooError, match="no-such-model"):
+        job.result(timeout=300)
