@@ -106,6 +106,35 @@ def in_background(fn, *args, threads: int = 1, **kwargs):
     return future
 
 
+def pareto_knee(runs: list[dict], min_accuracy: float) -> tuple[dict, list[dict]]:
+    """The knee of a speed-vs-fidelity study (Lab 03). Returns (knee run, Pareto front).
+
+    runs: dicts with "seconds" (wall time), "distance" (to the reference, lower is better) and
+    "accuracy" (judge). Keep the runs with accuracy >= min_accuracy (all runs if none is), sort
+    them by time, keep the Pareto front (each run closer than every faster one), then put the
+    front in unit coordinates: x = log time from 0 (fastest) to 1 (the front's best), y =
+    distance from 1 (fastest) to 0 (best). The knee is the front's run farthest below the
+    straight line x + y = 1 between those two ends: before it each step in (log) time buys a lot,
+    after it little. If no run lies below that line, fidelity never flattens before the best
+    run, and the best run is the knee; so is it when the front has fewer than three runs.
+    """
+    import numpy as np
+    working = [r for r in runs if r["accuracy"] >= min_accuracy] or list(runs)
+    front = []
+    for r in sorted(working, key=lambda r: r["seconds"]):
+        if not front or r["distance"] < front[-1]["distance"]:
+            front.append(r)
+    if len(front) < 3:
+        return front[-1], front
+    x = np.log([r["seconds"] for r in front])
+    y = np.array([r["distance"] for r in front])
+    x = (x - x[0]) / (x[-1] - x[0] + 1e-12)
+    y = (y - y[-1]) / (y[0] - y[-1] + 1e-12)
+    below = (1 - x) - y                       # > 0: under the line from the fastest to the best
+    best = int(np.argmax(below))
+    return (front[best] if below[best] > 1e-9 else front[-1]), front
+
+
 def judge_accuracy(pipe, n=256, guidance_scale=7.5, steps=25, seed=1234, split="train",
                    scheduler=None, batch_size=128) -> dict:
     """Judge accuracy per attribute of n generated images, plus the wall time in seconds."""
