@@ -56,17 +56,19 @@ def generate(pipe, captions, guidance_scale=7.5, steps=25, seed=0, batch_size=12
     return torch.cat(out)
 
 
-def generate_with_sampler(model: str, sampler: str, captions, steps: int, guidance_scale=7.5, seed=0,
-                          **overrides):
-    """Load zoo `model` on the CPU, swap in `sampler` (a SCHEDULERS name, built from the model's
-    own scheduler config plus `overrides`) and generate one batch of `captions`.
+def generate_with_sampler(pipe, sampler: str, captions, steps: int, guidance_scale=7.5, seed=0,
+                          config=None, **overrides):
+    """Swap `sampler` (a SCHEDULERS name) into `pipe` and generate one batch of `captions`.
 
+    pipe: a pipeline, or a zoo model's name, loaded here on the CPU (what another process is
+    given: ``in_background``). The scheduler is built from `config` (default: the pipeline's
+    current scheduler config) plus deliberate `overrides` (``steps_offset=0``, ...).
     Returns (images (B, 3, H, W) in [0, 1], seconds of the generation alone, loading excluded).
-    A module-level function so that another process can run it: ``in_background``.
     """
-    from helpers import zoo
-    pipe = zoo.load_pipeline(model, device="cpu")
-    pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config, **overrides)
+    if isinstance(pipe, str):
+        from helpers import zoo
+        pipe = zoo.load_pipeline(pipe, device="cpu")
+    pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config if config is None else config, **overrides)
     t0 = time.perf_counter()
     images = generate(pipe, list(captions), guidance_scale, steps, seed=seed, batch_size=len(captions))
     return images, time.perf_counter() - t0

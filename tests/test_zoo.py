@@ -119,9 +119,11 @@ def test_generation_in_a_background_process_equals_generation_here(pipe):
     caps = ["a small blue circle at the center", "a large red square at the top left"]
     job = evaluate.in_background(evaluate.generate_with_sampler, "tiny-sd", "DDPM", caps, 4, 4.0,
                                  seed=3, steps_offset=0)
-    pipe.scheduler = evaluate.make_scheduler("DDPM", pipe.scheduler.config, steps_offset=0)
-    assert pipe.scheduler.config.steps_offset == 0                         # the override is applied
-    here = evaluate.generate(pipe, caps, 4.0, 4, seed=3, batch_size=2)
+    sd_config = pipe.scheduler.config
+    here, _ = evaluate.generate_with_sampler(pipe, "DDPM", caps, 4, 4.0, seed=3, config=sd_config,
+                                             steps_offset=0)
+    assert type(pipe.scheduler).__name__ == "DDPMScheduler"
+    assert pipe.scheduler.config.steps_offset == 0 and sd_config.steps_offset == 1  # override applied
     there, seconds = job.result(timeout=300)
     assert there.shape == here.shape == (2, 3, 64, 64) and seconds > 0
     assert torch.allclose(there, here, atol=1e-4), (there - here).abs().max()
