@@ -30,11 +30,32 @@ def to_image(x, value_range=(-1.0, 1.0)) -> np.ndarray:
     return np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a
 
 
-def image_grid(rows, row_labels=None, col_labels=None, title=None, cell=1.4, value_range=(-1.0, 1.0)):
+def _wrap(label, width: int) -> str:
+    """``label`` broken into lines of at most ``width`` characters (words kept whole; a word
+    longer than a line is split); explicit newlines are kept."""
+    return "\n".join(textwrap.fill(part, width, break_long_words=True) or " " for part in str(label).split("\n"))
+
+
+def image_grid(rows, row_labels=None, col_labels=None, title=None, cell=1.4, value_range=(-1.0, 1.0),
+               fontsize=9):
     """A grid of images: ``rows`` is a list of rows, each a list of images (see
-    :func:`to_image`). Labels go on the left of each row and above each column."""
+    :func:`to_image`). Labels go on the left of each row and above each column.
+
+    Labels are shown whole: each is wrapped to the width of its cell (a column label) or of
+    a left margin of about one cell (a row label), and the figure grows to fit the tallest
+    label, so captions such as "a large cyan circle at the bottom right" neither overlap
+    their neighbours nor get cut."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols + 0.8, cell * n_rows + 0.4),
+    char_in = fontsize * 0.6 / 72  # the width of an average character, in inches
+    col_chars = max(6, int(cell / char_in))
+    row_chars = max(8, int(max(cell, 1.2) / char_in))
+    cols = [_wrap(c, col_chars) for c in col_labels] if col_labels is not None else None
+    rlab = [_wrap(r, row_chars) for r in row_labels] if row_labels is not None else None
+    line_in = fontsize * 1.35 / 72  # one line of label text, in inches
+    top = (max(c.count("\n") + 1 for c in cols) * line_in + 0.1) if cols else 0.0
+    left = (max(len(line) for r in rlab for line in r.split("\n")) * char_in + 0.2) if rlab else 0.0
+    row_h = max(cell, max((r.count("\n") + 1) * line_in for r in rlab)) if rlab else cell
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols + left + 0.3, row_h * n_rows + top + 0.3),
                              squeeze=False)
     for i, row in enumerate(rows):
         for j in range(n_cols):
@@ -45,12 +66,12 @@ def image_grid(rows, row_labels=None, col_labels=None, title=None, cell=1.4, val
                 ax.imshow(to_image(row[j], value_range))
             else:
                 ax.axis("off")
-            if row_labels is not None and j == 0:
-                ax.set_ylabel(textwrap.fill(str(row_labels[i]), 14), fontsize=9)  # wrapped: rows stay apart
-            if col_labels is not None and i == 0:
-                ax.set_title(col_labels[j], fontsize=9)
+            if rlab is not None and j == 0:
+                ax.set_ylabel(rlab[i], fontsize=fontsize, rotation=0, ha="right", va="center")
+            if cols is not None and i == 0:
+                ax.set_title(cols[j], fontsize=fontsize)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=fontsize + 1)
     fig.tight_layout()
     return fig
 

@@ -88,9 +88,26 @@ def untested_versions(versions: dict[str, str], ranges: dict[str, str]) -> list[
     return out
 
 
+def quiet_libraries() -> None:
+    """Keep a lab's output for what the lab prints: diffusers' and transformers' notices
+    (loading, deprecations, tokenizer remarks) at level ERROR and their progress bars off
+    (loading bars and a pipeline's sampling bar stay stuck at "0%" in a saved notebook).
+    Errors still show. ``setup()`` calls it; a lab never needs to repeat it."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers is imported
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as hf_logging
+
+    for logs in (diffusers_logging, hf_logging):
+        logs.set_verbosity_error()
+        logs.disable_progress_bar()
+
+
 def setup(seed: int = 0, quiet: bool = False):
     """Choose the device (CUDA if available, else CPU), seed ``random``/numpy/torch, set
-    matplotlib defaults, print the versions, and return the device.
+    matplotlib defaults, quiet the libraries' notices and progress bars
+    (:func:`quiet_libraries`), print the versions, and return the device.
 
     Args:
         seed: the seed of every random generator (so figures are the same on every run).
@@ -99,11 +116,9 @@ def setup(seed: int = 0, quiet: bool = False):
     Returns:
         ``torch.device("cuda")`` or ``torch.device("cpu")``.
     """
-    import os
-
-    # transformers warns at import that torchvision is missing (it is not needed here); keep
-    # learners' output for what the lab prints. Set before transformers is first imported.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # transformers warns at import that torchvision is missing (it is not needed here): quiet
+    # it and the loading/sampling progress bars before anything imports transformers.
+    quiet_libraries()
     import numpy as np
     import torch
 

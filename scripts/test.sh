@@ -13,3 +13,5 @@ mkdir -p runs
 python -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=300 notebooks/ -q -p no:cacheprovider \
   --junitxml=runs/nbval.xml
 python -m scripts.nb_times runs/nbval.xml   # per-notebook seconds (docs/BUDGETS.md)
+# every code cell again after Run All, last to first, in the same kernel (scripts/rerun_cells.py)
+python -m scripts.rerun_cells

@@ -94,3 +94,20 @@ def test_readme_lab_table():
                 assert f"]({path.relative_to(ROOT)})" in row, (info.key, path)
         else:
             assert "coming" in row, row
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_saving_the_notebook_in_jupyterlab_keeps_the_page(stem):
+    """JupyterLab's jupytext writes the page from the notebook on every save, with the
+    notebook's metadata (language_info, jupytext's version stamps): with jupytext.toml's
+    filter the page comes back byte for byte, so a save changes only what was edited."""
+    from jupytext.config import load_jupytext_configuration_file
+
+    config = load_jupytext_configuration_file(str(ROOT / "jupytext.toml"))
+    nb = nbformat.read(ROOT / "notebooks" / f"{stem}.ipynb", as_version=4)
+    nb.metadata["language_info"] = {"name": "python", "version": "3.11.7", "mimetype": "text/x-python"}
+    nb.metadata.setdefault("jupytext", {})["text_representation"] = {
+        "extension": ".md", "format_name": "markdown", "format_version": "1.3", "jupytext_version": "1.19.6"}
+    page = (ROOT / "labs" / f"{stem}.md").read_text(encoding="utf-8")
+    assert jupytext.writes(nb, fmt="md", config=config) == page, \
+        f"saving notebooks/{stem}.ipynb in JupyterLab would rewrite labs/{stem}.md beyond its content"
