@@ -19,7 +19,7 @@ Isolation: one process per (learner, lab). The workers are forked from a fork se
 (:mod:`helpers.grading.forkserver`) that imported torch, diffusers and the checks once and
 never runs learner code, so a class costs about a second per learner and lab instead of
 the 5-15 s a fresh interpreter spends importing torch; ``--no-fork`` (or a server that
-fails to start) runs ``python -m helpers.grade --worker JOB`` per job instead, with the
+fails to start) runs ``python -m helpers.grading.worker JOB`` per job instead, with the
 same grades. Each worker has:
 
 - a fresh empty working folder (the learner's file is a copy in it; the job and the report
@@ -37,12 +37,14 @@ same grades. Each worker has:
   terminal nor deadlock, and the head is shown in the feedback.
 
 The worker records each row in its report file as soon as it is known (written with
-functions captured before the learner's code loads), so an infinite loop, ``sys.exit``
-(reported by the check runner with the learner's line), ``os._exit``, a segfault, a
-``MemoryError`` or an import-time exception fails the current and remaining rows of that
-lab only; the parent turns what is missing into ``error`` rows saying what happened
-(timed out, exited with code N, crashed with SIGSEGV, ...). A file that does not parse, a
-missing file or an unreadable zip are rows too. The run always goes on to the next learner.
+functions captured before the learner's code loads). ``sys.exit`` and a ``MemoryError`` are
+reported by the check runner with the learner's line, as that function's row. An infinite
+loop, ``os._exit`` or a segfault kills the worker while it checks one function: that row
+says what happened (timed out, exited with code N, crashed with SIGSEGV, ...) and a new
+worker grades the functions after it (:func:`rows_from_state` turns each worker's report
+into rows; :mod:`helpers.grading.launch` starts and waits for the workers). An import-time
+exception, a file that does not parse, a missing file or an unreadable zip fail the lab's
+rows, each saying why. The run always goes on to the next learner.
 
 Integrity (monkeypatching). Before the learner's file is loaded, the worker runs every
 check once on the reference (warming caches and lazy imports, and proving the checker
@@ -73,17 +75,19 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from helpers.grading import sandbox
+from helpers.grading import outputs, sandbox
+from helpers.grading import submissions as subs_mod
+from helpers.grading.forkserver import ForkServer
+from helpers.grading.launch import Exit, launch
+from helpers.grading.worker import STREAM
 from helpers.labs import LabInfo, available_labs, find_lab, repo_root, starters_dir
 
 DEFAULT_SEED = 20240601
@@ -91,12 +95,6 @@ DEFAULT_TIMEOUT = 120.0  # seconds per lab, once the checker is imported
 DEFAULT_MEMORY_MB = sandbox.DEFAULT_MEMORY_MB
 STARTUP_LIMIT = 300.0  # seconds for the worker to import torch/diffusers and the checks
 OUTPUT_LIMIT = 16 * 1024  # bytes of a worker's stdout+stderr kept
-STREAM = "grade"
-MODIFIED = "submission modified torch/the checker"
-
-# captured before any learner code can rebind them (the worker writes its report with these)
-_json_dumps, _open, _replace = json.dumps, open, os.replace
-_getprofile, _setprofile = sys.getprofile, sys.setprofile
 
 
 @dataclass
@@ -157,188 +155,6 @@ def _module_root(module_name: str) -> str:
     return str(path)
 
 
-def _not_yours(obj, module, ref) -> str:
-    """Why ``obj`` (the learner's exercise) is not the learner's own code ("" if it is):
-    the reference itself, or a function/class defined outside the learner's file."""
-    name = getattr(obj, "__name__", "?")
-    if obj is None:
-        return ""
-    if any(obj is v for v in vars(ref).values()):
-        return f"{name} is the reference solution imported from {ref.__name__}, not your code."
-    try:  # a decorated function (@torch.no_grad()): judge the function it wraps
-        import inspect
-
-        obj = inspect.unwrap(obj) if callable(obj) else obj
-    except ValueError:
-        pass
-    code = getattr(obj, "__code__", None)
-    if code is not None and code.co_filename != module.__file__:
-        return (f"{name} is not defined in your file (its code comes from {Path(code.co_filename).name}): "
-                f"write your own.")
-    if isinstance(obj, type) and obj.__module__ != module.__name__:
-        return f"{name} is not defined in your file (it comes from {obj.__module__}): write your own."
-    return ""
-
-
-class _RefCallWatch:
-    """A ``sys.setprofile`` hook that records calls of the reference's functions made from
-    the learner's file, except calls of a reference the runner substituted for one of the
-    learner's functions that did not pass (the contract's fallback)."""
-
-    def __init__(self, module, ref):
-        import inspect
-
-        self.file, self.module_dict = module.__file__, vars(module)
-        ref_file = getattr(ref, "__file__", None)
-        self.codes: dict = {}  # code object -> (name in ref, the object ref holds)
-        for name, v in vars(ref).items():
-            if not callable(v) or isinstance(v, type):
-                continue
-            try:
-                inner = inspect.unwrap(v)
-            except ValueError:
-                continue
-            code = getattr(inner, "__code__", None)
-            if code is not None and code.co_filename == ref_file:
-                self.codes[code] = (name, v)
-        self.calls: list[str] = []
-
-    def __call__(self, frame, event, arg):
-        if event == "call" and frame.f_code in self.codes:
-            back, hops = frame.f_back, 0
-            while back is not None and hops < 3 and any(k in back.f_code.co_filename
-                                                        for k in ("contextlib", "functools")):
-                back, hops = back.f_back, hops + 1  # through a decorator's wrapper
-            if back is not None and back.f_code.co_filename == self.file:
-                name, fn = self.codes[frame.f_code]
-                if self.module_dict.get(name) is not fn:
-                    self.calls.append(name)
-
-
-def _worker(job: dict, state: dict, save, warm: dict | None = None) -> None:
-    """Run one lab's checks on one learner file, recording progress with ``save()``.
-    ``warm``: the warm-up statuses when a zygote already ran it (see :class:`Zygote`)."""
-    sys.path[:0] = [p for p in job["path"] if p not in sys.path]
-    info = LabInfo(**job["info"])
-    import torch
-
-    torch.set_num_threads(1)
-    from helpers.exercise import StarterImportError, load_module, names, run_lab_checks
-    from helpers.grading import integrity
-
-    order = names(info)
-    t0 = time.perf_counter()
-    checks = importlib.import_module(info.check_module)
-    state["import_s"] = round(time.perf_counter() - t0, 3)
-    ref = importlib.import_module(info.solution_module)
-    # warm-up on the reference: lazy imports and caches settle before the snapshot
-    if warm is None:
-        warm = _warm_up(info)
-    state["warmup"] = warm
-    state["warmup_s"] = round(time.perf_counter() - t0 - state["import_s"], 3)
-    sandbox.block_network()
-    snap = integrity.snapshot_for(checks, ref, extra=[sys.modules[__name__], sandbox, integrity])
-    state["snapshot_s"] = round(time.perf_counter() - t0 - state["import_s"] - state["warmup_s"], 3)
-    state.update(phase="import", current=None)
-    save()
-    try:
-        module = load_module(job["file"])
-    except StarterImportError as exc:
-        state["rows"] = [dict(function=n, status="error", message=f"your file could not be loaded: {exc}")
-                         for n in order]
-        state.update(phase="done")
-        save()
-        return
-    changed = snap.changes()
-    if changed:
-        left = snap.restore()
-        msg = f"{MODIFIED} while loading your file: {', '.join(changed[:8])}" + \
-              (f" (+{len(changed) - 8} more)" if len(changed) > 8 else "") + \
-              "\nA submission may not change torch, the checks or the reference solution."
-        state["rows"] = [dict(function=n, status="failed", message=msg) for n in order]
-        state.update(phase="done", integrity=changed, unrestored=left)
-        save()
-        return
-    state.update(phase="check", current=order[0] if order else None)
-    save()
-    tainted: list[str] = []
-    not_yours = {n: why for n in order if (why := _not_yours(getattr(module, n, None), module, ref))}
-    profiler = _RefCallWatch(module, ref)
-    ref_calls = profiler.calls
-    _setprofile(profiler)
-
-    def on_result(res):
-        status, message = res.status, res.message
-        if _getprofile() is not profiler:
-            _setprofile(profiler)
-            status, message = "failed", f"{MODIFIED} while {res.name} was checked: sys.setprofile"
-        changed = snap.changes()
-        if res.name in not_yours:
-            status, message = "failed", not_yours[res.name]
-        elif ref_calls and status == "passed":
-            status = "failed"
-            message = (f"{res.name} calls the reference solution ({', '.join(sorted(set(ref_calls)))}) "
-                       f"instead of computing it: write your own code.")
-        ref_calls.clear()
-        if changed:
-            left = snap.restore()
-            status = "failed"
-            message = (f"{MODIFIED} while {res.name} was checked: {', '.join(changed[:8])}"
-                       + (f" (+{len(changed) - 8} more)" if len(changed) > 8 else "")
-                       + "\nA submission may not change torch, the checks or the reference solution.")
-            state.setdefault("integrity", []).extend(changed)
-            if left:
-                tainted[:] = left
-        elif tainted:
-            status = "failed"
-            message = f"not checked: {MODIFIED} earlier and it could not be restored: {', '.join(tainted[:8])}"
-        if status != "passed" and res.status == "passed" and hasattr(ref, res.name):
-            setattr(module, res.name, getattr(ref, res.name))  # as the runner's fallback does
-        state["rows"].append(dict(function=res.name, status=status, message=message, seconds=res.seconds))
-        done = len(state["rows"])
-        state["current"] = order[done] if done < len(order) else None
-        save()
-
-    run_lab_checks(info, module, job["seed"], stream=STREAM, fallback=True, on_result=on_result)
-    _setprofile(None)
-    state.update(phase="done")
-    save()
-
-
-def _warm_up(info: LabInfo) -> dict:
-    """Run the lab's checks once on the reference: lazy imports and caches settle before the
-    integrity snapshot, and a broken checker shows up (as non-passed statuses)."""
-    from helpers.exercise import run_lab_checks
-
-    return {n: r.status for n, r in run_lab_checks(info, None, 0, stream=STREAM + "-warmup",
-                                                   fallback=False).items()}
-
-
-def _worker_main(job_file: str | None = None, job: dict | None = None, warm: dict | None = None) -> None:
-    """Limits first, then ``_worker``; a failure of the checker itself (a course bug) is
-    recorded in the report file."""
-    job = job if job is not None else json.loads(Path(job_file).read_text())
-    sandbox.set_limits(job.get("memory_mb"))
-    out = job["out"]
-    state = {"phase": "start", "current": None, "rows": []}
-
-    def save():
-        tmp = out + ".tmp"
-        with _open(tmp, "w") as fh:
-            fh.write(_json_dumps(state))
-        _replace(tmp, out)
-
-    try:
-        _worker(job, state, save, warm)
-    except BaseException:  # noqa: BLE001
-        state["worker_error"] = traceback.format_exc(limit=-3)
-        try:
-            save()
-        except BaseException:  # noqa: BLE001
-            pass
-        raise
-
-
 # --------------------------------------------------------------------------- parent side
 
 def _exit_reason(code: int | None, timed_out: bool, timeout: float) -> tuple[str, str]:
@@ -353,46 +169,6 @@ def _exit_reason(code: int | None, timed_out: bool, timeout: float) -> tuple[str
         advice = " (out of memory?)" if sig == "SIGKILL" else ""
         return f"the process crashed ({sig})", advice
     return f"the process exited with code {code}", " (does your code call os._exit or sys.exit?)"
-
-
-class _Drain(threading.Thread):
-    """Reads a pipe to its end, keeping the first ``limit`` bytes and counting the rest."""
-
-    def __init__(self, pipe, limit: int = OUTPUT_LIMIT):
-        super().__init__(daemon=True)
-        self.pipe, self.limit, self.head, self.total = pipe, limit, bytearray(), 0
-
-    def run(self):
-        try:
-            while True:
-                chunk = self.pipe.read1(65536) if hasattr(self.pipe, "read1") else self.pipe.read(65536)
-                if not chunk:
-                    break
-                self.total += len(chunk)
-                if len(self.head) < self.limit:
-                    self.head += chunk[: self.limit - len(self.head)]
-        except (OSError, ValueError):
-            pass
-
-    def text(self) -> str:
-        s = self.head.decode("utf-8", "replace")
-        if self.total > len(self.head):
-            s += f"\n[... {self.total - len(self.head)} more bytes not shown]"
-        return s
-
-
-def _wait(proc: subprocess.Popen, state_file: Path, timeout: float) -> bool:
-    """Wait for the worker; ``timeout`` counts from when the checker is ready (its own
-    imports of torch/diffusers excluded, at most ``STARTUP_LIMIT``). True if it timed out."""
-    start, ready = time.monotonic(), None
-    while proc.poll() is None:
-        now = time.monotonic()
-        if ready is None and state_file.exists():
-            ready = now
-        if (ready is not None and now - ready > timeout) or now - start > STARTUP_LIMIT + timeout:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _names(info: LabInfo) -> list[str]:
@@ -410,30 +186,76 @@ def _worker_env() -> dict:
     return env
 
 
-def _wait_server(server, job_id: str, state_file: Path, timeout: float) -> tuple[int | None, bool]:
-    """Like :func:`_wait` for a fork-server child: (exit code or None, timed out)."""
-    start, ready = time.monotonic(), None
-    while True:
-        code = server.wait_exit(job_id, 0.05)
-        if code is not None:
-            return code, False
-        if server.dead:
-            return None, False
-        now = time.monotonic()
-        if ready is None and state_file.exists():
-            ready = now
-        if (ready is not None and now - ready > timeout) or now - start > STARTUP_LIMIT + timeout:
-            return None, True
+def _read_state(state_file: Path) -> dict:
+    """The worker's last report (``{"phase", "current", "rows", ...}``), or the start state."""
+    try:
+        state = json.loads(state_file.read_text())
+        if isinstance(state, dict):
+            return state
+    except (OSError, ValueError):
+        pass
+    return {"phase": "start", "current": None, "rows": []}
 
 
-_job_ids = iter(range(1, 1 << 62))
+def rows_from_state(lab: str, order: list[str], state: dict, ended: Exit,
+                    timeout: float) -> tuple[list[Row], str, list[str]]:
+    """Turn one worker's report into rows (pure: no process, no file).
+
+    Args:
+        lab: the lab key of the rows.
+        order: the functions this worker was to check, in teaching order.
+        state: the worker's report (:func:`_read_state`).
+        ended: how the worker ended.
+        timeout: the time limit it had (for the message).
+
+    Returns:
+        ``(rows, outcome, rerun)``: one row per function of ``order`` (well-formed reported
+        rows, once each; an error row for the rest); ``outcome`` "finished" or what happened
+        (timed out, crashed, exited); ``rerun``: the functions the worker never reached
+        because it died while checking an earlier one, which a new worker can grade (their
+        rows here say "not run").
+    """
+    rows, seen = [], set()
+    for r in state.get("rows", []):  # accept only well-formed rows of this lab's functions, once each
+        if not isinstance(r, dict) or r.get("function") not in order or r["function"] in seen:
+            continue
+        seen.add(r["function"])
+        status = r.get("status") if r.get("status") in ("passed", "failed", "todo", "error") else "error"
+        rows.append(Row(lab, r["function"], status, str(r.get("message", "")),
+                        float(r.get("seconds", 0.0) or 0.0)))
+    if (state.get("phase") == "done" and not ended.timed_out) or (len(seen) == len(order) and not ended.timed_out):
+        return sorted(rows, key=lambda r: order.index(r.function)), "finished", []
+    reason, advice = _exit_reason(ended.code, ended.timed_out, timeout)
+    phase, current = state.get("phase"), state.get("current")
+    if state.get("worker_error") and not ended.timed_out:
+        reason, advice = "the grader itself failed (a course bug, not your code)", ""
+    where = {"start": "while starting the checker", "import": "while importing your file",
+             "check": f"while checking {current}"}.get(phase, "")
+    rerun = []
+    for n in order:
+        if n in seen:
+            continue
+        if n == current or phase != "check":
+            msg = f"{reason} {where}{advice}"
+        else:
+            msg = f"not run: {reason} {where}"
+            if phase == "check" and current in order and not state.get("worker_error"):
+                rerun.append(n)
+        if state.get("worker_error"):
+            msg += "\nchecker error: " + state["worker_error"].strip().splitlines()[-1]
+        rows.append(Row(lab, n, "error", msg.strip()))
+    return sorted(rows, key=lambda r: order.index(r.function)), reason, rerun
 
 
 def run_lab(info: LabInfo, path: str | os.PathLike | None, seed: int = DEFAULT_SEED,
             timeout: float = DEFAULT_TIMEOUT, memory_mb: int | None = DEFAULT_MEMORY_MB,
             missing: str | None = None, server=None) -> LabResult:
-    """Grade one lab of one learner in a worker process (a child of ``server``, a
-    :class:`helpers.grading.forkserver.ForkServer`, when given); never raises."""
+    """Grade one lab of one learner in worker processes (children of ``server``, a
+    :class:`helpers.grading.forkserver.ForkServer`, when given); never raises.
+
+    A function that hangs or crashes its worker costs only its own row: a new worker grades
+    the functions after it (each with the full ``timeout``), with the ones already graded
+    kept as they were."""
     order = _names(info)
     t0 = time.perf_counter()
     if path is None or not Path(path).is_file():
@@ -450,92 +272,28 @@ def run_lab(info: LabInfo, path: str | os.PathLike | None, seed: int = DEFAULT_S
         except OSError as exc:
             return LabResult([Row(info.key, n, "error", f"could not read {path.name}: {exc}") for n in order],
                              "no file")
-        state_file = ctl / "state.json"
-        job = {"info": asdict(info), "file": str(learner_file), "seed": seed, "out": str(state_file),
-               "memory_mb": memory_mb, "path": _job_path(info)}
-        code, timed_out, output = None, False, ""
-        if server is not None:
-            from helpers.grading.forkserver import FifoDrain
-
-            fifo = ctl / "output"
-            os.mkfifo(fifo, 0o600)
-            drain = FifoDrain(fifo, OUTPUT_LIMIT)
-            drain.start()
-            job.update(id=f"job{next(_job_ids)}", fifo=str(fifo), cwd=str(work))
-            try:
-                pid = server.start(job)
-            except RuntimeError:
-                pid = None
-            if pid is not None:
-                code, timed_out = _wait_server(server, job["id"], state_file, timeout)
-                if code is None:
-                    try:  # kill the whole group: the learner's code may have spawned children
-                        os.killpg(pid, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        try:
-                            os.kill(pid, signal.SIGKILL)
-                        except OSError:
-                            pass
-                    code = server.wait_exit(job["id"], 10)
-            drain.stop()
-            output = drain.text()
-            if pid is None:  # the server is gone: run this job the slow way
-                server = None
-                for f in (state_file,):
-                    f.unlink(missing_ok=True)
-        if server is None:
-            job_file = ctl / "job.json"
-            job_file.write_text(json.dumps(job))
-            proc = subprocess.Popen([sys.executable, "-m", "helpers.grade", "--worker", str(job_file)],
-                                    cwd=work, env=_worker_env(), stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-            drain = _Drain(proc.stdout)
-            drain.start()
-            timed_out = _wait(proc, state_file, timeout)
-            try:  # kill the whole group: the learner's code may have spawned children
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            proc.wait()
-            code = proc.returncode
-            drain.join(timeout=5)
-            try:
-                proc.stdout.close()
-            except OSError:
-                pass
-            output = drain.text()
-        try:
-            state = json.loads(state_file.read_text())
-            if not isinstance(state, dict):
-                raise ValueError
-        except (OSError, ValueError):
-            state = {"phase": "start", "current": None, "rows": []}
-        if os.environ.get("DIFFUSION_LABS_GRADE_DEBUG"):
-            print({k: v for k, v in state.items() if k != "rows"}, file=sys.stderr)
-    rows, seen = [], set()
-    for r in state.get("rows", []):  # accept only well-formed rows of this lab's functions, once each
-        if not isinstance(r, dict) or r.get("function") not in order or r["function"] in seen:
-            continue
-        seen.add(r["function"])
-        status = r.get("status") if r.get("status") in ("passed", "failed", "todo", "error") else "error"
-        rows.append(Row(info.key, r["function"], status, str(r.get("message", "")),
-                        float(r.get("seconds", 0.0) or 0.0)))
-    outcome = "finished"
-    if (state.get("phase") != "done" or timed_out) and not (len(seen) == len(order) and not timed_out):
-        reason, advice = _exit_reason(code, timed_out, timeout)
-        if state.get("worker_error") and not timed_out:
-            reason, advice = "the grader itself failed (a course bug, not your code)", ""
-        outcome = reason
-        where = {"start": "while starting the checker", "import": "while importing your file",
-                 "check": f"while checking {state.get('current')}"}.get(state.get("phase"), "")
-        for n in order:
-            if n not in seen:
-                msg = f"{reason} {where}{advice}" if n == state.get("current") or state.get("phase") != "check" \
-                    else f"not run: {reason} {where}"
-                if state.get("worker_error"):
-                    msg += "\nchecker error: " + state["worker_error"].strip().splitlines()[-1]
-                rows.append(Row(info.key, n, "error", msg.strip()))
-    rows.sort(key=lambda r: order.index(r.function))
+        graded: dict[str, Row] = {}
+        outcomes, outputs, pending = [], [], list(order)
+        for attempt in range(1, len(order) + 1):  # each attempt grades at least one function
+            done = {n: r.status for n, r in graded.items() if n not in pending}
+            state_file = ctl / f"state{attempt}.json"
+            job = {"info": asdict(info), "file": str(learner_file), "seed": seed, "out": str(state_file),
+                   "memory_mb": memory_mb, "path": _job_path(info), "done": done}
+            ended = launch(job, ctl, work, timeout=timeout, startup=STARTUP_LIMIT, output_limit=OUTPUT_LIMIT,
+                           env=_worker_env(), server=server)
+            state = _read_state(state_file)
+            if os.environ.get("DIFFUSION_LABS_GRADE_DEBUG"):
+                print({k: v for k, v in state.items() if k != "rows"}, file=sys.stderr)
+            rows, outcome, pending = rows_from_state(info.key, pending, state, ended, timeout)
+            graded.update((r.function, r) for r in rows)  # a pending row says "not run" until graded
+            outputs.append(ended.output)
+            if outcome != "finished":
+                outcomes.append(outcome)
+            if not pending:
+                break
+    outcome = "finished" if not outcomes else "; then ".join(outcomes)
+    output = "\n[a new worker graded the functions after that]\n".join(outputs)
+    rows = sorted(graded.values(), key=lambda r: order.index(r.function))
     return LabResult(rows, outcome, output, round(time.perf_counter() - t0, 2))
 
 
@@ -551,9 +309,7 @@ def _lab_info(res: LabResult) -> dict:
 
 def start_server(infos: list[LabInfo]):
     """A fork server with torch and these labs' checks imported, or None (then every job
-    starts a fresh ``--worker`` process) if it cannot start."""
-    from helpers.grading.forkserver import ForkServer
-
+    starts a fresh ``python -m helpers.grading.worker`` process) if it cannot start."""
     try:
         return ForkServer([asdict(i) for i in infos], sorted({p for i in infos for p in _job_path(i)}),
                           _worker_env(), tempfile.gettempdir(), startup=STARTUP_LIMIT)
@@ -607,8 +363,6 @@ def grade_class(submissions: str | os.PathLike, labs=None, out: str | os.PathLik
     """Grade every learner of ``submissions`` (one subfolder or ``.zip`` each) on ``labs``
     (default: all available), ``jobs`` workers at a time; write the outputs under ``out``
     (``None``: write nothing). Returns the learners in name order."""
-    from helpers.grading import outputs, submissions as subs_mod
-
     infos = [find_lab(x) for x in labs] if labs else available_labs()
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="diffusion-labs-subs-") as scratch, _server(infos, fork) as server:
@@ -692,14 +446,6 @@ def format_class(learners: list[LearnerResult], lab_keys: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--worker"]:
-        _worker_main(argv[1])
-        return 0
-    if argv[:1] == ["--forkserver"]:
-        from helpers.grading.forkserver import server_main
-
-        server_main(argv[1])
-        return 0
     p = argparse.ArgumentParser(prog="python -m helpers.grade", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:6]))

@@ -38,9 +38,9 @@ def statuses(rows):
 
 HOSTILE = {
     "infinite loop": ("def double(x):\n    while True:\n        pass\n\ndef quad(x):\n    return 4 * x\n",
-                      {"double": "timed out", "quad": "not run: timed out"}),
+                      {"double": "timed out", "quad": None}),  # a new worker grades quad
     "os._exit": ("import os\n\ndef double(x):\n    os._exit(7)\n\ndef quad(x):\n    return 4 * x\n",
-                 {"double": "exited with code 7 while checking double", "quad": "not run"}),
+                 {"double": "exited with code 7 while checking double", "quad": None}),
     "sys.exit": ("import sys\n\ndef double(x):\n    sys.exit(2)\n\ndef quad(x):\n    return 4 * x\n",
                  {"double": "SystemExit: 2", "quad": None}),
     "syntax error": ("def double(x):\n    return x +\n",
@@ -50,7 +50,7 @@ HOSTILE = {
     "import-time os._exit": ("import os\nos._exit(0)\n",
                              {"double": "while importing your file", "quad": "exited with code 0"}),
     "segfault": ("import ctypes\n\ndef double(x):\n    ctypes.string_at(0)\n\ndef quad(x):\n    return 4 * x\n",
-                 {"double": "crashed (SIGSEGV)", "quad": "not run"}),
+                 {"double": "crashed (SIGSEGV)", "quad": None}),
     "huge output": ("def double(x):\n    for _ in range(20000):\n        print('spam' * 100)\n    return 2 * x\n\n"
                     "def quad(x):\n    return 4 * x\n", {"double": None, "quad": None}),
 }
@@ -186,7 +186,7 @@ def test_snapshot_detects_and_restores_patches():
 # --------------------------------------------------------------------------- the corpus (lab01)
 
 P, F, T, E = "passed", "failed", "todo", "error"
-MODIFIED = grade.MODIFIED
+from helpers.grading.worker import MODIFIED  # noqa: E402
 # learner -> {function: (status, substring of the message or None)}
 EXPECTED = {
     "perfect": {f: (P, None) for f in FUNCS},
@@ -198,10 +198,11 @@ EXPECTED = {
     "huge_output": {f: (P, None) for f in FUNCS},
     "import_error": {f: (E, "could not be loaded: RuntimeError: this file needs a GPU") for f in FUNCS},
     "syntax_error": {f: (E, "SyntaxError") for f in FUNCS},
+    # a hang or a crash costs only its own row: a new worker grades the functions after it
     "infinite_loop": {"make_betas": (P, None), "alphas_cumprod": (E, "timed out after 8 s while checking alphas_cumprod"),
-                      "add_noise": (E, "not run: timed out"), "snr": (E, "not run: timed out")},
+                      "add_noise": (P, None), "snr": (P, None)},
     "segfault": {"make_betas": (P, None), "alphas_cumprod": (E, "crashed (SIGSEGV)"),
-                 "add_noise": (E, "not run: the process crashed (SIGSEGV)"), "snr": (E, "not run")},
+                 "add_noise": (P, None), "snr": (P, None)},
     "sys_exit": {"make_betas": (P, None), "alphas_cumprod": (P, None), "add_noise": (E, "SystemExit: 3"),
                  "snr": (P, None)},
     "os_exit": {"make_betas": (P, None), "alphas_cumprod": (P, None), "add_noise": (P, None),
@@ -315,8 +316,8 @@ def make_class(root: Path) -> tuple[Path, dict[str, dict[str, str]]]:
         zf.writestr("lab01_forward_noise.py", head + good["make_betas"] + bad["alphas_cumprod"]
                     + good["add_noise"] + good["snr"])
     expected[names[16]] = {"make_betas": P, "alphas_cumprod": F, "add_noise": P, "snr": P}
-    for name, case, exp in [(names[17], "infinite_loop", [P, E, E, E]), (names[18], "patch_in_call", [P, P, F, F]),
-                            (names[19], "segfault", [P, E, E, E])]:
+    for name, case, exp in [(names[17], "infinite_loop", [P, E, P, P]), (names[18], "patch_in_call", [P, P, F, F]),
+                            (names[19], "segfault", [P, E, P, P])]:
         shutil.copytree(CORPUS / case, subs / name)
         expected[name] = dict(zip(FUNCS, exp))
     return subs, expected
@@ -392,3 +393,38 @@ def test_cli_real_labs_pristine_zero_and_solutions_full(tmp_path):
     assert full.returncode == 0 and s["passed"] == s["total"] == p["total"], full.stdout
     assert "total: " in full.stdout and "(100%)" in full.stdout
     assert find_lab("lab01").key in s["labs"]
+
+
+# --------------------------------------------------------------------------- rows from a worker's state
+
+def test_rows_from_state_is_pure_and_names_what_to_rerun():
+    from helpers.grading.launch import Exit
+
+    order = ["a", "b", "c"]
+    finished = {"phase": "done", "current": None,
+                "rows": [{"function": n, "status": "passed", "message": ""} for n in order]}
+    rows, outcome, rerun = grade.rows_from_state("lab99", order, finished, Exit(0, False, ""), 5)
+    assert [r.status for r in rows] == ["passed"] * 3 and outcome == "finished" and rerun == []
+    hung = {"phase": "check", "current": "b", "rows": [{"function": "a", "status": "passed"},
+                                                       {"function": "zzz", "status": "passed"},  # not ours
+                                                       {"function": "a", "status": "failed"}]}  # twice
+    rows, outcome, rerun = grade.rows_from_state("lab99", order, hung, Exit(None, True, ""), 5)
+    assert [(r.function, r.status) for r in rows] == [("a", "passed"), ("b", "error"), ("c", "error")]
+    assert "timed out after 5 s while checking b" in rows[1].message and rows[2].message.startswith("not run")
+    assert outcome == "timed out after 5 s" and rerun == ["c"]
+    at_import = {"phase": "import", "current": None, "rows": []}
+    rows, outcome, rerun = grade.rows_from_state("lab99", order, at_import, Exit(0, False, ""), 5)
+    assert rerun == [] and all("while importing your file" in r.message for r in rows)  # no retry: same file
+    broken = {**hung, "worker_error": "Traceback ...\nKeyError: 'x'"}
+    rows, outcome, rerun = grade.rows_from_state("lab99", order, broken, Exit(1, False, ""), 5)
+    assert rerun == [] and "course bug" in outcome and "checker error: KeyError" in rows[2].message
+
+
+def test_two_hanging_functions_cost_two_rows(fake_lab, tmp_path):
+    """Each hang gets its own worker restart; the function between them is graded."""
+    fake_lab.write("def double(x):\n    while True:\n        pass\n\ndef quad(x):\n    while True:\n        pass\n",
+                   tmp_path / "l")
+    res = grade.run_lab(fake_lab.info, tmp_path / "l" / f"{fake_lab.info.slug}.py", timeout=3)
+    assert [(r.function, r.status) for r in res.rows] == [("double", "error"), ("quad", "error")]
+    assert all("timed out after 3 s while checking" in r.message for r in res.rows)
+    assert res.outcome == "timed out after 3 s; then timed out after 3 s"

@@ -1,8 +1,8 @@
 """A fork server for the grader's workers: torch, diffusers and the checks imported once.
 
-A fresh ``python -m helpers.grade --worker`` spends seconds importing torch and diffusers
+A fresh ``python -m helpers.grading.worker`` spends seconds importing torch and diffusers
 (5-15 s on a busy 2-core CPU), far more than the checks take. The fork server
-(``python -m helpers.grade --forkserver SPEC``) imports them once, runs each lab's checks
+(``python -m helpers.grading.forkserver SPEC``) imports them once, runs each lab's checks
 once on the reference (the warm-up), then, for each job the parent sends on its stdin (one
 JSON line), ``fork()``s a child that is exactly the worker: its own session (the parent
 kills its whole process group on a timeout), limits, working folder, audit hook, integrity
@@ -13,7 +13,7 @@ never runs a learner's code. It reports ``{"job", "pid"}`` when a child starts a
 
 The server is single-threaded (forking a threaded process is unsafe) and torch runs with
 one thread, so the fork is safe. If it cannot start, the grader falls back to one
-``python -m helpers.grade --worker`` process per job.
+``python -m helpers.grading.worker`` process per job.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def server_main(spec_json: str) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from helpers import grade
+    from helpers.grading import worker
     from helpers.labs import LabInfo
 
     warm: dict[str, dict] = {}
@@ -50,7 +50,7 @@ def server_main(spec_json: str) -> None:
         info = LabInfo(**d)
         try:
             importlib.import_module(info.check_module)
-            warm[info.key] = grade._warm_up(info)
+            warm[info.key] = worker.warm_up(info)
         except BaseException as exc:  # noqa: BLE001 - the child will report it as a worker error
             warm[info.key] = {"error": f"{type(exc).__name__}: {exc}"}
     sys.stdout.flush()
@@ -113,11 +113,11 @@ def _child(job: dict, warm: dict | None) -> None:
         os.close(devnull)
         os.chdir(job["cwd"])
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        from helpers import grade
+        from helpers.grading import worker
 
         if warm is not None and "error" in warm:
             warm = None
-        grade._worker_main(job=job, warm=warm)
+        worker.main(job=job, warm=warm)
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
@@ -139,7 +139,7 @@ class ForkServer:
 
     def __init__(self, labs: list[dict], path: list[str], env: dict, cwd: str, startup: float = 600.0):
         spec = json.dumps({"labs": labs, "path": path})
-        self.proc = subprocess.Popen([sys.executable, "-m", "helpers.grade", "--forkserver", spec],
+        self.proc = subprocess.Popen([sys.executable, "-m", "helpers.grading.forkserver", spec],
                                      cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
         self.lock = threading.Lock()
@@ -263,3 +263,7 @@ class FifoDrain(threading.Thread):
         if self.total > len(self.head):
             s += f"\n[... {self.total - len(self.head)} more bytes not shown]"
         return s
+
+
+if __name__ == "__main__":
+    server_main(sys.argv[1])
