@@ -12,6 +12,9 @@ tiny-dit is a diffusers `PixArtTransformer2DModel` (PixArt-alpha, Chen et al. 20
 and reads the caption through cross-attention. It denoises tiny-sd's VAE latents (scaled by
 tiny-sd's scaling_factor), conditioned on tiny-sd's frozen CLIP text encoder, and predicts
 epsilon under tiny-sd's noise schedule, so every diffusers scheduler works with it.
+
+The architecture is here too (`TinyDiTConfig`, `build_transformer`: Lab 07 builds an untrained
+one when the trained folder is missing); its training is `helpers.train.tiny_dit`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,59 @@ import inspect
 from dataclasses import dataclass
 
 import torch
+
+
+@dataclass
+class TinyDiTConfig:
+    """tiny-dit's architecture: 4x8x8 latents in 2x2 patches (16 tokens) of width `hidden`,
+    `layers` PixArt blocks of `heads` heads; `seed` fixes the initialisation."""
+    seed: int = 0
+    hidden: int = 128
+    heads: int = 4
+    layers: int = 6
+    patch: int = 2
+
+
+def build_transformer(cfg: TinyDiTConfig, caption_channels: int = 64, latent_size: int = 8,
+                      latent_channels: int = 4):
+    """A fresh PixArtTransformer2DModel for tiny-sd's latents, PixArt-alpha's initialisation."""
+    from diffusers import PixArtTransformer2DModel
+
+    torch.manual_seed(cfg.seed)
+    model = PixArtTransformer2DModel(
+        num_attention_heads=cfg.heads, attention_head_dim=cfg.hidden // cfg.heads,
+        in_channels=latent_channels, out_channels=latent_channels, num_layers=cfg.layers,
+        cross_attention_dim=cfg.hidden, sample_size=latent_size, patch_size=cfg.patch,
+        caption_channels=caption_channels, use_additional_conditions=False,
+    )
+    init_pixart_(model)
+    return model
+
+
+@torch.no_grad()
+def init_pixart_(model) -> None:
+    """PixArt-alpha's `initialize_weights` (PixArt-alpha repo, diffusion/model/nets/PixArt.py):
+    xavier-uniform linears with zero bias; the patch embedding like a linear; timestep and
+    caption MLPs N(0, 0.02); each block's cross-attention output projection and the final
+    projection zeroed."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                torch.nn.init.zeros_(m.bias)
+    w = model.pos_embed.proj.weight
+    torch.nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    torch.nn.init.zeros_(model.pos_embed.proj.bias)
+    te = model.adaln_single.emb.timestep_embedder
+    for lin in (te.linear_1, te.linear_2, model.adaln_single.linear):
+        torch.nn.init.normal_(lin.weight, std=0.02)
+    for lin in (model.caption_projection.linear_1, model.caption_projection.linear_2):
+        torch.nn.init.normal_(lin.weight, std=0.02)
+    for block in model.transformer_blocks:
+        torch.nn.init.zeros_(block.attn2.to_out[0].weight)
+        torch.nn.init.zeros_(block.attn2.to_out[0].bias)
+    torch.nn.init.zeros_(model.proj_out.weight)
+    torch.nn.init.zeros_(model.proj_out.bias)
 
 
 @torch.no_grad()
@@ -48,6 +104,21 @@ def generate_dit(transformer, vae, tokenizer, text_encoder, scheduler, prompts,
       4. x = vae.decode(z_0 / scaling_factor)
     prompts: str or list of B str; generator: a torch.Generator (the initial noise is drawn
     on its device, then moved); latents: optional initial noise (B, 4, h, w).
+
+    Why this loop is not shared with the other two written-out loops of the course:
+    - Lab 06's `generate` (helpers/solutions/lab06_pipeline_components.py) is the learner's
+      exercise: a solution module imports only torch/diffusers (DESIGN), so it cannot call
+      this, and this must not call it: the zoo's DiT sampling (Lab 07's figures, the
+      measured tiny-dit card) would then change whenever a lab's reference is edited. Its
+      denoiser call also differs (UNet: `unet(x, t, encoder_hidden_states=...)`; PixArt:
+      `transformer(x, encoder_hidden_states=..., timestep=t expanded to the batch)`).
+    - The Lab 06 check's `_loop` is not a sampler but the maker of typical-bug candidates
+      (CFG swapped, init_noise_sigma missing, ...), deliberately written apart from the
+      reference, with a switch per bug; the check's expected images come from
+      `StableDiffusionPipeline` itself. Checks import only the solution, `_core`, `zoo`
+      and `shapes` (docs/CONTRACT.md).
+    The pipeline calls of `helpers.evaluate` (`generate`, `judge_accuracy`, `benchmark`,
+    `controlnet_accuracy`) are not loops over timesteps: they call this through `TinyDiT`.
     """
     from diffusers.utils.torch_utils import randn_tensor
 

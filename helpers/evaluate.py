@@ -3,7 +3,8 @@ judge read the images back, count what is right.
 
     acc = judge_accuracy(pipe, n=256, guidance_scale=7.5, steps=25)   # {"color": 0.97, ...}
 
-Used by the model card (`helpers.model_card`), by the tests and by the labs' experiments.
+Used by the model cards (`helpers.train`), by the tests and by the labs' experiments; the
+labs import from here, never from the maintainer-only `helpers.train`.
 """
 
 from __future__ import annotations
@@ -43,15 +44,22 @@ def eval_prompts(n: int, seed: int = 1234, split: str = "train", template: int |
 
 @torch.no_grad()
 def generate(pipe, captions, guidance_scale=7.5, steps=25, seed=0, batch_size=128,
-             negative_prompt=None):
-    """Images (B, 3, H, W) in [0, 1] on the CPU, batch by batch, seeded per batch."""
+             negative_prompt=None, control=None, **pipe_kwargs):
+    """Images (B, 3, H, W) in [0, 1] on the CPU, batch by batch, seeded per batch.
+
+    The one batching loop over a pipeline call (tiny-sd, tiny-dit, a ControlNet pipeline):
+    control: control images (B, 3, H, W) for a ControlNet pipeline, cut into the same batches
+    as the captions and passed as `image=`; pipe_kwargs go to every call
+    (``controlnet_conditioning_scale=1.0``, ...)."""
     out = []
     for i in range(0, len(captions), batch_size):
         chunk = captions[i:i + batch_size]
         gen = torch.Generator(device="cpu").manual_seed(seed + i)
         neg = None if negative_prompt is None else [negative_prompt] * len(chunk)
+        if control is not None:
+            pipe_kwargs["image"] = control[i:i + batch_size]
         res = pipe(prompt=chunk, negative_prompt=neg, num_inference_steps=steps,
-                   guidance_scale=guidance_scale, generator=gen, output_type="pt")
+                   guidance_scale=guidance_scale, generator=gen, output_type="pt", **pipe_kwargs)
         out.append(res.images.float().cpu())
     return torch.cat(out)
 
@@ -150,6 +158,57 @@ def judge_accuracy(pipe, n=256, guidance_scale=7.5, steps=25, seed=1234, split="
     return {**{k: round(v, 4) for k, v in result.accuracy.items()}, "seconds": round(seconds, 2)}
 
 
+def controlnet_eval_set(n: int, seed: int = 4321, conflicting: bool = False):
+    """Control masks of n fresh images and the prompts to pair them with:
+    (captions, caption attributes, masks (n, 1, 64, 64), map attributes).
+    conflicting=False: each image's own caption. conflicting=True: the caption keeps the
+    colour and shape but names another position and the other size, so where and how big
+    the shape comes out tells whether the map or the caption won."""
+    batch = shapes.make_batch(n, seed=seed, split="train")
+    maps = batch["attributes"]
+    if not conflicting:
+        return batch["captions"], maps, batch["mask"], maps
+    gen = torch.Generator().manual_seed(seed)
+    attrs = []
+    for a in maps:
+        k = int(torch.randint(1, len(shapes.POSITIONS), (1,), generator=gen))
+        pos = shapes.POSITIONS[(shapes.POSITIONS.index(a.position) + k) % len(shapes.POSITIONS)]
+        size = shapes.SIZES[1 - shapes.SIZES.index(a.size)]
+        attrs.append(shapes.Attributes(a.shape, a.color, size, pos))
+    caps = [shapes.caption(a, template=i % len(shapes.TEMPLATES)) for i, a in enumerate(attrs)]
+    return caps, attrs, batch["mask"], maps
+
+
+@torch.no_grad()
+def controlnet_accuracy(pipe, n=128, scale=1.0, guidance_scale=7.5, steps=25,
+                        conflicting=False, seed=4321, batch_size=64) -> dict:
+    """Generate with a StableDiffusionControlNetPipeline from n control masks
+    (`controlnet_eval_set`) and measure: median and mean IoU of the judged shape mask with the
+    control mask, colour accuracy (against the caption), and how often shape, size and
+    position follow the map or (for conflicting prompts) the caption; plus the seconds."""
+    from helpers.zoo import control_image
+
+    caps, attrs, masks, maps = controlnet_eval_set(n, seed=seed, conflicting=conflicting)
+    t0 = time.perf_counter()
+    images = generate(pipe, caps, guidance_scale, steps, seed=seed, batch_size=batch_size,
+                      control=control_image(masks), controlnet_conditioning_scale=float(scale))
+    seconds = time.perf_counter() - t0
+    j = shapes.judge(images)
+    ious = shapes.iou(j.masks, masks)
+    got = j.attributes
+
+    def rate(key, targets):
+        return round(sum(g is not None and getattr(g, key) == getattr(t, key)
+                         for g, t in zip(got, targets)) / n, 4)
+
+    out = {"median_iou": round(float(ious.median()), 4), "mean_iou": round(float(ious.mean()), 4),
+           "color": rate("color", attrs), "shape": rate("shape", maps),
+           "size_map": rate("size", maps), "position_map": rate("position", maps)}
+    if conflicting:
+        out |= {"size_caption": rate("size", attrs), "position_caption": rate("position", attrs)}
+    return out | {"seconds": round(seconds, 2)}
+
+
 @torch.no_grad()
 def vae_psnr(vae, n=256, seed=777, split="all") -> float:
     """Mean PSNR (dB, images in [0, 1]) of the VAE's reconstruction (posterior mean) of n
@@ -172,6 +231,34 @@ def benchmark(pipe, n=8, steps=25, guidance_scale=7.5, repeats=3) -> float:
         generate(pipe, caps, guidance_scale, steps, seed=r, batch_size=n)
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def count_flops(fn) -> int:
+    """FLOPs of one call of fn() (torch.utils.flop_counter: matmuls and convolutions, a
+    multiply-add counted as 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return int(fc.get_total_flops())
+
+
+def forward_flops(calls: dict) -> dict:
+    """FLOPs of one forward of each model, attention included. calls: {name: (model, fn)},
+    fn() running model once. Counted with diffusers' classic AttnProcessor (explicit
+    matmuls), because FlopCounterMode does not see the fused scaled_dot_product_attention
+    kernel on a CPU; each model's processors are restored afterwards. Returns {name: FLOPs}."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    out = {}
+    for name, (model, call) in calls.items():
+        saved = model.attn_processors
+        model.set_attn_processor(AttnProcessor())
+        try:
+            with torch.no_grad():
+                out[name] = count_flops(call)
+        finally:
+            model.set_attn_processor(saved)
+    return out
 
 
 def param_count(module) -> int:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import shapes
-from helpers.train import q_sample
+from helpers.diffusion import q_sample
 
 # The Linear layers a LoRA adapts. diffusers' SD LoRA scripts target the attention
 # projections: "to_q", "to_k", "to_v", "to_out.0" in the UNet, "q_proj", "k_proj", "v_proj",
