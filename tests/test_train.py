@@ -1,20 +1,23 @@
-"""`python -m helpers.train tiny-sd` end to end, in its minutes-long smoke configuration:
-the folder it writes is a StableDiffusionPipeline that loads and samples, with a loss log,
-training info and a checksum manifest."""
+"""`python -m helpers.train tiny-sd` (helpers/train/cli.py, tiny_sd.py) end to end, in its
+minutes-long smoke configuration: the folder it writes is a StableDiffusionPipeline that
+loads and samples, with a loss log, training info and a checksum manifest."""
 
 import csv
 import json
 
+import pytest
 import torch
 
-from helpers import train, zoo
+from helpers import zoo
+from helpers.train import cli, tiny_sd
 
 
 def test_quick_training_writes_a_loadable_pipeline(tmp_path):
     out = tmp_path / "tiny-sd"
-    train.main(["tiny-sd", "--quick", "--no-eval", "--out", str(out)])
+    cli.main(["tiny-sd", "--quick", "--no-eval", "--out", str(out)])
     info = json.loads((out / "train_info.json").read_text())
-    assert info["config"]["unet_steps"] == train.TinySDConfig.quick().unet_steps
+    assert info["model"] == "tiny-sd"
+    assert info["config"]["unet_steps"] == tiny_sd.TinySDConfig.quick().unet_steps
     assert set(info["params"]) == {"vae", "text_encoder", "unet"}
     rows = list(csv.DictReader(open(out / "train_log.csv")))
     assert {r["phase"] for r in rows} == {"vae", "unet"}
@@ -29,9 +32,19 @@ def test_quick_training_writes_a_loadable_pipeline(tmp_path):
 
 
 def test_initialisation_is_reproducible_from_its_seed(tmp_path):
-    cfg = train.TinySDConfig.quick()
-    a = train.build_components(cfg, tokenizer_dir=tmp_path / "a")
-    b = train.build_components(cfg, tokenizer_dir=tmp_path / "b")
+    cfg = tiny_sd.TinySDConfig.quick()
+    a = tiny_sd.build_components(cfg, tokenizer_dir=tmp_path / "a")
+    b = tiny_sd.build_components(cfg, tokenizer_dir=tmp_path / "b")
     for m_a, m_b in zip((a[0], a[2], a[3]), (b[0], b[2], b[3])):
         for p, q in zip(m_a.parameters(), m_b.parameters()):
             assert torch.equal(p, q)
+
+
+def test_step_options_apply_only_to_models_that_have_them(tmp_path, capsys):
+    """--steps is tiny-controlnet's and tiny-dit's, --unet-steps tiny-sd's, --base not
+    tiny-sd's: the wrong one is refused before anything trains."""
+    for argv in (["tiny-sd", "--steps", "3"], ["tiny-dit", "--unet-steps", "3"], ["tiny-sd", "--base", "x"]):
+        with pytest.raises(SystemExit):
+            cli.main(argv + ["--quick", "--no-eval", "--out", str(tmp_path / "never")])
+        assert "does not apply" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists() and not (tmp_path / "never.tmp").exists()

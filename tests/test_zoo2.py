@@ -1,7 +1,7 @@
 """tiny-controlnet and tiny-dit: they load offline with checksums verified, belong to the
 shipped tiny-sd, stay in the size budget, do what their cards say on a small batch, and
-rebuild from `python -m helpers.train` (smoke configuration). Also: a fresh ControlNet
-leaves tiny-sd exactly unchanged."""
+rebuild from `python -m helpers.train` (smoke configuration), and their cards render from
+their stored measurements. Also: a fresh ControlNet leaves tiny-sd exactly unchanged."""
 
 import csv
 import json
@@ -10,8 +10,10 @@ import shutil
 import pytest
 import torch
 
-from helpers import evaluate, model_card, shapes, train, zoo
-from helpers.dit import TinyDiT, generate_dit
+from helpers import evaluate, shapes, zoo
+from helpers.dit import TinyDiT, TinyDiTConfig, build_transformer, generate_dit
+from helpers.train import card, cli, registry
+from helpers.train.tiny_controlnet import TinyControlNetConfig, build_controlnet
 
 CN = zoo.ASSETS / "tiny-controlnet"
 DIT = zoo.ASSETS / "tiny-dit"
@@ -155,8 +157,8 @@ def test_fresh_controlnet_pipeline_makes_tiny_sds_images_exactly(sd):
 # ---------------------------------------------------------------- quality on a small batch
 
 def test_controlnet_shape_follows_the_map(cn_pipe):
-    at1 = model_card.controlnet_accuracy(cn_pipe, n=12, scale=1.0, steps=15, conflicting=True, seed=77)
-    at0 = model_card.controlnet_accuracy(cn_pipe, n=12, scale=0.0, steps=15, conflicting=True, seed=77)
+    at1 = evaluate.controlnet_accuracy(cn_pipe, n=12, scale=1.0, steps=15, conflicting=True, seed=77)
+    at0 = evaluate.controlnet_accuracy(cn_pipe, n=12, scale=0.0, steps=15, conflicting=True, seed=77)
     # the caption names another place and size; with the ControlNet on, the map wins
     assert at1["median_iou"] >= 0.7 and at1["color"] >= 0.75, at1
     assert at1["position_map"] >= 0.75, at1
@@ -209,7 +211,7 @@ def test_generate_dit_is_the_written_out_loop(dit):
 
 def test_flop_counter_counts_a_multiply_add_as_two():
     lin = torch.nn.Linear(8, 3, bias=False)
-    assert model_card.count_flops(lambda: lin(torch.randn(5, 8))) == 2 * 5 * 8 * 3
+    assert evaluate.count_flops(lambda: lin(torch.randn(5, 8))) == 2 * 5 * 8 * 3
 
 
 # ------------------------------------------------------------------------------ training
@@ -217,7 +219,7 @@ def test_flop_counter_counts_a_multiply_add_as_two():
 @pytest.mark.parametrize("name", ["tiny-controlnet", "tiny-dit"])
 def test_quick_training_writes_a_loadable_folder(tmp_path, monkeypatch, name):
     out = tmp_path / name
-    train.main([name, "--quick", "--no-eval", "--out", str(out)])
+    cli.main([name, "--quick", "--no-eval", "--out", str(out)])
     info = json.loads((out / "train_info.json").read_text())
     assert info["model"] == name and info["base"]["sha256"]
     rows = list(csv.DictReader(open(out / "train_log.csv")))
@@ -234,32 +236,65 @@ def test_quick_training_writes_a_loadable_folder(tmp_path, monkeypatch, name):
 
 
 def test_initialisation_is_reproducible_from_its_seed(sd):
-    from helpers.train_controlnet import TinyControlNetConfig, build_controlnet
-    from helpers.train_dit import TinyDiTConfig, build_transformer
-
-    for make in (lambda: build_transformer(TinyDiTConfig.quick()),
+    for make in (lambda: build_transformer(TinyDiTConfig()),
                  lambda: build_controlnet(sd.unet, TinyControlNetConfig.quick())):
         a, b = make(), make()
         assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     # PixArt-alpha's initialisation: the final projection starts at zero
-    assert torch.count_nonzero(build_transformer(TinyDiTConfig.quick()).proj_out.weight) == 0
+    assert torch.count_nonzero(build_transformer(TinyDiTConfig()).proj_out.weight) == 0
 
 
 def test_write_model_card_dispatches_on_the_model_name(tmp_path, monkeypatch):
-    """train_info.json "model" picks the measure/render pair and its default worker count; a
-    folder without a model name is tiny-sd's."""
-    import json
+    """train_info.json "model" picks the model's module (its measure and render_card, its
+    default worker count); a folder without a model name is tiny-sd's."""
+    from types import SimpleNamespace
 
     calls = []
-    fake = {name: (lambda folder, quick, workers, name=name: calls.append((name, quick, workers)) or {"m": name},
-                   lambda folder, m, info, name=name: f"card of {name}", w)
+    fake = {name: SimpleNamespace(
+                NAME=name, WORKERS=w,
+                measure=lambda folder, quick, workers, name=name: calls.append((name, quick, workers)) or {"m": name},
+                render_card=lambda folder, m, info, name=name: f"card of {name}")
             for name, w in [("tiny-sd", 2), ("tiny-controlnet", 1), ("tiny-dit", 1)]}
-    monkeypatch.setattr(model_card, "CARDS", fake)
+    monkeypatch.setattr(registry, "MODELS", fake)
     for info, workers, expected in [({"model": "tiny-dit"}, None, ("tiny-dit", True, 1)),
                                     ({"model": "tiny-controlnet"}, 3, ("tiny-controlnet", True, 3)),
                                     ({}, None, ("tiny-sd", True, 2))]:
         (tmp_path / "train_info.json").write_text(json.dumps(info))
-        assert model_card.write_model_card(tmp_path, quick=True, workers=workers) == {"m": expected[0]}
+        metrics = {"m": expected[0], "measured_by": card.CARD_COMMAND}
+        assert card.write_model_card(tmp_path, quick=True, workers=workers) == metrics
         assert calls[-1] == expected
         assert (tmp_path / "README.md").read_text() == f"card of {expected[0]}"
-        assert json.loads((tmp_path / "metrics.json").read_text()) == {"m": expected[0]}
+        assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+
+
+def test_card_command_uses_each_models_own_worker_count(tmp_path, monkeypatch):
+    """`python -m helpers.train.card <folder>` without --workers: the model's WORKERS."""
+    seen = []
+    monkeypatch.setattr(card, "write_model_card", lambda folder, quick, workers: seen.append(workers))
+    monkeypatch.setattr(card, "write_manifest", lambda folder: None)
+    card.main([str(tmp_path)])
+    card.main([str(tmp_path), "--workers", "3"])
+    assert seen == [None, 3]
+
+
+@pytest.mark.parametrize("name", ["tiny-sd", "tiny-controlnet", "tiny-dit"])
+def test_shipped_card_renders_from_its_stored_measurements(name):
+    """Each shipped README.md is exactly its model's render_card over the stored metrics.json
+    and train_info.json: the card template and the measurements stay separate, and the
+    checksummed cards are what the code writes."""
+    folder = zoo.ASSETS / name
+    info = json.loads((folder / "train_info.json").read_text())
+    assert registry.model_of(info).NAME == name
+    assert card.render_stored_card(folder) == (folder / "README.md").read_text()
+
+
+def test_a_new_measurement_names_the_card_command():
+    """Old metrics (no "measured_by") keep the command that measured them; new ones name
+    `python -m helpers.train.card`."""
+    folder = zoo.ASSETS / "tiny-dit"
+    m = json.loads((folder / "metrics.json").read_text())
+    info = json.loads((folder / "train_info.json").read_text())
+    module = registry.model("tiny-dit")
+    assert "python -m helpers.model_card helpers/assets/tiny-dit" in module.render_card(folder, m, info)
+    fresh = module.render_card(folder, m | {"measured_by": card.CARD_COMMAND}, info)
+    assert "python -m helpers.train.card helpers/assets/tiny-dit" in fresh and "model_card" not in fresh
