@@ -30,6 +30,7 @@ from typing import Any
 
 from helpers.checks._core import Result, describe_exception, make_generator, run_check
 from helpers.labs import LabInfo, find_lab, repo_root
+from helpers.make_starters import is_legacy, solution_blocks
 
 MODES = ("auto", "solutions", "starters")
 _counter = itertools.count()
@@ -115,6 +116,8 @@ def run_lab_checks(info: LabInfo, module: types.ModuleType | None, seed: int,
         else:
             res = run_check(fn, getattr(target, name), make_generator(seed, name, stream),
                             learner_file, name)
+        if res.status in ("failed", "error") and hint_levels(info, name, numbered=True):
+            res.message += f'\nMore help: hint("{info.key}", "{name}") shows the next hint.'
         results[name] = res
         if fallback and res.status != "passed" and module is not None:
             setattr(module, name, getattr(ref, name))
@@ -255,7 +258,10 @@ def exercise(lab, mode: str | None = None, seed: int | None = None) -> LabFuncti
     return ex
 
 
-def format_table(rows: list[list[str]], headers: list[str], width: int = 100) -> str:
+TABLE_WIDTH = 100  # characters of a message's first line in a table; the whole message follows it
+
+
+def format_table(rows: list[list[str]], headers: list[str], width: int = TABLE_WIDTH) -> str:
     """A plain-text table; each cell keeps its first line, cut to ``width`` characters."""
     cells = [[(str(c).splitlines() or [""])[0][:width] for c in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
@@ -295,8 +301,62 @@ def check(lab, seed: int | None = None) -> list[Result]:
     print(f"{info.name}: checking {where}  [seed {seed}: check(\"{info.key}\", seed={seed}) reproduces]")
     print(format_table([[r.name, r.status.upper() if r.status != "passed" else "passed", r.message]
                         for r in results], ["function", "status", "message"]))
-    for r in results:  # full messages of failures (multi-line: index, hint, learner's line)
-        if r.status in ("failed", "error") and "\n" in r.message:
+    for r in results:  # every failure's message whole (the table shows its first line, cut)
+        if r.status in ("failed", "error") and (len(r.message) > TABLE_WIDTH or "\n" in r.message):
             print(f"\n{r.name}:\n  " + r.message.replace("\n", "\n  "))
     print(f"\n{passed}/{len(results)} passed")
     return CheckResults(results)
+
+
+# --------------------------------------------------------------------------- hints on demand
+
+HINT_NAMES = {1: "where to look", 2: "the plan", 3: "the formula"}
+_hints_shown: dict[tuple[str, str], int] = {}
+
+
+def hint_levels(lab, name: str, numbered: bool = False) -> list[str]:
+    """The hints of exercise ``name`` of ``lab``, level 1 first, as written next to the
+    solution (``# HINT n:`` lines, see :mod:`helpers.make_starters`). For a class, the hints
+    of its methods, level by level. ``[]`` when none are written. ``numbered``: only the
+    ``# HINT n:`` form, not the older unnumbered lines the starter already shows."""
+    info = lab if isinstance(lab, LabInfo) else find_lab(lab)
+    path = Path(reference(info).__file__)
+    blocks = [b for b in solution_blocks(path.read_text(encoding="utf-8"), str(path))
+              if (b.name == name or b.name.startswith(name + ".")) and not (numbered and is_legacy(b))]
+    levels: list[str] = []
+    for level in sorted({k for b in blocks for k in b.hints}):
+        parts = []
+        for b in blocks:
+            text = " ".join(b.hints.get(level, []))
+            if text:
+                parts.append(f"{b.name}: {text}" if b.name != name else text)
+        levels.append("\n".join(parts))
+    return levels
+
+
+def hint(lab, name: str, level: int | None = None) -> None:
+    """Show the next hint for exercise ``name`` of ``lab``: each call shows one more level
+    (1: where to look, 2: the plan in words, 3: the formula), then stays at the last.
+    ``level`` shows that level instead (``level=1`` starts over).
+
+    The levels you opened are remembered in this Python process only: nothing is recorded
+    or sent anywhere, and the grader does not see them."""
+    info = find_lab(lab)
+    levels = hint_levels(info, name)
+    if not levels:
+        known = [n for n in names(info) if hint_levels(info, n)]
+        text = f"No hints are written for {name!r} in {info.key}." + \
+            (f" Exercises with hints: {', '.join(known)}." if known else "")
+    else:
+        key = (info.key, name)
+        k = min(max(1, level if level is not None else _hints_shown.get(key, 0) + 1), len(levels))
+        _hints_shown[key] = k
+        title = f"Hint {k} of {len(levels)} for {name} ({info.key})"
+        if len(levels) > 1 and k in HINT_NAMES:
+            title += f": {HINT_NAMES[k]}"
+        text = f"{title}\n{levels[k - 1]}"
+        if k == len(levels):
+            text += "\n(That was the last hint. The docstring's equation and the check's message say the rest.)"
+        else:
+            text += f'\n(Call hint("{info.key}", "{name}") again for the next one.)'
+    print(text)

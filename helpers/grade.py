@@ -420,11 +420,14 @@ def grade_class(submissions: str | os.PathLike, labs=None, out: str | os.PathLik
 
 
 def format_report(report: Report) -> str:
-    from helpers.exercise import format_table
+    from helpers.exercise import TABLE_WIDTH, format_table
 
     table = format_table([[r.lab, r.function, r.status, r.message] for r in report.rows],
                          ["lab", "function", "status", "message"])
     lines = [f"Grading {report.starters}  [seed {report.seed}]", table, ""]
+    for r in report.rows:  # every failure's message whole (the table shows its first line, cut)
+        if r.status in ("failed", "error") and (len(r.message) > TABLE_WIDTH or "\n" in r.message):
+            lines += [f"{r.lab} {r.function}:", "  " + r.message.replace("\n", "\n  "), ""]
     for lab in dict.fromkeys(r.lab for r in report.rows):
         p, t = report.score(lab)
         lines.append(f"{lab}: {p}/{t}")

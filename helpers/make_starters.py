@@ -8,14 +8,24 @@ In ``helpers/solutions/<slug>.py`` each exercise body is written as::
     def add_noise(x0, noise, t, abar):
         \"\"\"docstring with the equation\"\"\"
         # BEGIN SOLUTION
-        # HINT: abar_t = abar[t], reshaped to (B, 1, ..., 1)
+        # TODO: what to compute and where to read it (never the code)
+        # HINT 1: where to look (the paper's equation, the diffusers function and its lines)
+        # HINT 2: the plan in words
+        # HINT 3: the formula
         ...reference code...
         # END SOLUTION
 
-and the starter gets, at the block's indentation::
+and the starter gets, at the block's indentation, the TODO lines only::
 
-        # TODO: abar_t = abar[t], reshaped to (B, 1, ..., 1)
+        # TODO: what to compute and where to read it (never the code)
+        # Stuck? hint("lab01", "add_noise") in the notebook shows the next hint.
         raise NotImplementedError("TODO(lab01): add_noise")
+
+The numbered hints stay out of the starter: ``helpers.exercise.hint(lab, name)`` reads them
+from the solution module (:func:`solution_blocks`) and shows one more level per call. A
+``# HINT n:`` line may continue on the following ``# HINT n:`` lines. The older form,
+unnumbered ``# HINT: text`` lines, is copied into the starter as ``# TODO: text`` (and is
+the only hint level), for labs not yet written the new way.
 """
 from __future__ import annotations
 
@@ -23,13 +33,16 @@ import argparse
 import difflib
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from helpers.labs import LabInfo, available_labs, repo_root
 
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)# BEGIN SOLUTION[ \t]*$")
 END = re.compile(r"^[ \t]*# END SOLUTION[ \t]*$")
-HINT = re.compile(r"^[ \t]*# HINT:[ \t]?(?P<text>.*)$")
+HINT = re.compile(r"^[ \t]*# HINT:[ \t]?(?P<text>.*)$")  # the older form: shown in the starter
+TODO = re.compile(r"^[ \t]*# TODO:[ \t]?(?P<text>.*)$")
+LEVEL = re.compile(r"^[ \t]*# HINT (?P<level>[1-9]):[ \t]?(?P<text>.*)$")
 DEF = re.compile(r"^(?P<indent>[ \t]*)(?:async[ \t]+)?(?:def|class)[ \t]+(?P<name>\w+)")
 
 
@@ -50,40 +63,81 @@ def _enclosing(lines: list[str], i: int, indent: str) -> str:
     return ".".join(reversed(parts)) or "<module>"
 
 
+@dataclass
+class Block:
+    """One ``# BEGIN SOLUTION`` ... ``# END SOLUTION`` block of a solution module."""
+
+    name: str  # the enclosing def/class, qualified ("LoRALinear.forward")
+    indent: str
+    todo: list[str] = field(default_factory=list)  # shown in the starter
+    hints: dict[int, list[str]] = field(default_factory=dict)  # level -> lines; hint() only
+    code: list[str] = field(default_factory=list)  # the solution's lines, comments included
+    start: int = 0  # line index of BEGIN
+    end: int = 0  # line index of END
+
+
+def solution_blocks(source: str, filename: str = "<solution>") -> list[Block]:
+    """Every solution block of ``source``, in order. Raises :class:`MarkerError` (with
+    ``filename`` and line number) on nested or unmatched markers."""
+    lines = source.splitlines()
+    blocks: list[Block] = []
+    i = 0
+    while i < len(lines):
+        if END.match(lines[i]):
+            raise MarkerError(f"{filename}:{i + 1}: '# END SOLUTION' without a matching '# BEGIN SOLUTION'")
+        m = BEGIN.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        block = Block(_enclosing(lines, i, m.group("indent")), m.group("indent"), start=i)
+        i += 1
+        while i < len(lines):  # the leading comments: TODO, HINT n and the older HINT lines
+            if t := TODO.match(lines[i]):
+                block.todo.append(t.group("text").rstrip())
+            elif h := LEVEL.match(lines[i]):
+                block.hints.setdefault(int(h.group("level")), []).append(h.group("text").rstrip())
+            elif h := HINT.match(lines[i]):
+                block.todo.append(h.group("text").rstrip())
+                block.hints.setdefault(1, []).append(h.group("text").rstrip())
+            else:
+                break
+            i += 1
+        while i < len(lines) and not END.match(lines[i]):
+            if BEGIN.match(lines[i]):
+                raise MarkerError(f"{filename}:{i + 1}: nested '# BEGIN SOLUTION' (the block "
+                                  f"opened at line {block.start + 1} is not closed)")
+            block.code.append(lines[i])
+            i += 1
+        if i == len(lines):
+            raise MarkerError(f"{filename}:{block.start + 1}: '# BEGIN SOLUTION' without a matching '# END SOLUTION'")
+        block.end = i
+        blocks.append(block)
+        i += 1
+    return blocks
+
+
 def strip_solutions(source: str, lab_key: str, filename: str = "<solution>") -> str:
-    """``source`` with every solution block replaced by its hints (as ``# TODO:``) and a
+    """``source`` with every solution block replaced by its ``# TODO:`` lines, a pointer to
+    ``hint(...)`` when the block has numbered hints, and a
     ``raise NotImplementedError("TODO(<lab_key>): <name>")``. Raises :class:`MarkerError`
     (with ``filename`` and line number) on nested or unmatched markers."""
     lines = source.splitlines(keepends=True)
     out: list[str] = []
     i = 0
-    while i < len(lines):
-        line = lines[i]
-        m = BEGIN.match(line.rstrip("\r\n"))
-        if END.match(line.rstrip("\r\n")):
-            raise MarkerError(f"{filename}:{i + 1}: '# END SOLUTION' without a matching '# BEGIN SOLUTION'")
-        if not m:
-            out.append(line)
-            i += 1
-            continue
-        start, indent = i, m.group("indent")
-        name = _enclosing(lines, i, indent)
-        i += 1
-        hints = []
-        while i < len(lines) and (h := HINT.match(lines[i].rstrip("\r\n"))):
-            hints.append(h.group("text").rstrip())
-            i += 1
-        while i < len(lines) and not END.match(lines[i].rstrip("\r\n")):
-            if BEGIN.match(lines[i].rstrip("\r\n")):
-                raise MarkerError(f"{filename}:{i + 1}: nested '# BEGIN SOLUTION' (the block "
-                                  f"opened at line {start + 1} is not closed)")
-            i += 1
-        if i == len(lines):
-            raise MarkerError(f"{filename}:{start + 1}: '# BEGIN SOLUTION' without a matching '# END SOLUTION'")
-        i += 1  # skip END
-        out += [f"{indent}# TODO: {h}\n" if h else f"{indent}# TODO:\n" for h in hints]
-        out.append(f'{indent}raise NotImplementedError("TODO({lab_key}): {name}")\n')
-    return "".join(out)
+    for b in solution_blocks(source, filename):
+        out += lines[i:b.start]
+        out += [f"{b.indent}# TODO: {t}\n" if t else f"{b.indent}# TODO:\n" for t in b.todo]
+        if b.hints and not is_legacy(b):
+            function = b.name.split(".")[0]
+            out.append(f'{b.indent}# Stuck? hint("{lab_key}", "{function}") in the notebook shows the next hint.\n')
+        out.append(f'{b.indent}raise NotImplementedError("TODO({lab_key}): {b.name}")\n')
+        i = b.end + 1
+    return "".join(out + lines[i:])
+
+
+def is_legacy(block: Block) -> bool:
+    """Whether the block's only hints are the older unnumbered ``# HINT:`` lines."""
+    return list(block.hints) == [1] and block.hints[1] == block.todo
 
 
 def header(info: LabInfo) -> str:

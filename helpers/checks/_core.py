@@ -7,6 +7,7 @@ reference, raising :class:`CheckFailed` with a message a learner can act on.
 """
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import linecache
 import os
@@ -71,6 +72,17 @@ def _matches(got: torch.Tensor, cand: Any, atol: float, rtol: float) -> bool:
         return False
 
 
+def distinct(got: float, expected: float) -> tuple[str, str]:
+    """``got`` and ``expected`` printed with as many significant digits as it takes (6 to
+    17) for the two to read differently when they differ: never "got 0.0697139, expected
+    0.0697139"."""
+    for digits in range(6, 18):
+        a, b = f"{got:.{digits}g}", f"{expected:.{digits}g}"
+        if a != b or got == expected:
+            return a, b
+    return repr(got), repr(expected)
+
+
 def assert_close(name: str, got: Any, expected: torch.Tensor, *, atol: float, rtol: float,
                  hint: str | None = None,
                  diagnose: Sequence[tuple[str, Any]] | None = None) -> None:
@@ -117,9 +129,14 @@ def assert_close(name: str, got: Any, expected: torch.Tensor, *, atol: float, rt
         idx = tuple(int(i) for i in wrong.nonzero()[0])
         max_abs = float(err[~both_nan].max())
         rel = max_abs / max(float(e64.abs().max()), 1e-12)
+        g_i, e_i = g64[idx].item(), e64[idx].item()
+        if isinstance(g_i, complex):
+            shown = (f"{g_i:.6g}", f"{e_i:.6g}")
+        else:
+            shown = distinct(g_i, e_i)
         fail(f"{int(wrong.sum())} of {err.numel()} values differ (atol={atol:g}, rtol={rtol:g}); "
              f"max abs error {max_abs:.3g}, relative error {rel:.3g}; "
-             f"first at index {idx}: got {g64[idx].item():.6g}, expected {e64[idx].item():.6g}")
+             f"first at index {idx}: got {shown[0]}, expected {shown[1]}")
 
 
 # --------------------------------------------------------------------------- running
@@ -144,10 +161,17 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
+# the learner's file while run_check runs a check: a check that catches the learner's
+# exception and describes it (describe_exception(exc)) still names the learner's line
+_LEARNER_FILE: contextvars.ContextVar = contextvars.ContextVar("learner_file", default=None)
+
+
 def describe_exception(exc: BaseException, learner_file: str | os.PathLike | None = None) -> str:
     """``ZeroDivisionError: division by zero\\n  at lab01_x.py line 12, in add_noise: x / 0``:
-    the exception and the last traceback frame inside ``learner_file`` (or the last frame
-    at all, when none is in the learner's file)."""
+    the exception and the last traceback frame inside ``learner_file`` (default: the file
+    of the learner whose check is running), or the last frame at all, marked "(not in your
+    file)", when none is in the learner's file."""
+    learner_file = learner_file if learner_file is not None else _LEARNER_FILE.get()
     head = f"{type(exc).__name__}: {exc}".rstrip(": ") if str(exc) else type(exc).__name__
     frames = traceback.extract_tb(exc.__traceback__)
     mine = [f for f in frames if learner_file and _same_file(f.filename, str(learner_file))]
@@ -168,6 +192,7 @@ def run_check(check_fn: Callable, obj: Any, gen: torch.Generator,
     propagates."""
     name = name or check_fn.__name__.removeprefix("check_")
     t0 = time.perf_counter()
+    token = _LEARNER_FILE.set(learner_file)
     try:
         check_fn(obj, gen)
         status, message = "passed", ""
@@ -179,4 +204,6 @@ def run_check(check_fn: Callable, obj: Any, gen: torch.Generator,
         status, message = "failed", str(exc)
     except BaseException as exc:  # noqa: BLE001 - a learner's bug must never crash us
         status, message = "error", describe_exception(exc, learner_file)
+    finally:
+        _LEARNER_FILE.reset(token)
     return Result(name, status, message, round(time.perf_counter() - t0, 4))
