@@ -35,6 +35,22 @@ def make_generator(seed: int, name: str, stream: str = "notebook") -> torch.Gene
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
+def uniform(gen: torch.Generator, low: float, high: float) -> float:
+    """A random float in ``[low, high)`` drawn from ``gen`` (in float64)."""
+    return low + (high - low) * float(torch.rand((), generator=gen, dtype=torch.float64))
+
+
+def randn(gen: torch.Generator, shape, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal values of ``shape`` drawn from ``gen`` in float64, then cast to
+    ``dtype``: the same numbers, rounded, whatever the dtype a check tests."""
+    return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+
+
+def random_seed(gen: torch.Generator) -> int:
+    """A seed for a model's initialisation or a pipeline's generator, drawn from ``gen``."""
+    return randint(gen, 0, 2**31 - 1)
+
+
 def randint(gen: torch.Generator, low: int, high: int) -> int:
     """A random int in ``[low, high]`` (both included) drawn from ``gen``."""
     return int(torch.randint(low, high + 1, (1,), generator=gen))
@@ -54,6 +70,15 @@ def describe(t: Any) -> str:
     if isinstance(t, (int, float, bool)):
         return f"{type(t).__name__} {t!r}"
     return type(t).__name__ if t is not None else "None"
+
+
+def require_unchanged(name: str, before, after, what: str = "its inputs") -> None:
+    """Fail when a tensor of ``before`` (copies taken before the call) differs from the same
+    position of ``after`` (the objects after the call): the learner's function wrote into
+    an input in place."""
+    for a, b in zip(before, after):
+        if isinstance(a, torch.Tensor) and not torch.equal(a, b):
+            raise CheckFailed(f"{name}: your function changed {what} in place; build new tensors.")
 
 
 def require(condition: bool, message: str) -> None:

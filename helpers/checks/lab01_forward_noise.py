@@ -11,7 +11,8 @@ import math
 import torch
 from diffusers import DDPMScheduler
 
-from helpers.checks._core import CheckFailed, assert_close, choice, describe, describe_exception, randint
+from helpers.checks._core import (CheckFailed, assert_close, choice, describe, describe_exception, randint, randn,
+                                  uniform)
 from helpers.solutions import lab01_forward_noise as ref
 
 LAB = "lab01"
@@ -51,16 +52,12 @@ RESHAPE_HINT = (
 
 # --------------------------------------------------------------------------- random inputs
 
-def _uniform(gen, low, high):
-    return low + (high - low) * float(torch.rand((), generator=gen, dtype=torch.float64))
-
-
 def _random_schedule(gen, schedule=None):
     """(schedule, T, beta_start, beta_end), rounded so a message can be retyped."""
     schedule = schedule or choice(gen, SCHEDULES)
     T = randint(gen, 50, 1000)
-    beta_start = float(f"{10 ** _uniform(gen, math.log10(5e-5), -3):.3g}")  # 5e-5 .. 1e-3
-    beta_end = float(f"{_uniform(gen, 0.005, 0.03):.3g}")
+    beta_start = float(f"{10 ** uniform(gen, math.log10(5e-5), -3):.3g}")  # 5e-5 .. 1e-3
+    beta_end = float(f"{uniform(gen, 0.005, 0.03):.3g}")
     return schedule, T, beta_start, beta_end
 
 
@@ -79,10 +76,6 @@ def _shape(gen, rank, batch):
     abar_t shaped for one rank cannot broadcast silently into another."""
     sizes = [s for s in range(2, 8) if s != batch]
     return (batch,) + tuple(choice(gen, sizes) for _ in range(rank - 1))
-
-
-def _randn(gen, shape, dtype=torch.float32):
-    return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
 
 
 # --------------------------------------------------------------------------- make_betas
@@ -245,7 +238,7 @@ def _add_noise_bugs(x, eps, t, abar):
 def _noise_inputs(gen, rank, dtype, T, edges):
     B = randint(gen, 2, 6)
     shape = _shape(gen, rank, B)
-    x, eps = _randn(gen, shape, dtype), _randn(gen, shape, dtype)
+    x, eps = randn(gen, shape, dtype), randn(gen, shape, dtype)
     if edges:  # 0 and T-1 always present
         t = torch.randint(0, T, (B,), generator=gen)
         t[0], t[-1] = 0, T - 1

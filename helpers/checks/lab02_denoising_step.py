@@ -8,13 +8,12 @@ noise through a generator seeded like the one that drew ``variance_noise``). Whe
 matches what a typical bug returns, the message names that bug: the ``diagnose`` candidates
 below are those bugs, computed in float64 on the same inputs.
 """
-import math
 
 import torch
 from diffusers import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from helpers.checks._core import CheckFailed, assert_close, choice, describe, describe_exception, randint
+from helpers.checks._core import CheckFailed, assert_close, choice, describe, describe_exception, randint, randn
 from helpers.solutions import lab02_denoising_step as ref
 
 LAB = "lab02"
@@ -63,10 +62,6 @@ def _random_scheduler(gen, prediction_type="epsilon", **extra):
 def _shape(gen, rank, batch):
     sizes = [s for s in range(2, 7) if s != batch]
     return (batch,) + tuple(choice(gen, sizes) for _ in range(rank - 1))
-
-
-def _randn(gen, shape, dtype=torch.float32):
-    return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
 
 
 def _timesteps(gen, B, T, edges):
@@ -205,8 +200,8 @@ def check_pred_original_sample(fn, gen):
         T = abar.shape[0]
         for edges in (False, True):
             B = randint(gen, 2, 6)
-            x = _randn(gen, _shape(gen, 4, B))
-            mo = _randn(gen, x.shape)
+            x = randn(gen, _shape(gen, 4, B))
+            mo = randn(gen, x.shape)
             t = _timesteps(gen, B, T, edges)
             name = (f"pred_original_sample(model_output, timesteps {t.tolist()}, sample {tuple(x.shape)} "
                     f"{_dt(x)}, alphas_cumprod of {desc}, prediction_type={ptype!r})")
@@ -227,8 +222,8 @@ def check_pred_original_sample(fn, gen):
     for rank in (1, 2, 3, 5):
         ptype = choice(gen, PREDICTION_TYPES)
         B = randint(gen, 2, 6)
-        x = _randn(gen, _shape(gen, rank, B))
-        mo, t = _randn(gen, x.shape), _timesteps(gen, B, T, edges=True)
+        x = randn(gen, _shape(gen, rank, B))
+        mo, t = randn(gen, x.shape), _timesteps(gen, B, T, edges=True)
         name = (f"pred_original_sample(model_output, timesteps {t.tolist()}, sample {tuple(x.shape)} "
                 f"{_dt(x)}, prediction_type={ptype!r})")
         got = _call(fn, name, mo, t, x, abar, ptype, rank=rank)
@@ -240,8 +235,8 @@ def check_pred_original_sample(fn, gen):
     for dtype in (torch.float64, torch.float16):
         ptype = choice(gen, ("epsilon", "v_prediction"))  # 'sample' returns model_output: any dtype bug hides
         B = randint(gen, 2, 6)
-        x = _randn(gen, _shape(gen, randint(gen, 1, 5), B), dtype)
-        mo = _randn(gen, x.shape, dtype)
+        x = randn(gen, _shape(gen, randint(gen, 1, 5), B), dtype)
+        mo = randn(gen, x.shape, dtype)
         t = torch.randint(0, T // 2, (B,), generator=gen)  # float16 x_0 of the last steps overflows
         name = (f"pred_original_sample(model_output, timesteps {t.tolist()}, sample {tuple(x.shape)} "
                 f"{_dt(x)}, prediction_type={ptype!r})")
@@ -256,7 +251,7 @@ def check_pred_original_sample(fn, gen):
 
     # Another device (CUDA, else 'meta': shape and dtype without data).
     device = "cuda" if torch.cuda.is_available() else "meta"
-    x = _randn(gen, _shape(gen, 4, 3)).to(device)
+    x = randn(gen, _shape(gen, 4, 3)).to(device)
     t = torch.tensor([0, T // 2, T - 1])
     name = f"pred_original_sample(sample on {device}, alphas_cumprod on the CPU)"
     hint = "move alphas_cumprod (and timesteps) to sample.device before indexing, as in Lab 01's add_noise."
@@ -272,7 +267,7 @@ def check_pred_original_sample(fn, gen):
                           f"{describe(got)}.\nHint: {hint}")
 
     # An unknown prediction type must raise ValueError (diffusers raises ValueError too).
-    x = _randn(gen, (2, 3))
+    x = randn(gen, (2, 3))
     try:
         got = fn(x, torch.tensor([1, 2]), x, abar, "flow")
     except NotImplementedError:
@@ -319,8 +314,8 @@ def check_get_velocity(fn, gen):
     cases = [(4, False), (4, True)] + [(r, True) for r in (1, 2, 3, 5)]
     for rank, edges in cases:
         B = randint(gen, 2, 6)
-        x0 = _randn(gen, _shape(gen, rank, B))
-        eps, t = _randn(gen, x0.shape), _timesteps(gen, B, T, edges)
+        x0 = randn(gen, _shape(gen, rank, B))
+        eps, t = randn(gen, x0.shape), _timesteps(gen, B, T, edges)
         name = f"get_velocity(sample {tuple(x0.shape)} {_dt(x0)}, noise, timesteps {t.tolist()}, alphas_cumprod of {desc})"
         got = _call(fn, name, x0, eps, t, abar, rank=rank)
         _shape_dtype(name, got, x0)
@@ -328,8 +323,8 @@ def check_get_velocity(fn, gen):
                      diagnose=_v_bugs(x0, eps, t, abar), hint=EQ_V + ".")
         assert_close(f"{name} vs diffusers DDPMScheduler.get_velocity", got, sched.get_velocity(x0, eps, t),
                      **TOL[torch.float32])
-    x0 = _randn(gen, _shape(gen, randint(gen, 1, 5), 3), torch.float64)
-    eps, t = _randn(gen, x0.shape, torch.float64), _timesteps(gen, 3, T, True)
+    x0 = randn(gen, _shape(gen, randint(gen, 1, 5), 3), torch.float64)
+    eps, t = randn(gen, x0.shape, torch.float64), _timesteps(gen, 3, T, True)
     name = f"get_velocity(sample {tuple(x0.shape)} float64, noise, timesteps {t.tolist()})"
     got = _call(fn, name, x0, eps, t, abar, rank=x0.ndim)
     _shape_dtype(name, got, x0)
@@ -460,8 +455,8 @@ def _one_step_case(fn, gen, sched, desc, n, t_index, rank=4, dtype=torch.float32
     prev = int(sched.previous_timestep(sched.timesteps[t_index]))
     abar = sched.alphas_cumprod.clone()
     B = randint(gen, 2, 5)
-    x = _randn(gen, _shape(gen, rank, B), dtype)
-    mo = _randn(gen, x.shape, dtype)
+    x = randn(gen, _shape(gen, rank, B), dtype)
+    mo = randn(gen, x.shape, dtype)
     seed = randint(gen, 0, 2**31 - 1)
     z = randn_tensor(x.shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)  # diffusers' draw
     t_arg, prev_arg = (torch.tensor(t), torch.tensor(prev)) if as_tensor else (t, prev)
@@ -560,8 +555,8 @@ def check_ddpm_step(fn, gen):
     if torch.cuda.is_available():
         t = int(sched.timesteps[1])
         prev = int(sched.previous_timestep(sched.timesteps[1]))
-        x = _randn(gen, (2, 4, 3, 3))
-        mo, z = _randn(gen, x.shape), _randn(gen, x.shape)
+        x = randn(gen, (2, 4, 3, 3))
+        mo, z = randn(gen, x.shape), randn(gen, x.shape)
         ptype = sched.config.prediction_type
         got = fn(mo.cuda(), t, prev, x.cuda(), sched.alphas_cumprod, z.cuda(), ptype)
         name = f"ddpm_step(samples on cuda, alphas_cumprod on the CPU, timestep={t})"

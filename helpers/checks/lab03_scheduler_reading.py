@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
-from helpers.checks._core import CheckFailed, assert_close, choice, describe, randint
+from helpers.checks._core import CheckFailed, assert_close, choice, describe, randint, uniform
 from helpers.solutions import lab03_scheduler_reading as ref
 
 LAB = "lab03"
@@ -32,10 +32,6 @@ EQ12 = ("DDIM eq. 12: x_prev = sqrt(a') * x0_hat + sqrt(1 - a' - sigma^2) * eps_
         "a = alphas_cumprod[timestep], a' = alphas_cumprod[prev_timestep] (final_alpha_cumprod when "
         "prev_timestep < 0), x0_hat = (x_t - sqrt(1 - a) * eps) / sqrt(a), and eq. 16: "
         "sigma = eta * sqrt((1 - a') / (1 - a)) * sqrt(1 - a / a').")
-
-
-def _uniform(gen, low, high):
-    return low + (high - low) * float(torch.rand((), generator=gen, dtype=torch.float64))
 
 
 # --------------------------------------------------------------------------- ddim_timesteps
@@ -297,13 +293,13 @@ def check_ddim_step(fn, gen):
     (prev_timestep < 0) with set_alpha_to_one drawn at random, both prediction types."""
     sched, schedule = _random_ddim(gen, "epsilon")
     _step_case(fn, gen, sched, schedule, 0.0)
-    _step_case(fn, gen, sched, schedule, round(_uniform(gen, 0.3, 1.0), 3))
+    _step_case(fn, gen, sched, schedule, round(uniform(gen, 0.3, 1.0), 3))
     sched, schedule = _random_ddim(gen, "v_prediction")
     _step_case(fn, gen, sched, schedule, 0.0)
-    _step_case(fn, gen, sched, schedule, round(_uniform(gen, 0.3, 1.0), 3))
+    _step_case(fn, gen, sched, schedule, round(uniform(gen, 0.3, 1.0), 3))
     for ptype in ("epsilon", "v_prediction"):
         sched, schedule = _random_ddim(gen, ptype)
-        _step_case(fn, gen, sched, schedule, round(_uniform(gen, 0.3, 1.0), 3), last=True)
+        _step_case(fn, gen, sched, schedule, round(uniform(gen, 0.3, 1.0), 3), last=True)
 
 
 # --------------------------------------------------------------------------- sigmas

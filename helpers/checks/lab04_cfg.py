@@ -11,7 +11,8 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg as diffusers_rescale
 
-from helpers.checks._core import CheckFailed, assert_close, choice, describe, describe_exception, randint
+from helpers.checks._core import (CheckFailed, assert_close, choice, describe, describe_exception, randint, randn,
+                                  require_unchanged, uniform)
 from helpers.solutions import lab04_cfg as ref
 
 LAB = "lab04"
@@ -39,14 +40,6 @@ TIMESTEP_HINT = ("a (B,) timestep tensor gives one t per sample; the doubled bat
 
 # --------------------------------------------------------------------------- random inputs
 
-def _uniform(gen, low, high):
-    return low + (high - low) * float(torch.rand((), generator=gen, dtype=torch.float64))
-
-
-def _randn(gen, shape, dtype=torch.float32):
-    return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
-
-
 def _shape(gen, rank):
     """(B, d1, ..., d_{rank-1}) with every size >= 2 and B different from the other sizes, so
     a std or a broadcast over the wrong dims cannot pass silently."""
@@ -57,17 +50,17 @@ def _shape(gen, rank):
 
 def _scale(gen):
     """A guidance scale > 1, never an integer (so no bug coincides by accident)."""
-    return round(_uniform(gen, 1.6, 14.4), 2)
+    return round(uniform(gen, 1.6, 14.4), 2)
 
 
 def _predictions(gen, shape, dtype=torch.float32):
     """(eps_uncond, eps_text): two correlated predictions with a different size per sample,
     like two calls of one denoiser."""
-    scales = _uniform(gen, 0.5, 1.5) + torch.rand(shape[0], generator=gen, dtype=torch.float64)
+    scales = uniform(gen, 0.5, 1.5) + torch.rand(shape[0], generator=gen, dtype=torch.float64)
     scales = scales.reshape(-1, *[1] * (len(shape) - 1))  # (B, 1, ..., 1)
-    base = _randn(gen, shape, torch.float64)
-    uncond = (base + 0.4 * _randn(gen, shape, torch.float64)) * scales
-    text = (base + 0.4 * _randn(gen, shape, torch.float64)) * scales
+    base = randn(gen, shape, torch.float64)
+    uncond = (base + 0.4 * randn(gen, shape, torch.float64)) * scales
+    text = (base + 0.4 * randn(gen, shape, torch.float64)) * scales
     return uncond.to(dtype), text.to(dtype)
 
 
@@ -189,7 +182,7 @@ def _rescale_inputs(gen, rank):
 def check_rescale_noise_cfg(fn, gen):
     """4-D guided predictions at a random phi (never 0.5, where phi and 1 - phi coincide), then
     ranks 3 and 5, then phi = 0 and phi = 1; each compared with diffusers' rescale_noise_cfg."""
-    phis = [round(choice(gen, [0.2, 0.3, 0.4, 0.6, 0.7, 0.75, 0.8, 0.9]) + _uniform(gen, -0.04, 0.04), 3)
+    phis = [round(choice(gen, [0.2, 0.3, 0.4, 0.6, 0.7, 0.75, 0.8, 0.9]) + uniform(gen, -0.04, 0.04), 3)
             for _ in range(3)]
     cases = [(4, phis[0]), (3, phis[1]), (5, phis[2]), (randint(gen, 3, 5), 0.0), (4, 1.0)]
     for rank, phi in cases:
@@ -198,8 +191,7 @@ def check_rescale_noise_cfg(fn, gen):
         name = (f"rescale_noise_cfg(noise_cfg (B, ...) = {shape} guided at w = {w}, noise_pred_text, "
                 f"guidance_rescale={phi})")
         got = fn(cfg_in, text_in, phi)
-        if not (torch.equal(cfg_in, cfg) and torch.equal(text_in, text)):
-            raise CheckFailed(f"{name}: your function changed its inputs in place; build new tensors.")
+        require_unchanged(name, (cfg, text), (cfg_in, text_in))
         extra = {0.0: " At guidance_rescale = 0 the result must be noise_cfg itself.",
                  1.0: " At guidance_rescale = 1 the result is the fully rescaled prediction."}.get(phi, "")
         assert_close(name, got, ref.rescale_noise_cfg(cfg, text, phi), **TOL_RESCALE,
@@ -363,12 +355,12 @@ def check_guided_noise_pred(fn, gen):
     ts = torch.randperm(T, generator=gen)[:B + 2]
     cases = [
         (int(ts[0]), _scale(gen), 0.0),
-        (ts[1].clone(), _scale(gen), round(_uniform(gen, 0.55, 0.9), 2)),
+        (ts[1].clone(), _scale(gen), round(uniform(gen, 0.55, 0.9), 2)),
         (ts[2:2 + B].clone(), _scale(gen), 0.0),
     ]
     for t, w, phi in cases:
-        x = _randn(gen, (B, 4, side, side))
-        text, uncond = _randn(gen, (B, L, cross_dim)), _randn(gen, (B, L, cross_dim))
+        x = randn(gen, (B, 4, side, side))
+        text, uncond = randn(gen, (B, L, cross_dim)), randn(gen, (B, L, cross_dim))
         rec = _RecordingUNet(unet)
         name = (f"guided_noise_pred(unet, latents {tuple(x.shape)}, timestep={_timestep_str(t)}, text_embeddings "
                 f"{tuple(text.shape)}, uncond_embeddings {tuple(uncond.shape)}, guidance_scale={w}, "

@@ -21,7 +21,7 @@ from diffusers import AutoencoderKL
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 from safetensors.torch import load_file
 
-from helpers.checks._core import CheckFailed, assert_close, choice, describe, randint
+from helpers.checks._core import CheckFailed, assert_close, choice, describe, randint, random_seed, uniform
 from helpers.solutions import lab05_vae_latents as ref
 
 LAB = "lab05"
@@ -50,14 +50,10 @@ EQ_RATIO = "compression_ratio = (C * H * W) / (c * h * w), every dimension count
 
 # --------------------------------------------------------------------------- random inputs
 
-def _uniform(gen, low, high):
-    return low + (high - low) * float(torch.rand((), generator=gen, dtype=torch.float64))
-
-
 def _factor(gen, avoid=()):
     """A scaling factor in [0.15, 0.9] or [1.2, 2.5], at least 0.05 from every value of ``avoid``."""
     while True:
-        s = round(_uniform(gen, 0.15, 0.9) if randint(gen, 0, 2) else _uniform(gen, 1.2, 2.5), 4)
+        s = round(uniform(gen, 0.15, 0.9) if randint(gen, 0, 2) else uniform(gen, 1.2, 2.5), 4)
         if all(abs(s - a) > 0.05 for a in avoid):
             return s
 
@@ -108,10 +104,6 @@ def _images(gen, batch, height, width, dtype=torch.float32):
 
 def _dt(dtype):
     return str(dtype).replace("torch.", "")
-
-
-def _seed(gen):
-    return randint(gen, 0, 2**31 - 1)
 
 
 def _not_tensor(name, got, what):
@@ -176,7 +168,7 @@ def _encode_bugs(vae, images, s, sample, seed):
 
 def _encode_case(fn, gen, vae, desc, images, s, sample, *, diagnose=True, diffusers_too=True, tol=None):
     """Run the learner's encode on one input and compare (reference, typical bugs, diffusers)."""
-    seed = _seed(gen)
+    seed = random_seed(gen)
     name = (f"encode(vae=<{desc}>, images {tuple(images.shape)} {_dt(images.dtype)} in [-1, 1], "
             f"scaling_factor={s}, sample={sample}" + (f", generator=torch.Generator().manual_seed({seed}))" if sample
                                                       else ")"))
@@ -358,8 +350,8 @@ def _random_latents(gen, dtype):
     global offset (so the mean matters), n >= 512 elements."""
     c, h, w = randint(gen, 2, 8), randint(gen, 8, 12), randint(gen, 8, 12)
     N = choice(gen, [n for n in range(4, 10) if n != c])  # a per-image answer cannot pass for a per-channel one
-    scale = _uniform(gen, 0.8, 8.0)  # SD 1.x latents have std ~5.5, tiny-sd's ~2.3
-    means = (torch.rand((1, c, 1, 1), generator=gen, dtype=torch.float64) * 2 - 1) * scale + _uniform(gen, 0.3, 1.0) * scale
+    scale = uniform(gen, 0.8, 8.0)  # SD 1.x latents have std ~5.5, tiny-sd's ~2.3
+    means = (torch.rand((1, c, 1, 1), generator=gen, dtype=torch.float64) * 2 - 1) * scale + uniform(gen, 0.3, 1.0) * scale
     stds = (0.3 + torch.rand((1, c, 1, 1), generator=gen, dtype=torch.float64) * 1.5) * scale
     z = means + stds * torch.randn((N, c, h, w), generator=gen, dtype=torch.float64)
     return z.to(dtype)

@@ -16,7 +16,8 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import PatchEmbed, get_timestep_embedding
 from diffusers.models.normalization import AdaLayerNormZero
 
-from helpers.checks._core import CheckFailed, assert_close, choice, describe, describe_exception, randint
+from helpers.checks._core import (CheckFailed, assert_close, choice, describe, describe_exception, randint,
+                                  random_seed, require_unchanged)
 from helpers.solutions import lab07_unet_dit_conditioning as ref
 
 LAB = "lab07"
@@ -41,10 +42,6 @@ def _rand(gen, shape, dtype=torch.float32, std=1.0):
     return (torch.randn(shape, generator=gen, dtype=torch.float64) * std).to(dtype)
 
 
-def _seeded(gen):
-    return int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-
-
 def _call(name, fn, *args, hint=""):
     """Call the learner; turn a shape error into a message that says which shape to fix."""
     try:
@@ -53,12 +50,6 @@ def _call(name, fn, *args, hint=""):
         raise
     except RuntimeError as exc:
         raise CheckFailed(f"{name} raised {describe_exception(exc)}\nHint: {hint}") from exc
-
-
-def _untouched(name, before, after):
-    for a, b in zip(before, after):
-        if isinstance(a, torch.Tensor) and not torch.equal(a, b):
-            raise CheckFailed(f"{name}: your function changed its inputs in place; build new tensors.")
 
 
 # --------------------------------------------------------------------------- timestep_embedding
@@ -129,7 +120,7 @@ def check_timestep_embedding(fn, gen):
         name = (f"timestep_embedding(timesteps={describe(t)}, embedding_dim={dim}, flip_sin_to_cos={c['flip']}, "
                 f"downscale_freq_shift={c['shift']}, scale={c['scale']}, max_period={c['max_period']})")
         got = _call(name, fn, t_in, dim, *args, hint=EQ_EMB)
-        _untouched(name, [t], [t_in])
+        require_unchanged(name, [t], [t_in])
         if isinstance(got, torch.Tensor) and dim % 2 == 1 and tuple(got.shape) == (B, dim - 1):
             raise CheckFailed(f"Likely bug: odd embedding_dim not padded.\n{name}: expected shape {(B, dim)}, got "
                               f"{tuple(got.shape)}.\nHint: pad one zero column at the end when embedding_dim is odd "
@@ -214,7 +205,7 @@ def check_attention(fn, gen):
         ins = [q.clone(), k.clone(), v.clone()]
         name = f"attention(query (B, N, D) = {(B, N, D)}, key/value (B, M, D) = {(B, M, D)}, heads={heads}, {dtype})"
         got = _call(name, fn, *ins, heads, hint=EQ_ATT)
-        _untouched(name, [q, k, v], ins)
+        require_unchanged(name, [q, k, v], ins)
         bugs = [(label, attention_variant(q, k, v, heads, bug=b)) for b, label in ATT_BUGS
                 if not (heads == 1 and b in ("wrong_axis", "interleaved", "merge_no_transpose", "one_head",
                                             "full_dim"))]
@@ -227,7 +218,7 @@ def check_attention(fn, gen):
 
 def _attention_module(gen, query_dim, cross_dim, heads, dim_head, bias):
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_seeded(gen))
+        torch.manual_seed(random_seed(gen))
         attn = Attention(query_dim, cross_attention_dim=cross_dim, heads=heads, dim_head=dim_head, bias=bias,
                          out_bias=True)
         if bias:  # nonzero biases, so a skipped projection shows
@@ -327,12 +318,12 @@ def check_patchify(fn, gen):
         name = f"patchify(latents (B, C, H, W) = {tuple(x.shape)}, patch_size={p})"
         x_in = x.clone()
         got = _call(name, fn, x_in, p, hint=EQ_PATCH)
-        _untouched(name, [x], [x_in])
+        require_unchanged(name, [x], [x_in])
         bugs = [(label, patch_variant(x, p, bug=b)) for b, label in PATCH_BUGS]
         assert_close(name, got, ref.patchify(x, p), atol=0, rtol=0, diagnose=bugs, hint=EQ_PATCH)
         D = randint(gen, 8, 24)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_seeded(gen))
+            torch.manual_seed(random_seed(gen))
             pe = PatchEmbed(height=H, width=W, patch_size=p, in_channels=C, embed_dim=D, pos_embed_type=None)
         with torch.no_grad():
             conv_tokens = pe(x)  # (B, N, D)
@@ -423,13 +414,13 @@ def check_modulate(fn, gen):
         name = f"modulate(x {tuple(x.shape)}, shift {label} {tuple(shift.shape)}, scale {tuple(scale.shape)})"
         ins = [x.clone(), shift.clone(), scale.clone()]
         got = _call(name, fn, *ins, hint=BROADCAST)
-        _untouched(name, [x, shift, scale], ins)
+        require_unchanged(name, [x, shift, scale], ins)
         bugs = [(lab, mod_variant(x, shift, scale, bug=b)) for b, lab in MOD_BUGS]
         extra = " With zero shift and scale the output must be x itself." if label.startswith("zeros") else ""
         assert_close(name, got, ref.modulate(x, shift, scale), **TOL[torch.float32], diagnose=bugs,
                      hint=EQ_MOD + extra)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_seeded(gen))
+        torch.manual_seed(random_seed(gen))
         ada = AdaLayerNormZero(D).eval()
     emb = _rand(gen, (B, D))
     with torch.no_grad():

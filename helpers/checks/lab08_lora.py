@@ -17,7 +17,8 @@ from diffusers.models.attention_processor import Attention
 from peft import LoraConfig, get_peft_model, inject_adapter_in_model
 from torch import nn
 
-from helpers.checks._core import CheckFailed, assert_close, choice, describe, describe_exception, randint
+from helpers.checks._core import (CheckFailed, assert_close, choice, describe, describe_exception, randint,
+                                  random_seed)
 from helpers.solutions import lab08_lora as ref
 
 LAB = "lab08"
@@ -49,10 +50,6 @@ def _file_of(obj):
     return code.co_filename if code is not None else None
 
 
-def _seed(gen):
-    return randint(gen, 0, 2**31 - 1)
-
-
 def _rank_alpha(gen):
     """rank >= 2 and an int alpha (peft's lora_alpha is an int) such that alpha / rank differs from
     1, alpha, 1 / rank, rank / alpha and alpha / sqrt(rank) by at least 20%: every scaling bug
@@ -79,7 +76,7 @@ def _build(cls_or_fn, gen, *args):
     """Call the learner's constructor/function with torch's global RNG seeded from ``gen`` (and
     restored afterwards)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_seed(gen))
+        torch.manual_seed(random_seed(gen))
         return cls_or_fn(*args)
 
 

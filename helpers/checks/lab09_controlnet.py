@@ -18,7 +18,6 @@ When the output matches what a typical bug returns, the message names that bug (
 """
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 from torch import nn
 

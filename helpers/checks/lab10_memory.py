@@ -17,7 +17,7 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from helpers.checks._core import CheckFailed, assert_close, choice, describe, randint
+from helpers.checks._core import CheckFailed, assert_close, choice, describe, randint, require_unchanged
 from helpers.solutions import lab10_memory as ref
 
 LAB = "lab10"
@@ -186,8 +186,7 @@ def _sliced_bugs(q, k, v, s):
 def _call_sliced(fn, name, q, k, v, s):
     inputs = [t.clone() for t in (q, k, v)]
     got = fn(q, k, v, s)
-    if any(not torch.equal(a, b) for a, b in zip(inputs, (q, k, v))):
-        raise CheckFailed(f"{name}: your function changed query, key or value in place; build new tensors.")
+    require_unchanged(name, inputs, (q, k, v), "query, key or value")
     return got
 
 
@@ -246,8 +245,7 @@ def _memory_case(fn, gen):
     mode = _LargestTensor()
     with sdpa_kernel(SDPBackend.MATH), mode:  # SDPA materialises the scores, like the classic processor
         got = fn(q, k, v, s)
-    if any(not torch.equal(a, b) for a, b in zip(inputs, (q, k, v))):
-        raise CheckFailed(f"{name}: your function changed query, key or value in place; build new tensors.")
+    require_unchanged(name, inputs, (q, k, v), "query, key or value")
     assert_close(name, got, F.scaled_dot_product_attention(q, k, v), **TOL[torch.float32], hint=ATTN_EQ)
     one_slice = s * Lq * Lk
     bound = max(one_slice, q.numel(), k.numel(), v.numel(), B * H * Lq * D)
