@@ -8,7 +8,9 @@ Per lab: the lines of solution code (non-blank, non-comment, and not trivial: no
 hint levels each exercise has (``# HINT 1:`` .. ``# HINT 3:``: where to look, the plan, the
 formula), which must be all three; and leaks: a line of solution code that appears, near
 verbatim, anywhere in the generated starter (comments and docstrings included). A starter
-says what to compute and where to read it, never the code. Exit code 1 on any problem.
+says what to compute and where to read it, never the code. A solution line that only
+restates a convention the docstring must give (a shape, a factor's definition) is marked
+``# convention: <why>`` and not counted as a leak. Exit code 1 on any problem.
 """
 from __future__ import annotations
 
@@ -32,10 +34,14 @@ def _normal(line: str) -> str:
     return re.sub(r"\s+", "", line.strip().lstrip("#").strip().strip('"').strip("'"))
 
 
-def code_lines(block) -> list[str]:
-    """The block's lines of code that count: stripped, no comments, no trivial lines."""
+def code_lines(block, leaks_only: bool = False) -> list[str]:
+    """The block's lines of code that count: stripped, no comments, no trivial lines.
+    ``leaks_only``: without the lines marked ``# convention: <why>``, a convention the
+    docstring must state anyway (``f = 2 ** (len(vae.config.block_out_channels) - 1)``)."""
     out = []
     for line in block.code:
+        if leaks_only and "# convention:" in line:
+            continue
         s = line.split("  # ")[0].strip()
         if s and not s.startswith("#") and not TRIVIAL.match(s):
             out.append(s)
@@ -49,13 +55,16 @@ def leaks(info: LabInfo) -> list[tuple[str, str]]:
                if _normal(ln) and not re.match(r"\s*(def|class)\s", ln)]
     found = []
     for b in blocks:
-        for code in code_lines(b):
+        for code in code_lines(b, leaks_only=True):
             c = _normal(code)
-            if len(c) < MIN_LEAK_CHARS:
-                continue
+            core = re.sub(r"^(return|[\w.,\[\]]+=)", "", c)  # the expression, without `return` / `x =`
+            if len(core) < MIN_LEAK_CHARS or c.startswith("raise") or not re.search(r"[-+*/%@\[(]", core):
+                continue  # too short, an error to raise, or a bare name: not code a starter gives away
             for s_line in starter:
                 s = _normal(s_line)
-                if c in s or difflib.SequenceMatcher(None, c, s).ratio() >= LEAK_RATIO:
+                m = difflib.SequenceMatcher(None, core, s, autojunk=False)
+                if core in s or m.ratio() >= LEAK_RATIO or \
+                        m.find_longest_match(0, len(core), 0, len(s)).size >= LEAK_RATIO * len(core):
                     found.append((code, s_line.strip()))
                     break
     return found
