@@ -130,3 +130,23 @@ def test_a_learner_error_caught_by_a_check_still_names_the_learners_line(tmp_pat
     res = run_check(check_f, ns["f"], torch.Generator(), learner_file=str(learner))
     assert res.status == "failed" and "at lab99_fake.py line 2, in f: return x[10]" in res.message
     assert "not in your file" not in res.message
+
+
+def test_return_type_rule_judges_values_not_types():
+    import numpy as np
+
+    from helpers.checks._core import as_number, as_numbers
+
+    assert as_number("f()", torch.tensor(0.5)) == 0.5 and as_number("f()", np.float32(0.25)) == 0.25
+    assert as_number("f()", 3) == 3.0 and isinstance(as_number("f()", 3), float)
+    assert as_number("n()", 4.0, integer=True) == 4 and as_number("n()", torch.tensor(7), integer=True) == 7
+    for bad, integer, why in [(torch.ones(2), False, "2 values"), ("1.0", False, "expected a number"),
+                              (True, False, "expected a number"), (2.5, True, "a fraction")]:
+        with pytest.raises(CheckFailed, match=why):
+            as_number("f()", bad, integer=integer)
+    assert as_numbers("s()", [4, 8.0, torch.tensor(8)], 3, integer=True) == (4, 8, 8)
+    assert as_numbers("s()", torch.Size([4, 8, 8]), 3, integer=True) == (4, 8, 8)
+    with pytest.raises(CheckFailed, match="expected 3 values, got 2"):
+        as_numbers("s()", (8, 8), 3)
+    with pytest.raises(CheckFailed, match="expected a tuple"):
+        as_numbers("s()", 8, 3)

@@ -81,6 +81,42 @@ def require_unchanged(name: str, before, after, what: str = "its inputs") -> Non
             raise CheckFailed(f"{name}: your function changed {what} in place; build new tensors.")
 
 
+# The return-type rule of every check: values are judged, not types. Where a docstring asks
+# for a number, a Python int/float, a NumPy scalar or a one-element tensor are all accepted;
+# where it asks for an integer, also an integral float (4.0); where it asks for a tuple of
+# numbers, also a list or a torch.Size. Anything else fails with a message that says what came.
+
+def as_number(name: str, got: Any, *, integer: bool = False) -> float | int:
+    """``got`` as a Python float (``integer``: an int), by the rule above; CheckFailed otherwise."""
+    kind = "an integer" if integer else "a number"
+    value = got
+    if isinstance(got, torch.Tensor):
+        if got.numel() != 1:
+            raise CheckFailed(f"{name}: expected {kind}, got {describe(got)} ({got.numel()} values).")
+        value = got.detach().cpu().double().item() if got.is_floating_point() else got.detach().cpu().item()
+    elif hasattr(got, "item") and getattr(got, "size", None) == 1:  # a NumPy scalar or 1-element array
+        value = got.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CheckFailed(f"{name}: expected {kind}, got {describe(got)}.")
+    if integer:
+        if isinstance(value, float) and not value.is_integer():
+            raise CheckFailed(f"{name}: expected an integer, got {value!r} (a fraction: // instead of /?).")
+        return int(value)
+    return float(value)
+
+
+def as_numbers(name: str, got: Any, length: int | None = None, *, integer: bool = False) -> tuple:
+    """``got`` (a tuple, list, torch.Size or 1-D tensor of numbers) as a tuple of Python numbers,
+    by the rule above; CheckFailed when it is not a sequence, or not of ``length``."""
+    if isinstance(got, torch.Tensor) and got.ndim == 1:
+        got = got.tolist()
+    if not isinstance(got, (tuple, list)):  # torch.Size is a tuple
+        raise CheckFailed(f"{name}: expected a tuple of {length or 'some'} numbers, got {describe(got)}.")
+    if length is not None and len(got) != length:
+        raise CheckFailed(f"{name}: expected {length} values, got {len(got)}: {tuple(got)!r}.")
+    return tuple(as_number(f"{name}[{i}]", v, integer=integer) for i, v in enumerate(got))
+
+
 def require(condition: bool, message: str) -> None:
     """Raise ``CheckFailed(message)`` unless ``condition``."""
     if not condition:
