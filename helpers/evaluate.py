@@ -116,7 +116,7 @@ def in_background(fn, *args, threads: int = 1, **kwargs):
     return future
 
 
-def pareto_knee(runs: list[dict], min_accuracy: float) -> tuple[dict, list[dict]]:
+def pareto_knee(runs: list[dict], min_accuracy: float, cost: str = "seconds") -> tuple[dict, list[dict]]:
     """The knee of a speed-vs-fidelity study (Lab 03). Returns (knee run, Pareto front).
 
     runs: dicts with "seconds" (wall time), "distance" (to the reference, lower is better) and
@@ -127,22 +127,57 @@ def pareto_knee(runs: list[dict], min_accuracy: float) -> tuple[dict, list[dict]
     straight line x + y = 1 between those two ends: before it each step in (log) time buys a lot,
     after it little. If no run lies below that line, fidelity never flattens before the best
     run, and the best run is the knee; so is it when the front has fewer than three runs.
+    cost: the key read as the run's cost instead of "seconds" (e.g. "unet_calls": the same on
+    every machine, where wall time varies with the load).
     """
     import numpy as np
     working = [r for r in runs if r["accuracy"] >= min_accuracy] or list(runs)
     front = []
-    for r in sorted(working, key=lambda r: r["seconds"]):
+    for r in sorted(working, key=lambda r: r[cost]):
         if not front or r["distance"] < front[-1]["distance"]:
             front.append(r)
     if len(front) < 3:
         return front[-1], front
-    x = np.log([r["seconds"] for r in front])
+    x = np.log([r[cost] for r in front])
     y = np.array([r["distance"] for r in front])
     x = (x - x[0]) / (x[-1] - x[0] + 1e-12)
     y = (y - y[-1]) / (y[0] - y[-1] + 1e-12)
     below = (1 - x) - y                       # > 0: under the line from the fastest to the best
     best = int(np.argmax(below))
     return (front[best] if below[best] > 1e-9 else front[-1]), front
+
+
+def generate_runs(pipe, runs, captions, guidance_scale=7.5, seed=0, config=None) -> dict:
+    """:func:`generate_with_sampler` for each (sampler, steps) of `runs`, one after the other on
+    one pipeline: {(sampler, steps): (images, seconds)}. `pipe` may be a zoo model's name, loaded
+    once here (what ``in_background`` is given); every scheduler is built from `config`
+    (default: the pipeline's scheduler config as it is before the first swap)."""
+    if isinstance(pipe, str):
+        from helpers import zoo
+        pipe = zoo.load_pipeline(pipe, device="cpu")
+    config = pipe.scheduler.config if config is None else config
+    return {(name, steps): generate_with_sampler(pipe, name, captions, steps, guidance_scale, seed, config)
+            for name, steps in runs}
+
+
+def colour_error(judged: "shapes.JudgeResult", targets, palette=None) -> torch.Tensor:
+    """How far each image's shape is from the colour its caption asks for, measured against the
+    world itself (no reference sampler): the RGB distance, in 0..255 units, between the judge's
+    reading of the shape's colour (the median of its interior, ``judged.features[i]["rgb"]``)
+    and the palette colour of ``targets[i].color``. Where the judge found no shape, the
+    distance from the background to that colour (the shape is missing). (B,) float32.
+
+    judged: ``shapes.judge(images)`` of B images; targets: B Attributes; palette: name -> RGB
+    (default ``shapes.COLORS``). Real renders score about 8 (their own colour jitter, +-8 per
+    channel); the palette's colours are at least 132 apart."""
+    import numpy as np
+    pal = shapes.COLORS if palette is None else palette
+    if len(targets) != len(judged.features):
+        raise ValueError(f"{len(targets)} targets for {len(judged.features)} images")
+    background = np.array(shapes.BACKGROUND, np.float64)
+    errors = [np.linalg.norm((background if f is None else np.array(f["rgb"])) - np.array(pal[t.color], np.float64))
+              for f, t in zip(judged.features, targets)]
+    return torch.tensor(errors, dtype=torch.float32)
 
 
 def judge_accuracy(pipe, n=256, guidance_scale=7.5, steps=25, seed=1234, split="train",

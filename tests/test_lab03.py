@@ -292,3 +292,55 @@ def test_exercise_replaces_a_buggy_learner_function(pristine_starters, capsys):
     assert ex.status["sigmas_from_alphas_cumprod"] == "failed"
     assert ex.sigmas_from_alphas_cumprod is ref.sigmas_from_alphas_cumprod
     assert "sigma squared vs sigma" in ex.results["sigmas_from_alphas_cumprod"].message
+
+
+# --------------------------------------------------------------------------- the study's helpers
+
+def test_colour_error_is_measured_against_the_world():
+    """evaluate.colour_error (Lab 03's reference-neutral fidelity): real renders score their own
+    colour jitter; a shape of another palette colour scores that colour's distance; a missing
+    shape scores the background's distance to the asked colour."""
+    from helpers import evaluate, shapes
+
+    attrs = shapes.sample_attributes(24, seed=5)
+    real = torch.stack([shapes.render(a, seed=i)[0] for i, a in enumerate(attrs)])
+    err = evaluate.colour_error(shapes.judge(real), attrs)
+    assert err.shape == (24,) and err.dtype == torch.float32
+    assert err.max() < 20 and err.mean() < 12, err                                 # jitter: +-8 per channel
+    names = list(shapes.COLORS)
+    other = shapes.Attributes(attrs[0].shape, names[(names.index(attrs[0].color) + 1) % len(names)],
+                              attrs[0].size, attrs[0].position)
+    recoloured = shapes.render(other, seed=0)[0][None]
+    want = np.linalg.norm(np.subtract(shapes.COLORS[other.color], shapes.COLORS[attrs[0].color]))
+    assert abs(evaluate.colour_error(shapes.judge(recoloured), attrs[:1]).item() - want) < 20
+    blank = torch.ones(1, 3, 64, 64) * torch.tensor(shapes.BACKGROUND).view(1, 3, 1, 1) / 255
+    gone = np.linalg.norm(np.subtract(shapes.BACKGROUND, shapes.COLORS[attrs[0].color]))
+    assert abs(evaluate.colour_error(shapes.judge(blank), attrs[:1]).item() - gone) < 1e-3
+    with pytest.raises(ValueError, match="targets"):
+        evaluate.colour_error(shapes.judge(real[:2]), attrs[:3])
+
+
+def test_pareto_knee_reads_another_cost():
+    from helpers.evaluate import pareto_knee
+
+    runs = [dict(sampler=s, unet_calls=c, seconds=t, distance=d, accuracy=1.0)
+            for s, c, t, d in [("a", 5, 9.0, 1.0), ("b", 10, 1.0, 0.2), ("c", 20, 3.0, 0.15), ("d", 50, 5.0, 0.1)]]
+    knee, front = pareto_knee(runs, 0.9, cost="unet_calls")
+    assert [r["sampler"] for r in front] == ["a", "b", "c", "d"] and knee["sampler"] == "b"
+    knee, front = pareto_knee(runs, 0.9)                                           # by seconds: "a" is slowest
+    assert [r["sampler"] for r in front] == ["b", "c", "d"]
+
+
+def test_generate_runs_equals_one_run_at_a_time():
+    from helpers import evaluate, zoo
+
+    pipe = zoo.load_pipeline("tiny-sd", device="cpu")
+    config = pipe.scheduler.config
+    caps = ["a small blue circle at the center", "a large red square at the top left"]
+    many = evaluate.generate_runs(pipe, [("DDIM", 2), ("Euler a", 3)], caps, 4.0, seed=1)
+    assert list(many) == [("DDIM", 2), ("Euler a", 3)]
+    assert type(pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+    for (name, steps), (images, seconds) in many.items():
+        one, _ = evaluate.generate_with_sampler(pipe, name, caps, steps, 4.0, seed=1, config=config)
+        assert seconds > 0 and torch.equal(images, one), (name, (images - one).abs().max())
+    assert (many["DDIM", 2][0] - many["Euler a", 3][0]).abs().max() > 0.05       # the runs differ
