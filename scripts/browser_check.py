@@ -83,9 +83,9 @@ def start_lab(port: int, token: str, log, settings: Path) -> subprocess.Popen:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2)
             return proc
-        except OSError:
+        except OSError as exc:
             if proc.poll() is not None:
-                raise RuntimeError("JupyterLab exited at start; see its log")
+                raise RuntimeError("JupyterLab exited at start; see its log") from exc
             time.sleep(1)
     proc.kill()
     raise RuntimeError("JupyterLab did not answer within 120 s")

@@ -59,7 +59,7 @@ HOSTILE = {
 def test_fake_lab_class_hostile_pristine_and_solution(fake_lab, tmp_path):
     """Every hostile case, a pristine starter and a solution copy, graded as one class."""
     subs = tmp_path / "subs"
-    for i, (case, (body, _)) in enumerate(HOSTILE.items()):
+    for i, (body, _) in enumerate(HOSTILE.values()):
         fake_lab.write(body, subs / f"h{i}")
     fake_lab.write_pristine(subs / "pristine")
     fake_lab.write_solution_copy(subs / "solution")

@@ -6,11 +6,11 @@ import itertools
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import pytest
+import torch
 
-from helpers.plot import image_grid  # noqa: E402
+from helpers.plot import image_grid
 
 CAPTIONS = ["a large cyan circle at the bottom right", "a small magenta triangle at the top left",
             "a large yellow square at the center", "a small red circle at the bottom left"]

@@ -209,7 +209,7 @@ def main(job_file: str | None = None, job: dict | None = None, warm: dict | None
 
     try:
         run(job, state, save, warm)
-    except BaseException:  # noqa: BLE001
+    except BaseException:
         state["worker_error"] = traceback.format_exc(limit=-3)
         try:
             save()
