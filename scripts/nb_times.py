@@ -2,6 +2,7 @@
 
     python -m pytest --nbval-lax notebooks/ --junitxml=runs/nbval.xml
     python -m scripts.nb_times runs/nbval.xml [--budget 90]
+    python -m scripts.nb_times --summary docs/BUDGETS.md      # min / median / max per notebook
 
 Each notebook's time is the sum of its cells' times (kernel start-up, 2-3 s, not included).
 Prints a markdown table; exit status 0 (the budget is reported, not enforced: timings on a
@@ -10,6 +11,8 @@ shared machine vary, and a test that fails on a slow day is a flaky test).
 from __future__ import annotations
 
 import argparse
+import re
+import statistics
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 
@@ -29,11 +32,41 @@ def notebook_times(xml_path: str) -> dict[str, tuple[float, int, int]]:
     return {k: (round(v[0], 1), v[1], v[2]) for k, v in sorted(times.items())}
 
 
+def history(markdown: str) -> dict[str, list[float]]:
+    """{notebook: [seconds of each recorded run]} from the run-by-run table of docs/BUDGETS.md
+    (rows ``| 01_forward_noise | 8.1 s | ... |``; cells without a number are skipped)."""
+    runs: dict[str, list[float]] = {}
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 2 or not re.fullmatch(r"\d\d_\w+", cells[0]):
+            continue
+        runs[cells[0]] = [float(m.group(1)) for c in cells[1:] if (m := re.match(r"\**([\d.]+) s\b", c))]
+    return runs
+
+
+def summary_table(runs: dict[str, list[float]], budget: float = 90.0) -> str:
+    """Markdown: per notebook the number of runs, min / median / max seconds and the budget."""
+    lines = ["| notebook | runs | min | median | max | budget |", "|---|---|---|---|---|---|"]
+    for name, xs in runs.items():
+        if xs:
+            worst = f"**{max(xs):.1f} s**" if max(xs) > budget else f"{max(xs):.1f} s"
+            lines.append(f"| {name} | {len(xs)} | {min(xs):.1f} s | {statistics.median(xs):.1f} s | {worst} | "
+                         f"{budget:g} s |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("xml")
+    ap.add_argument("xml", nargs="?")
     ap.add_argument("--budget", type=float, default=90.0, help="seconds per notebook")
+    ap.add_argument("--summary", metavar="BUDGETS_MD", help="print the summary of a run-by-run table")
     args = ap.parse_args(argv)
+    if args.summary:
+        with open(args.summary, encoding="utf-8") as fh:
+            print(summary_table(history(fh.read()), args.budget))
+        return 0
+    if not args.xml:
+        ap.error("give the JUnit XML of an nbval run, or --summary docs/BUDGETS.md")
     rows = notebook_times(args.xml)
     print("| notebook | cells | failed | seconds | within budget |\n|---|---|---|---|---|")
     for name, (sec, cells, failed) in rows.items():

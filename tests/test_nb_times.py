@@ -19,3 +19,14 @@ def test_sums_per_notebook_and_flags_budget(tmp_path, capsys):
     assert "| notebooks.01_a.ipynb | 2 | 0 | 3.5 | yes |" in out
     assert "| notebooks.02_b.ipynb | 1 | 1 | 95.0 | NO |" in out
     assert "| all | 3 | 1 | 98.5 | |" in out
+
+
+def test_summary_of_the_run_by_run_table():
+    md = ("| notebook | run 1 | run 2 | run 3 | H100 |\n|---|---|---|---|---|\n"
+          "| 01_a | 8.1 s | 9.9 s | 5.9 s | not measured |\n"
+          "| 03_c | 89.3 s (8 prompts) | **96.4 s: over budget** | **48.1 s** | not measured |\n")
+    runs = nb_times.history(md)
+    assert runs == {"01_a": [8.1, 9.9, 5.9], "03_c": [89.3, 96.4, 48.1]}
+    table = nb_times.summary_table(runs, budget=90)
+    assert "| 01_a | 3 | 5.9 s | 8.1 s | 9.9 s | 90 s |" in table
+    assert "| 03_c | 3 | 48.1 s | 89.3 s | **96.4 s** | 90 s |" in table
