@@ -87,15 +87,19 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         if start in index:
             continue
         work = [(start, iter(sorted(graph[start])))]
-        index[start] = low[start] = counter; counter += 1
-        stack.append(start); on_stack.add(start)
+        index[start] = low[start] = counter
+        counter += 1
+        stack.append(start)
+        on_stack.add(start)
         while work:
             v, it = work[-1]
             w = next(it, None)
             if w is not None:
                 if w not in index:
-                    index[w] = low[w] = counter; counter += 1
-                    stack.append(w); on_stack.add(w)
+                    index[w] = low[w] = counter
+                    counter += 1
+                    stack.append(w)
+                    on_stack.add(w)
                     work.append((w, iter(sorted(graph.get(w, ())))))
                 elif w in on_stack:
                     low[v] = min(low[v], index[w])
@@ -106,7 +110,9 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
             if low[v] == index[v]:
                 comp = []
                 while True:
-                    w = stack.pop(); on_stack.discard(w); comp.append(w)
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    comp.append(w)
                     if w == v:
                         break
                 if len(comp) > 1:
@@ -146,7 +152,8 @@ def _reachable(graph, start) -> set:
     while todo:
         for w in graph[todo.pop()]:
             if w not in seen:
-                seen.add(w); todo.append(w)
+                seen.add(w)
+                todo.append(w)
     return seen
 
 

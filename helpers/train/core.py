@@ -176,7 +176,9 @@ def optimizer_step(accelerator, loss, params, opt, lr_sched, ema) -> None:
     the learning-rate schedule, then the EMA of the weights."""
     accelerator.backward(loss)
     accelerator.clip_grad_norm_(params, 1.0)
-    opt.step(); lr_sched.step(); opt.zero_grad(set_to_none=True)
+    opt.step()
+    lr_sched.step()
+    opt.zero_grad(set_to_none=True)
     ema.step(params)
 
 
@@ -194,7 +196,8 @@ def encode_all(vae, data, device, batch=256):
     means, stds = [], []
     for i in range(0, len(data), batch):
         dist = vae.encode(data[i:i + batch].to(device)).latent_dist
-        means.append(dist.mean.cpu()); stds.append(dist.std.cpu())
+        means.append(dist.mean.cpu())
+        stds.append(dist.std.cpu())
     return torch.cat(means), torch.cat(stds)
 
 

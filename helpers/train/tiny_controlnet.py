@@ -96,13 +96,16 @@ def training_captions(attrs, cfg, gen):
         r = torch.rand(3, generator=gen).tolist()
         t = int(r[2] * n_t)
         if r[0] < cfg.cond_dropout:
-            rows.append(None); own.append(False)
+            rows.append(None)
+            own.append(False)
         elif r[1] < cfg.p_other_caption:
             same_color = by_color[a.color]
             b = same_color[int(torch.randint(len(same_color), (1,), generator=gen))]
-            rows.append((b, t)); own.append(b == a)
+            rows.append((b, t))
+            own.append(b == a)
         else:
-            rows.append((a, t)); own.append(True)
+            rows.append((a, t))
+            own.append(True)
     return rows, own
 
 

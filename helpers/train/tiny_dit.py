@@ -209,7 +209,7 @@ def measure(folder: Path, quick=False, n=128, n_heldout=96, workers=WORKERS) -> 
         "down": [(s // 2 ** i) ** 2 for i, b in enumerate(uc.down_block_types) if "CrossAttn" in b],
         "mid": (s // 2 ** (len(uc.down_block_types) - 1)) ** 2 if "CrossAttn" in str(uc.mid_block_type) else 0}
     m["bytes"] = safetensors_bytes(folder)
-    for name, pipe in (("tiny-dit", dit), ("tiny-sd", sd)):
+    for pipe in (dit, sd):
         pipe.scheduler = evaluate.make_scheduler("DPM++ 2M", pipe.scheduler.config)
     m["bench_8x25_cfg_s"] = {"tiny-dit": round(evaluate.benchmark(dit, n=8, steps=25, guidance_scale=7.5), 3),
                              "tiny-sd": round(evaluate.benchmark(sd, n=8, steps=25, guidance_scale=7.5), 3)}

@@ -142,7 +142,9 @@ def train_vae(vae, data, cfg: TinySDConfig, run: Run):
         rec_loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
         loss = rec_loss + cfg.vae_kl_weight * post.kl().mean()
         accelerator.backward(loss)
-        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{rec_loss.item():.4f}")
             run.log("vae", step, rec_loss.item(), sched.get_last_lr()[0])
@@ -162,7 +164,8 @@ def train_denoiser(unet, text_encoder, tokenizer, noise_sched, means, stds, capt
     dev = run.device
     acp = noise_sched.alphas_cumprod.to(dev)
     gen = torch.Generator().manual_seed(cfg.seed + 2)
-    unet.train(); text_encoder.train()
+    unet.train()
+    text_encoder.train()
     bar = run.progress(range(cfg.unet_steps), "unet+text")
     for step in bar:
         B = cfg.unet_batch
