@@ -8,7 +8,7 @@ conversion of our LoRA layers to peft's / diffusers' file format.
     log = train_lora(pipe, [(encoder, data)], params, steps=100)
 
 The loop is the core of diffusers' `examples/dreambooth/train_dreambooth_lora.py` (and of
-`helpers/train.py`, which trained tiny-sd): encode images to latents once, then per step
+`helpers/train/tiny_sd.py`, which trained tiny-sd): encode images to latents once, then per step
 noise them at random timesteps (DDPM eq. 4), predict the noise with the UNet conditioned on
 the captions' text embeddings, and step AdamW on the LoRA parameters only, for the loss
 || eps - eps_theta(x_t, t, c) ||^2 (DDPM eq. 14). Like DreamBooth (Ruiz et al. 2023), the
