@@ -119,7 +119,8 @@ def in_background(fn, *args, threads: int = 1, **kwargs):
 def pareto_knee(runs: list[dict], min_accuracy: float, cost: str = "seconds") -> tuple[dict, list[dict]]:
     """The knee of a speed-vs-fidelity study (Lab 03). Returns (knee run, Pareto front).
 
-    runs: dicts with "seconds" (wall time), "distance" (to the reference, lower is better) and
+    runs: dicts with "seconds" (wall time), "distance" (lower is better: Lab 03 uses the change a
+    run's images still have to go to the same sampler's 50-step images) and
     "accuracy" (judge). Keep the runs with accuracy >= min_accuracy (all runs if none is), sort
     them by time, keep the Pareto front (each run closer than every faster one), then put the
     front in unit coordinates: x = log time from 0 (fastest) to 1 (the front's best), y =
