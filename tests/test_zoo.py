@@ -114,7 +114,7 @@ def test_unknown_model_is_a_clear_error():
 
 
 def test_generation_in_a_background_process_equals_generation_here(pipe):
-    """Lab 03 runs its 1000-step reference in a second process (evaluate.in_background): the
+    """Lab 03 runs part of its sampler study in a second process (evaluate.in_background): the
     images must be the ones this process makes with the same sampler, overrides and seed."""
     caps = ["a small blue circle at the center", "a large red square at the top left"]
     job = evaluate.in_background(evaluate.generate_with_sampler, "tiny-sd", "DDPM", caps, 4, 4.0,
