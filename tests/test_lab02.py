@@ -2,6 +2,8 @@
 check is proven able to fail: each planted bug below fails with its specific hint."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from diffusers import DDPMScheduler
@@ -13,7 +15,7 @@ from helpers.checks._core import CheckFailed
 from helpers.solutions import lab02_denoising_step as ref
 
 SEEDS = [0, 1, 2, 3, 7, 123, 2024]
-NAMES = ["pred_original_sample", "get_velocity", "ddpm_step"]
+NAMES = ["pred_original_sample", "get_velocity", "ddpm_step", "ddpm_variance"]
 
 
 run, fails = checker(checks)  # tests/labtools.py
@@ -228,6 +230,105 @@ def test_get_velocity_bugs(bug, phrase):
 def test_get_velocity_correct_variant_passes():
     for seed in SEEDS:
         run("get_velocity", v_variant(None), seed)
+
+
+# --------------------------------------------------------------------------- ddpm_variance
+
+@pytest.mark.parametrize("vtype", ref.VARIANCE_TYPES)
+@pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+@pytest.mark.parametrize("spacing,offset", [("leading", 1), ("trailing", 0), ("linspace", 0)])
+def test_ddpm_variance_equals_diffusers_bit_for_bit(vtype, schedule, spacing, offset):
+    """Every step of a 20-step schedule: identical to DDPMScheduler._get_variance."""
+    sched = DDPMScheduler(beta_schedule=schedule, timestep_spacing=spacing, steps_offset=offset, variance_type=vtype)
+    sched.set_timesteps(20)
+    pv = torch.rand(2, 3, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for t in sched.timesteps:
+        theirs = sched._get_variance(t, predicted_variance=pv, variance_type=vtype)
+        mine = ref.ddpm_variance(t, sched.previous_timestep(t), sched.alphas_cumprod, vtype, pv)
+        assert torch.equal(torch.as_tensor(mine), torch.as_tensor(theirs)), (vtype, int(t))
+
+
+def variance_variant(form=None, bug=None):
+    """ddpm_variance written independently of the reference: a correct equivalent ``form``
+    ("subtract_first", "float64", "python", "sqrt") or one planted ``bug``."""
+    def fn(t, prev_t, alphas_cumprod, variance_type, predicted_variance=None):
+        if variance_type not in ref.VARIANCE_TYPES:
+            if bug == "no_error":
+                return 0.0
+            raise ValueError(variance_type)
+        t, prev_t = int(t), int(prev_t)
+        ac = alphas_cumprod.double() if form == "float64" else alphas_cumprod
+        if bug == "t_minus_1":
+            prev_t = t - 1
+        a_t = ac[t]
+        a_p = ac[prev_t] if (prev_t >= 0 or bug == "wrap") else torch.ones_like(a_t)
+        if form == "python":  # plain Python floats (float64), returned as Python numbers
+            a_t, a_p = float(a_t), float(a_p)
+            beta = (a_p - a_t) / a_p
+            var = max((1 - a_p) / (1 - a_t) * beta, 1e-20)
+            log = math.log
+        else:
+            beta = (a_p - a_t) / a_p if form == "subtract_first" else 1 - a_t / a_p
+            var = (1 - a_p) / (1 - a_t) * beta
+            if bug != "no_clamp":
+                var = var.clamp(min=1e-20)
+            log = torch.log
+        if variance_type == "fixed_small":
+            out = beta if bug == "small_is_large" else var
+        elif variance_type == "fixed_small_log":
+            out = log(var) if bug == "small_log_is_log" else var**0.5 if form in ("sqrt", "python") else \
+                torch.exp(0.5 * torch.log(var))
+        elif variance_type == "fixed_large":
+            out = var if bug == "large_is_small" else beta
+        elif variance_type == "fixed_large_log":
+            out = beta if bug == "large_log_no_log" else log(var) if bug == "large_log_of_small" else log(beta)
+        elif variance_type == "learned":
+            return predicted_variance.clone()
+        else:
+            pv = predicted_variance.double() if form == "float64" else predicted_variance
+            frac = pv if bug == "frac_raw" else (pv + 1) / 2
+            lo, hi = log(var), log(beta)
+            if bug == "frac_swapped":
+                lo, hi = hi, lo
+            out = lo + frac * (hi - lo) if form else frac * hi + (1 - frac) * lo
+            if bug == "exp":
+                out = out.exp()
+            return out.to(predicted_variance.dtype)
+        return out.float() if form == "float64" else out
+    return fn
+
+
+@pytest.mark.parametrize("form", ["subtract_first", "float64", "python", "sqrt"])
+def test_ddpm_variance_equivalent_forms_pass_a_seed_sweep(form):
+    """Correct rewrites (beta_t = (abar_prev - abar_t) / abar_prev, float64 then cast, Python floats,
+    sqrt instead of exp-log, learned_range as lo + f (hi - lo)) pass on 40 seeds: the check's
+    tolerance comes from float32 rounding of the schedule's ratios, not from one way to write it."""
+    for seed in range(40):
+        run("ddpm_variance", variance_variant(form), seed)
+
+
+@pytest.mark.parametrize("bug,phrase", [
+    ("small_is_large", "you returned beta_t, which is 'fixed_large'"),
+    ("small_log_is_log", "returns a STANDARD DEVIATION"),
+    ("large_is_small", "you returned the posterior variance"),
+    ("large_log_no_log", "you returned beta_t itself"),
+    ("large_log_of_small", "you returned the log of the posterior"),
+    ("frac_swapped", "weights are swapped"),
+    ("frac_raw", "map it to f = (predicted_variance + 1) / 2"),
+    ("exp", "you returned its exp"),
+    ("t_minus_1", "use the prev_t argument"),
+    ("no_error", "expected a ValueError"),
+])
+def test_ddpm_variance_bugs(bug, phrase):
+    fails("ddpm_variance", variance_variant(bug=bug), phrase)
+
+
+@pytest.mark.parametrize("bug,phrase", [("no_clamp", "clamp beta_tilde_t at 1e-20"),
+                                        ("wrap", "alphas_cumprod[-1] is the LAST entry")])
+def test_ddpm_variance_last_step_bugs(bug, phrase):
+    """The last step's bugs (an unclamped log(0) = -inf in learned_range; alphas_cumprod[-1] for
+    abar_prev) are named; a missing clamp where no log follows (0 instead of 1e-20) is no bug."""
+    fails("ddpm_variance", variance_variant(bug=bug), phrase)
 
 
 # --------------------------------------------------------------------------- hard-coded answers, machinery

@@ -13,7 +13,8 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from helpers.checks._core import CheckFailed, assert_close, choice, describe, describe_exception, randint, randn
+from helpers.checks._core import (CheckFailed, as_number, assert_close, choice, describe, describe_exception,
+                                 randint, randn)
 from helpers.solutions import lab02_denoising_step as ref
 
 LAB = "lab02"
@@ -565,3 +566,205 @@ def check_ddpm_step(fn, gen):
                               f"{describe(got)}. Move alphas_cumprod to sample.device.")
         assert_close(name, got.cpu(), ref.ddpm_step(mo, t, prev, x, sched.alphas_cumprod, z, ptype),
                      **TOL[torch.float32])
+
+
+# --------------------------------------------------------------------------- ddpm_variance
+
+VARIANCE_TYPES = ref.VARIANCE_TYPES
+EQ_VAR = ("DDPMScheduler._get_variance: beta_t = 1 - abar_t / abar_prev (abar_prev = 1 when prev_t < 0), "
+          "var = max((1 - abar_prev) / (1 - abar_t) * beta_t, 1e-20); fixed_small: var; fixed_small_log: "
+          "exp(0.5 log var) (a standard deviation); fixed_large: beta_t; fixed_large_log: log beta_t; learned: "
+          "predicted_variance; learned_range: f log beta_t + (1 - f) log var with f = (predicted_variance + 1) / 2")
+EPS32 = 2.0**-24  # float32's unit roundoff: |fl(x) - x| <= EPS32 |x|
+
+
+def _variance64(t, prev, abar, vtype, pv, *, wrap=False, one_step=False, no_clamp=False, frac_raw=False,
+                frac_swapped=False, as_variance=None):
+    """_get_variance in float64 from the float32 schedule, with one typical bug switched on.
+    as_variance: the value a type returns when mistaken for another ("log", "var", "std", ...)."""
+    abar = abar.double()
+    a_t = abar[t]
+    a_p = abar[prev] if (prev >= 0 or wrap) else abar.new_ones(())
+    if one_step:
+        a_p = abar[t - 1] if t >= 1 else abar.new_ones(())
+    beta = 1 - a_t / a_p
+    var = (1 - a_p) / (1 - a_t) * beta
+    if not no_clamp:
+        var = var.clamp(min=1e-20)
+    if as_variance is not None:
+        return {"log_small": var.log(), "small": var, "std_small": var.sqrt(), "large": beta,
+                "log_large": beta.log(), "std_large": beta.sqrt(), "exp_range": None}[as_variance]
+    if vtype == "fixed_small":
+        return var
+    if vtype == "fixed_small_log":
+        return var.sqrt()
+    if vtype == "fixed_large":
+        return beta
+    if vtype == "fixed_large_log":
+        return beta.log()
+    pv = pv.double()
+    if vtype == "learned":
+        return pv
+    frac = pv if frac_raw else (pv + 1) / 2
+    lo, hi = (beta.log(), var.log()) if frac_swapped else (var.log(), beta.log())
+    return frac * hi + (1 - frac) * lo
+
+
+def _variance_tol(t, prev, abar, vtype, pv):
+    """How far a correct float32 computation may be from the float64 truth (elementwise, float64).
+
+    beta_t = 1 - abar_t / abar_prev rounds the ratio first, an ABSOLUTE error of a few EPS32
+    whatever beta_t's size; a form that subtracts first, (abar_prev - abar_t) / abar_prev, is
+    exact to a few EPS32 RELATIVE. Both are correct, so beta_t and beta_tilde_t (which carries the
+    same factor) are known only to a relative error r = 8 EPS32 / beta_t + 8 EPS32; a log of
+    them to r (absolute), a square root to r / 2 (relative). The clamp at 1e-20 matters only
+    under a log: returning 0 instead of 1e-20 (or a standard deviation of 0 instead of 1e-10) is
+    no noise either way, so those two types get an absolute floor of twice the clamped value."""
+    abar = abar.double()
+    a_t = abar[t]
+    a_p = abar[prev] if prev >= 0 else abar.new_ones(())
+    beta = 1 - a_t / a_p
+    var = ((1 - a_p) / (1 - a_t) * beta).clamp(min=1e-20)
+    r = 8 * EPS32 / float(beta) + 8 * EPS32  # relative error of beta_t and of beta_tilde_t
+    if vtype == "fixed_small":
+        return torch.tensor(r * float(var) + 2e-20, dtype=torch.float64)
+    if vtype == "fixed_small_log":
+        return torch.tensor(r * float(var.sqrt()) + 2e-10, dtype=torch.float64)
+    if vtype == "fixed_large":
+        return torch.tensor(r * float(beta), dtype=torch.float64)
+    if vtype == "fixed_large_log":
+        return torch.tensor(r + 8 * EPS32 * abs(float(beta.log())), dtype=torch.float64)
+    pv = pv.double()
+    if vtype == "learned":
+        return torch.zeros_like(pv)
+    frac = (pv + 1) / 2
+    logs = abs(float(beta.log())) + abs(float(var.log()))
+    return (frac.abs() + (1 - frac).abs()) * (r + 8 * EPS32 * logs) + 8 * EPS32 * logs
+
+
+def _variance_bugs(t, prev, abar, vtype, pv):
+    """Typical wrong answers for this type, in float64 (None entries: not defined here)."""
+    V = lambda **k: _variance64(t, prev, abar, vtype, pv, **k)  # noqa: E731
+    bugs = []
+    if vtype == "fixed_small":
+        bugs += [("fixed_small is the posterior variance beta_tilde_t = (1 - abar_prev) / (1 - abar_t) * beta_t; "
+                  "you returned beta_t, which is 'fixed_large'.", V(as_variance="large")),
+                 ("fixed_small returns the VARIANCE beta_tilde_t itself, not its square root.",
+                  V(as_variance="std_small"))]
+    if vtype == "fixed_small_log":
+        bugs += [("despite its name, diffusers' fixed_small_log returns a STANDARD DEVIATION, "
+                  "exp(0.5 * log(beta_tilde_t)) = sqrt(beta_tilde_t), not the log-variance log(beta_tilde_t): "
+                  "read how step uses it (it multiplies the noise by it directly).", V(as_variance="log_small")),
+                 ("fixed_small_log returns sqrt(beta_tilde_t) (exp of HALF the log); you returned the variance "
+                  "beta_tilde_t itself.", V(as_variance="small")),
+                 ("fixed_small_log is built on the posterior variance beta_tilde_t, not on beta_t.",
+                  V(as_variance="std_large"))]
+    if vtype == "fixed_large":
+        bugs += [("fixed_large is beta_t = 1 - abar_t / abar_prev, the jump's beta; you returned the posterior "
+                  "variance beta_tilde_t ('fixed_small').", V(as_variance="small"))]
+    if vtype == "fixed_large_log":
+        bugs += [("fixed_large_log is the log of beta_t (GLIDE's max_log); you returned the log of the posterior "
+                  "variance beta_tilde_t.", V(as_variance="log_small")),
+                 ("fixed_large_log returns the LOG-variance log(beta_t); you returned beta_t itself.",
+                  V(as_variance="large")),
+                 ("fixed_large_log returns log(beta_t), not a standard deviation exp(0.5 * log(beta_t)).",
+                  V(as_variance="std_large"))]
+    if vtype == "learned_range":
+        bugs += [("the interpolation weights are swapped: f = (predicted_variance + 1) / 2 weighs the LARGE "
+                  "log-variance log(beta_t), 1 - f the small one log(beta_tilde_t).", V(frac_swapped=True)),
+                 ("predicted_variance is in [-1, 1]: map it to f = (predicted_variance + 1) / 2 in [0, 1] "
+                  "before interpolating.", V(frac_raw=True)),
+                 ("learned_range returns the LOG-variance (step takes exp(0.5 * it)); you returned its exp.",
+                  V().exp()),
+                 ("the log of an unclamped variance: at the last step beta_tilde_t = 0 and log(0) = -inf; "
+                  "clamp beta_tilde_t at 1e-20 BEFORE taking its log, as diffusers does.", V(no_clamp=True))]
+    if vtype != "learned":
+        if prev != t - 1 and t >= 1:
+            bugs.append((f"you used t - 1 = {t - 1} as the previous timestep; this step jumps to prev_t = {prev} "
+                         f"(after set_timesteps(n) the steps are T/n apart): use the prev_t argument.",
+                         V(one_step=True)))
+        if prev < 0:
+            bugs.append(("abar_prev at the last step: prev_t = -1 must give abar_prev = 1 (diffusers' self.one), "
+                         "but alphas_cumprod[-1] is the LAST entry, abar_{T-1}.", V(wrap=True)))
+    return [(label, cand) for label, cand in bugs if cand is not None]
+
+
+def _variance_case(fn, gen, sched, desc, n, index, vtype):
+    """The learner's ddpm_variance at scheduler.timesteps[index] after set_timesteps(n), against
+    the float64 truth (tolerance from _variance_tol), diffusers' _get_variance and the reference."""
+    t = int(sched.timesteps[index])
+    prev = int(sched.previous_timestep(sched.timesteps[index]))
+    abar = sched.alphas_cumprod.clone()
+    pv = None
+    if vtype in ("learned", "learned_range"):
+        pv = (2 * torch.rand(_shape(gen, randint(gen, 2, 4), randint(gen, 1, 3)), generator=gen,
+                             dtype=torch.float64) - 1).float()  # the model's output in [-1, 1]
+    name = (f"ddpm_variance(t={t}, prev_t={prev}, alphas_cumprod, {vtype!r}"
+            f"{'' if pv is None else f', predicted_variance {tuple(pv.shape)} float32'}) "
+            f"[{desc}, set_timesteps({n})]")
+    abar_in, pv_in = abar.clone(), None if pv is None else pv.clone()
+    try:
+        got = fn(t, prev, abar_in, vtype, pv_in)
+    except NotImplementedError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported with the learner's line
+        raise CheckFailed(f"{name} raised {describe_exception(exc)}\nHint: {EQ_VAR}.") from exc
+    if not torch.equal(abar_in, abar) or (pv is not None and not torch.equal(pv_in, pv)):
+        raise CheckFailed(f"{name}: your function changed its inputs in place; build new tensors.")
+    truth = _variance64(t, prev, abar, vtype, pv)
+    tol = float(_variance_tol(t, prev, abar, vtype, pv).max())
+    bugs = _variance_bugs(t, prev, abar, vtype, pv)
+    if pv is None:  # a number, by the course's rule
+        value = as_number(name, got)
+        got64 = torch.tensor(value, dtype=torch.float64)
+    else:
+        if not isinstance(got, torch.Tensor):
+            raise CheckFailed(f"{name}: expected a tensor of shape {tuple(pv.shape)}, got {describe(got)}.")
+        if tuple(got.shape) != tuple(pv.shape) or got.dtype != pv.dtype:
+            raise CheckFailed(f"{name}: expected a tensor like predicted_variance, {describe(pv)}, got "
+                              f"{describe(got)}.\nHint: {EQ_VAR}.")
+        got64 = got.detach().double().cpu()
+    try:
+        assert_close(f"{name} vs the float64 truth", got64, truth, atol=tol, rtol=0.0, hint=EQ_VAR + ".")
+    except CheckFailed as exc:
+        for label, cand in bugs:  # a bug's value carries float32 rounding of ITS magnitude (1e-5 rel.)
+            if cand.shape == got64.shape and torch.allclose(got64, cand, atol=tol, rtol=1e-5, equal_nan=True):
+                raise CheckFailed(f"Likely bug: {label}\n{exc}") from None
+        raise
+    theirs = sched._get_variance(sched.timesteps[index], predicted_variance=pv, variance_type=vtype)
+    assert_close(f"{name} vs diffusers DDPMScheduler._get_variance", got64, torch.as_tensor(theirs).double(),
+                 atol=2 * tol, rtol=0.0, hint=EQ_VAR + ".")
+    mine = ref.ddpm_variance(t, prev, abar, vtype, pv)
+    assert_close(f"{name} vs the reference", got64, torch.as_tensor(mine).double(), atol=2 * tol, rtol=0.0,
+                 hint=EQ_VAR + ".")
+
+
+def check_ddpm_variance(fn, gen):
+    """Every variance_type, in a random order, each on its own random schedule (beta schedule, T,
+    set_timesteps(n) with a random spacing): at an interior step, at the second-to-last step and
+    at the last one (t = 0 or t = 1 with prev_t = -1, where beta_tilde_t is 0 and is clamped).
+    Compared with the float64 truth, DDPMScheduler._get_variance and the reference; then an
+    unknown variance_type must raise ValueError."""
+    order = [VARIANCE_TYPES[i] for i in torch.randperm(len(VARIANCE_TYPES), generator=gen).tolist()]
+    for vtype in order:
+        spacing = choice(gen, SPACINGS)
+        extra = dict(timestep_spacing=spacing, variance_type=vtype)
+        if spacing == "leading":
+            extra["steps_offset"] = choice(gen, (0, 1))
+        sched, desc = _random_scheduler(gen, "epsilon", **extra)
+        n = randint(gen, 5, 50)
+        sched.set_timesteps(n)
+        for index in (randint(gen, 1, n - 3), n - 2, n - 1):
+            _variance_case(fn, gen, sched, desc, n, index, vtype)
+    sched, _ = _random_scheduler(gen)
+    try:
+        got = fn(5, 4, sched.alphas_cumprod, "fixed_medium", None)
+    except NotImplementedError:
+        raise
+    except ValueError:
+        return
+    except Exception as exc:  # noqa: BLE001
+        raise CheckFailed(f"ddpm_variance(5, 4, alphas_cumprod, 'fixed_medium'): expected a ValueError, got "
+                          f"{describe_exception(exc)}.") from exc
+    raise CheckFailed(f"ddpm_variance(5, 4, alphas_cumprod, 'fixed_medium'): expected a ValueError for an unknown "
+                      f"variance_type, but it returned {describe(got)}.")
