@@ -34,7 +34,7 @@ diffusers think in these sigmas.
 import numpy as np
 import torch
 
-__all__ = ["ddim_timesteps", "ddim_step", "sigmas_from_alphas_cumprod"]
+__all__ = ["ddim_timesteps", "ddim_step", "sigmas_from_alphas_cumprod", "karras_sigmas", "euler_step"]
 
 
 def ddim_timesteps(num_inference_steps, num_train_timesteps=1000, timestep_spacing="leading", steps_offset=0):
@@ -43,18 +43,18 @@ def ddim_timesteps(num_inference_steps, num_train_timesteps=1000, timestep_spaci
     Three spacings (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are
     Flawed", Table 2), for T = num_train_timesteps and n = num_inference_steps:
 
-    - "leading" (DDIM's original choice, Stable Diffusion's config with steps_offset=1):
-          step_ratio = T // n   (integer division)
-          timesteps  = [0, 1, ..., n-1] * step_ratio + steps_offset, in descending order.
-      The largest timestep is (n-1) * (T // n) + steps_offset: for T = 1000, n = 10 that is
-      901 (with SD's offset 1), so sampling never starts from the noisiest step 999.
-    - "trailing": step_ratio = T / n (a float), timesteps = round(T, T - ratio, ..., > 0) - 1,
-      i.e. np.round(np.arange(T, 0, -step_ratio)) - 1: always starts at T-1.
-    - "linspace": n values evenly spaced from 0 to T-1, rounded, descending:
-      np.linspace(0, T - 1, n).round()[::-1].
+    - "leading" (DDIM's original choice, Stable Diffusion's config with steps_offset=1): the
+      multiples i * floor(T / n) for i = 0 .. n-1 (an INTEGER step ratio), each plus
+      steps_offset. The largest is (n-1) * floor(T / n) + steps_offset: for T = 1000, n = 10
+      that is 901 (with SD's offset 1), so sampling never starts from the noisiest step 999.
+    - "trailing": with the FLOAT ratio r = T / n, the values T, T - r, T - 2r, ... (all > 0),
+      each rounded to the nearest integer, minus 1: always starts at T-1.
+    - "linspace": n values evenly spaced over [0, T-1], both ends included, rounded.
 
-    steps_offset is added only for "leading" (that is what DDIMScheduler does). Rounding is
-    numpy's round-half-to-even, done in float64, then cast to int64.
+    Every spacing is returned in descending order. steps_offset is added only for "leading"
+    (that is what DDIMScheduler does). Rounding is numpy's round-half-to-even, done in float64,
+    before the cast to int64. diffusers' float arange for "trailing" keeps one value too many
+    for a few (T, n) (the lab shows it); match diffusers there too.
 
     Args:
         num_inference_steps: n, 1 <= n <= T.
@@ -68,9 +68,10 @@ def ddim_timesteps(num_inference_steps, num_train_timesteps=1000, timestep_spaci
     Raises:
         ValueError: for any other spacing name, or n > T.
     """
-    # TODO: Build the timesteps with numpy in float64 (np.arange / np.linspace, then .round()), like diffusers, and cast to int64 at the end.
-    # TODO: "leading": np.arange(n) * (T // n) + steps_offset; "trailing": np.round(np.arange(T, 0, -T / n)) - 1; "linspace": np.linspace(0, T - 1, n).round().
-    # TODO: Return them in DESCENDING order (sampling goes from noise to image) as torch.int64; raise ValueError for an unknown spacing or n > T.
+    # TODO: the three timestep_spacing branches of DDIMScheduler.set_timesteps
+    # TODO: (diffusers/schedulers/scheduling_ddim.py; Lin et al. 2023, Table 2), int64, descending.
+    # TODO: ValueError for an unknown spacing or n > T.
+    # Stuck? hint("lab03", "ddim_timesteps") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab03): ddim_timesteps")
 
 
@@ -80,23 +81,23 @@ def ddim_step(model_output, timestep, prev_timestep, sample, alphas_cumprod, fin
 
     Song et al. 2021 (DDIM), eq. 12, with a = abar_t and a' = abar_{t'} (t' = prev_timestep):
 
-        x0_hat = (x_t - sqrt(1 - a) * eps) / sqrt(a)                       "predicted x_0"
-        x_{t'} = sqrt(a') * x0_hat
-               + sqrt(1 - a' - sigma_t^2) * eps                             "direction pointing to x_t"
-               + sigma_t * z,      z ~ N(0, I)  (`variance_noise`)          "random noise"
+        x0_hat = (x_t - (1 - a)^(1/2) eps) / a^(1/2)                        "predicted x_0"
+        x_{t'} = a'^(1/2) x0_hat
+               + (1 - a' - sigma_t^2)^(1/2) eps                             "direction pointing to x_t"
+               + sigma_t z,        z ~ N(0, I)  (`variance_noise`)          "random noise"
 
-    and eq. 16, the noise level, with eta in [0, 1]:
+    and eq. 16, the noise level (a standard deviation), with eta in [0, 1]:
 
-        sigma_t(eta) = eta * sqrt((1 - a') / (1 - a)) * sqrt(1 - a / a')
+        sigma_t(eta)^2 = eta^2 (1 - a') / (1 - a) (1 - a / a')
 
     eta = 0 is deterministic DDIM; eta = 1 gives DDPM's posterior variance. At the last step
     there is no previous timestep (t' < 0): a' is `final_alpha_cumprod` (1.0 when the config
     says set_alpha_to_one=True, else abar_0; Stable Diffusion uses abar_0).
 
     prediction_type "v_prediction" (Salimans & Ho 2022): the model predicts
-    v = sqrt(a) * eps - sqrt(1 - a) * x_0, so
-        x0_hat = sqrt(a) * x_t - sqrt(1 - a) * v,    eps_hat = sqrt(a) * v + sqrt(1 - a) * x_t,
-    and eq. 12 uses eps_hat as the noise. (No clipping or thresholding: SD's config has
+    v = a^(1/2) eps - (1 - a)^(1/2) x_0; solve x_t = a^(1/2) x_0 + (1 - a)^(1/2) eps and v for
+    x0_hat and eps_hat (a rotation by the angle whose cosine is a^(1/2)), and eq. 12 uses eps_hat
+    as the noise. (No clipping or thresholding: SD's config has
     clip_sample=False.)
 
     Args:
@@ -114,9 +115,10 @@ def ddim_step(model_output, timestep, prev_timestep, sample, alphas_cumprod, fin
     Returns:
         (B, ...) x_{t'}, same shape and dtype as sample.
     """
-    # TODO: a = alphas_cumprod[timestep]; a' = alphas_cumprod[prev_timestep] if prev_timestep >= 0 else final_alpha_cumprod (a negative index would wrap around!).
-    # TODO: x0_hat and eps_hat from the prediction type; sigma = eta * sqrt((1 - a') / (1 - a) * (1 - a / a')) (eq. 16: a standard deviation, not a variance).
-    # TODO: x_prev = sqrt(a') * x0_hat + sqrt(1 - a' - sigma**2) * eps_hat, plus sigma * variance_noise when eta > 0.
+    # TODO: DDIM eqs. 12 and 16 (Song et al. 2021), as DDIMScheduler.step (diffusers/schedulers/
+    # TODO: scheduling_ddim.py, steps 2 to 7, with prev_timestep given and no clipping).
+    # TODO: ValueError for an unknown prediction_type; alphas_cumprod is not modified.
+    # Stuck? hint("lab03", "ddim_step") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab03): ddim_step")
 
 
@@ -124,12 +126,11 @@ def sigmas_from_alphas_cumprod(alphas_cumprod):
     """The k-diffusion noise levels sigma_t = sqrt((1 - abar_t) / abar_t), indexed like abar.
 
     Karras et al. 2022 (EDM), Sec. 2 and Table 1: a variance-preserving x_t =
-    sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, divided by sqrt(abar_t), is x_0 + sigma_t eps. So
-    the same schedule is a list of noise levels sigma_t that grow with t (sigma_t^2 = 1 / SNR_t).
-    `EulerDiscreteScheduler.__init__` computes exactly this, then stores it FLIPPED (largest
-    sigma first, the sampling order) with a 0 appended for the end of sampling:
-    `scheduler.sigmas == cat([sigmas.flip(0), 0])`. set_timesteps later interpolates these
-    values at the chosen timesteps. This function returns them in the order of t, before any
+    abar_t^(1/2) x_0 + (1 - abar_t)^(1/2) eps, divided by abar_t^(1/2), is x_0 + sigma_t eps. So
+    the same schedule is a list of noise levels sigma_t that grow with t (sigma_t^2 = 1 / SNR_t,
+    a standard deviation, not a variance). `EulerDiscreteScheduler.__init__` computes exactly
+    this, then stores it FLIPPED (largest sigma first, the sampling order) with a 0 appended for
+    the end of sampling. set_timesteps later interpolates these values at the chosen timesteps. This function returns them in the order of t, before any
     flip, append or interpolation.
 
     Args:
@@ -138,5 +139,74 @@ def sigmas_from_alphas_cumprod(alphas_cumprod):
     Returns:
         Same shape, dtype and device: sigma_0 (small) .. sigma_{T-1} (large).
     """
-    # TODO: A standard deviation, not a variance: take the square root of (1 - abar) / abar. Keep the t order (no flip, no appended 0).
+    # TODO: EDM's sigma from abar (Karras et al. 2022, Sec. 2), as EulerDiscreteScheduler.__init__
+    # TODO: computes it before the flip (diffusers/schedulers/scheduling_euler_discrete.py). Keep dtype and order.
+    # Stuck? hint("lab03", "sigmas_from_alphas_cumprod") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab03): sigmas_from_alphas_cumprod")
+
+
+
+def karras_sigmas(sigma_min, sigma_max, num_inference_steps, rho=7.0):
+    """The n noise levels of Karras et al. 2022 (EDM), eq. 5, as `EulerDiscreteScheduler._convert_to_karras`.
+
+    The schedule is evenly spaced in sigma^(1/rho), from sigma_max down to sigma_min, both
+    included; then each point is raised back to the power rho. For i = 0 .. n-1 and
+    u_i = i / (n - 1) (u_0 = 0 when n = 1):
+
+        sigma_i = ( sigma_max^(1/rho) + u_i * (sigma_min^(1/rho) - sigma_max^(1/rho)) )^rho
+
+    rho = 7 (the paper's choice, which diffusers hard-codes) crowds the steps at LOW noise;
+    rho = 1 is evenly spaced sigmas; rho -> infinity tends to evenly spaced log-sigmas.
+    diffusers takes sigma_min and sigma_max from the config when set, else from the ends of the
+    interpolated schedule, computes in float64 (numpy), and `set_timesteps` then appends the
+    final 0 and casts to float32. This function returns the n values only, largest first,
+    nothing appended.
+
+    Args:
+        sigma_min: a number > 0, the last (smallest) noise level.
+        sigma_max: a number > sigma_min, the first (largest) noise level.
+        num_inference_steps: an integer n >= 1.
+        rho: a number > 0.
+
+    Returns:
+        (n,) float tensor (float32 or float64: the check compares values), descending.
+    """
+    # TODO: EDM eq. 5 (Karras et al. 2022), as EulerDiscreteScheduler._convert_to_karras in
+    # TODO: diffusers/schedulers/scheduling_euler_discrete.py (with rho as an argument instead of 7).
+    # Stuck? hint("lab03", "karras_sigmas") in the notebook shows the next hint.
+    raise NotImplementedError("TODO(lab03): karras_sigmas")
+
+
+def euler_step(model_output, sigma, sigma_next, sample, prediction_type="epsilon"):
+    """One Euler step of the probability-flow ODE in sigma, as `EulerDiscreteScheduler.step(...).prev_sample`
+    with s_churn = 0 (no noise added: the deterministic sampler).
+
+    Karras et al. 2022 (EDM), eq. 4 and Algorithm 1 without the second-order correction. The
+    sample lives in the k-diffusion parametrisation x = x_0 + sigma * eps (NOT divided by
+    sqrt(1 + sigma^2): that scaling is `scale_model_input`'s, applied to the UNet's INPUT only).
+    With the denoised estimate D (`pred_original_sample`):
+
+        "epsilon":       D = x - sigma * eps_theta
+        "v_prediction":  D = c_skip * x + c_out * v,  c_skip = 1 / (sigma^2 + 1),
+                                                      c_out = -sigma / sqrt(sigma^2 + 1)
+        ODE derivative:  d = (x - D) / sigma                                   (EDM eq. 4)
+        Euler step:      x_next = x + (sigma_next - sigma) * d
+
+    The last step has sigma_next = 0 and lands on D itself. diffusers upcasts the sample to
+    float32 for this arithmetic and casts the result to model_output's dtype.
+
+    Args:
+        model_output: (B, ...) eps_theta, or v for "v_prediction", from the UNet at this step.
+        sigma: a number > 0, this step's noise level (`scheduler.sigmas[i]`).
+        sigma_next: a number >= 0, the next one (`scheduler.sigmas[i + 1]`; 0 at the end).
+        sample: (B, ...) x at noise level sigma (unscaled).
+        prediction_type: "epsilon" or "v_prediction".
+
+    Returns:
+        (B, ...) x at sigma_next, same shape as sample, model_output's dtype.
+    """
+    # TODO: the s_churn = 0 path of EulerDiscreteScheduler.step (diffusers/schedulers/
+    # TODO: scheduling_euler_discrete.py): steps 1 and 2 there; EDM eq. 4 and Algorithm 1.
+    # TODO: ValueError for any other prediction_type.
+    # Stuck? hint("lab03", "euler_step") in the notebook shows the next hint.
+    raise NotImplementedError("TODO(lab03): euler_step")

@@ -13,7 +13,7 @@ from helpers.checks._core import CheckFailed
 from helpers.solutions import lab03_scheduler_reading as ref
 
 SEEDS = [0, 1, 2, 3, 7, 123, 2024]
-NAMES = ["ddim_timesteps", "ddim_step", "sigmas_from_alphas_cumprod"]
+NAMES = ["ddim_timesteps", "ddim_step", "sigmas_from_alphas_cumprod", "karras_sigmas", "euler_step"]
 
 
 run, fails = checker(checks)  # tests/labtools.py
@@ -239,6 +239,35 @@ def test_final_alpha_variants_are_named():
         assert msgs and all("final_alpha_cumprod ignored" in m for m in msgs), "\n\n".join(msgs)
 
 
+def step_math_sqrt(wrap):
+    """A textbook DDIM step in Python floats (math.sqrt); ``wrap``: alphas_cumprod[prev_timestep] even
+    when prev_timestep < 0 (the index wraps around to the end of the schedule)."""
+    import math
+
+    def fn(e, t, prev, x, abar, final, eta=0.0, z=None, ptype="epsilon"):
+        a = float(abar[t])
+        ap = float(abar[prev]) if (prev >= 0 or wrap) else float(final)
+        if ptype == "v_prediction":
+            x0, eps = math.sqrt(a) * x - math.sqrt(1 - a) * e, math.sqrt(a) * e + math.sqrt(1 - a) * x
+        else:
+            x0, eps = (x - math.sqrt(1 - a) * e) / math.sqrt(a), e
+        sigma = eta * math.sqrt((1 - ap) / (1 - a)) * math.sqrt(1 - a / ap)
+        out = math.sqrt(ap) * x0 + math.sqrt(1 - ap - sigma**2) * eps
+        return out + sigma * z if eta > 0 else out
+    return fn
+
+
+def test_wrap_around_math_domain_error_is_named():
+    """Issue 15: alphas_cumprod[-1] with math.sqrt surfaced as 'ValueError: math domain error'."""
+    fails("ddim_step", step_math_sqrt(wrap=True), "final_alpha_cumprod ignored at the last step")
+    fails("ddim_step", step_math_sqrt(wrap=True), "math domain error")
+
+
+def test_python_float_step_passes_many_seeds():
+    for seed in range(40):
+        run("ddim_step", step_math_sqrt(wrap=False), seed)
+
+
 def test_step_prev_double_ratio_is_named():
     def double(e, t, prev, x, abar, final, eta=0.0, z=None, ptype="epsilon"):
         return ref.ddim_step(e, t, prev - (t - prev), x, abar, final, eta, z, ptype)
@@ -258,6 +287,164 @@ def test_step_prev_double_ratio_is_named():
 ])
 def test_sigma_bugs(fn, phrase):
     fails("sigmas_from_alphas_cumprod", fn, phrase)
+
+
+# --------------------------------------------------------------------------- karras_sigmas
+
+@pytest.mark.parametrize("n", [1, 2, 10, 25])
+def test_karras_equals_diffusers_in_set_timesteps(n):
+    """What set_timesteps(n) stores with use_karras_sigmas=True: our n sigmas (between the ends
+    of the interpolated schedule), cast to float32, with the final 0 appended."""
+    e = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                               use_karras_sigmas=True)
+    e.set_timesteps(n)
+    plain = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    plain.set_timesteps(n)
+    smax, smin = float(plain.sigmas[0]), float(plain.sigmas[-2])
+    if n == 1:  # one step: the interpolated schedule is the largest sigma alone
+        smin = smax
+    ours = ref.karras_sigmas(smin, smax, n)
+    assert ours.dtype == torch.float64 and ours.shape == (n,)
+    torch.testing.assert_close(torch.cat([ours.float(), torch.zeros(1)]), e.sigmas, atol=1e-6, rtol=1e-6)
+
+
+def karras_torch32(smin, smax, n, rho=7.0):
+    """A correct float32 form: torch.linspace and a reversed ramp, the powers in torch."""
+    lo, hi = torch.tensor(smin) ** (1 / rho), torch.tensor(smax) ** (1 / rho)
+    w = torch.linspace(1, 0, n) if n > 1 else torch.ones(1)
+    return (lo + w * (hi - lo)) ** rho
+
+
+def karras_list(smin, smax, n, rho=7.0):
+    """A correct Python-float form (k-diffusion's get_sigmas_karras without the appended 0), step by step."""
+    a, b = smax ** (1 / rho), smin ** (1 / rho)
+    return torch.tensor([(a + (i / (n - 1) if n > 1 else 0.0) * (b - a)) ** rho for i in range(n)], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("fn", [karras_torch32, karras_list])
+def test_karras_equivalent_forms_pass_many_seeds(fn):
+    for seed in range(40):
+        run("karras_sigmas", fn, seed)
+
+
+@pytest.mark.parametrize("fn,phrase", [
+    (lambda a, b, n, rho=7.0: ref.karras_sigmas(a, b, n, rho).flip(0), "wrong order"),
+    (lambda a, b, n, rho=7.0: torch.from_numpy((b**rho + np.linspace(0, 1, n) * (a**rho - b**rho)) ** (1 / rho)),
+     "power is inverted"),
+    (lambda a, b, n, rho=7.0: torch.linspace(b, a, n, dtype=torch.float64), "spaced the sigmas evenly"),
+    (lambda a, b, n, rho=7.0: torch.linspace(np.log(b), np.log(a), n, dtype=torch.float64).exp(), "_convert_to_exponential"),
+    (lambda a, b, n, rho=7.0: ((b ** (1 / rho) + torch.arange(n, dtype=torch.float64) / n * (a ** (1 / rho) - b ** (1 / rho)))
+                               ** rho), "ramp misses its end"),
+    (lambda a, b, n, rho=7.0: ref.karras_sigmas(a, b, n, 7.0), "rho ignored"),
+    (lambda a, b, n, rho=7.0: torch.cat([ref.karras_sigmas(a, b, n, rho), torch.zeros(1, dtype=torch.float64)]),
+     "appends the final 0"),
+    (lambda a, b, n, rho=7.0: ref.karras_sigmas(a, b, n, rho).half(), "float32 or float64"),
+])
+def test_karras_bugs(fn, phrase):
+    fails("karras_sigmas", fn, phrase)
+
+
+# --------------------------------------------------------------------------- euler_step
+
+@pytest.mark.parametrize("ptype", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("karras", [False, True])
+def test_euler_step_equals_diffusers_over_a_whole_loop(ptype, karras):
+    s = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                               prediction_type=ptype, use_karras_sigmas=karras, timestep_spacing="leading",
+                               steps_offset=1)
+    s.set_timesteps(12)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, generator=g) * s.init_noise_sigma
+    mine = x.clone()
+    for i, t in enumerate(s.timesteps):
+        s.scale_model_input(x, t)
+        e = torch.randn(2, 4, 8, 8, generator=g)
+        x = s.step(e, t, x).prev_sample
+        mine = ref.euler_step(e, s.sigmas[i], s.sigmas[i + 1], mine, ptype)
+        torch.testing.assert_close(mine, x, atol=1e-5, rtol=1e-5)
+
+
+def euler_as_ddim(e, s, sn, x, ptype="epsilon"):
+    """A correct form through the variance-preserving view: abar = 1 / (1 + sigma^2), x_vp = sqrt(abar) x,
+    x0_hat and eps_hat as in DDIM, then x_next = x0_hat + sigma_next * eps_hat (DDIM at eta = 0 in sigma)."""
+    s, sn = torch.tensor(float(s), dtype=torch.float64), torch.tensor(float(sn), dtype=torch.float64)
+    a = 1 / (1 + s**2)
+    xv = a.sqrt() * x.double()
+    if ptype == "v_prediction":
+        x0, eps = a.sqrt() * xv - (1 - a).sqrt() * e, a.sqrt() * e + (1 - a).sqrt() * xv
+    elif ptype == "epsilon":
+        x0, eps = (xv - (1 - a).sqrt() * e) / a.sqrt(), e
+    else:
+        raise ValueError(ptype)
+    return (x0 + sn * eps).float()
+
+
+def euler_textbook32(e, s, sn, x, ptype="epsilon"):
+    """A correct float32 form with math.sqrt and the derivative written out (Karras Algorithm 1)."""
+    import math
+    if ptype == "epsilon":
+        d = e
+    elif ptype == "v_prediction":
+        denoised = x / (s**2 + 1) - e * s / math.sqrt(s**2 + 1)
+        d = (x - denoised) / s
+    else:
+        raise ValueError(ptype)
+    return x + d * (sn - s)
+
+
+@pytest.mark.parametrize("fn", [euler_as_ddim, euler_textbook32])
+def test_euler_equivalent_forms_pass_many_seeds(fn):
+    for seed in range(40):
+        run("euler_step", fn, seed)
+
+
+def euler_bug(kind):
+    def fn(e, s, sn, x, ptype="epsilon"):
+        s, sn = float(s), float(sn)
+        if kind == "backwards":
+            return ref.euler_step(e, s, 2 * s - sn, x, ptype)
+        if kind == "denoised":
+            return ref.euler_step(e, s, 0.0, x, ptype)
+        if kind == "scaled":
+            return ref.euler_step(e, s, sn, x / (s * s + 1) ** 0.5, ptype)
+        if kind == "v_as_eps":
+            return ref.euler_step(e, s, sn, x, "epsilon" if ptype == "v_prediction" else ptype)
+        if kind == "v_ddim_scale" and ptype == "v_prediction":
+            c = 1 / (s * s + 1) ** 0.5
+            return x + (sn - s) * (x - (c * x - s * c * e)) / s
+        if kind == "v_sign" and ptype == "v_prediction":
+            return ref.euler_step(-e, s, sn, x, ptype)
+        if kind == "dt_next":
+            return ref.euler_step(e, s, s + sn, x, ptype)
+        if kind == "no_error" and ptype not in ("epsilon", "v_prediction"):
+            return x
+        return ref.euler_step(e, s, sn, x, ptype)
+    return fn
+
+
+@pytest.mark.parametrize("kind,phrase", [
+    ("backwards", "wrong way"),
+    ("denoised", "denoised estimate"),
+    ("scaled", "scale_model_input"),
+    ("v_as_eps", "v_prediction treated as epsilon"),
+    ("v_ddim_scale", "DDIM's scale"),
+    ("v_sign", "v_prediction sign"),
+    ("dt_next", "sigma_next alone"),
+    ("no_error", "expected a ValueError"),
+])
+def test_euler_bugs(kind, phrase):
+    fails("euler_step", euler_bug(kind), phrase)
+
+
+def test_euler_in_place_and_float64_are_named():
+    def in_place(e, s, sn, x, ptype="epsilon"):
+        out = ref.euler_step(e, s, sn, x, ptype)
+        x.copy_(out)
+        return out
+
+    fails("euler_step", in_place, "in place")
+    fails("euler_step", lambda e, s, sn, x, p="epsilon": ref.euler_step(e.double(), s, sn, x.double(), p),
+          "model_output's dtype")
 
 
 # --------------------------------------------------------------------------- hard-coded answers

@@ -5,13 +5,16 @@ schedule, prediction type, eta, set_alpha_to_one, shapes) and compares the learn
 with the reference solution AND with diffusers (``DDIMScheduler.set_timesteps`` / ``.step``,
 ``EulerDiscreteScheduler.sigmas``) on the same inputs. When the output matches what a typical
 bug returns, the message names that bug (the ``diagnose`` candidates below are those bugs,
-computed on the same inputs).
+computed on the same inputs). ``karras_sigmas`` and ``euler_step`` are checked against a float64
+ground truth (the reference on float64 inputs) with tolerances scaled to the magnitudes involved,
+and against ``EulerDiscreteScheduler._convert_to_karras`` / ``.step`` on the same inputs.
 """
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
-from helpers.checks._core import CheckFailed, assert_close, choice, describe, randint, uniform
+from helpers.checks._core import (CheckFailed, assert_close, choice, describe, describe_exception, randint,
+                                  uniform)
 from helpers.solutions import lab03_scheduler_reading as ref
 
 LAB = "lab03"
@@ -276,7 +279,19 @@ def _step_case(fn, gen, sched, schedule, eta, last=False):
             f"final_alpha_cumprod={float(final):.6g}, eta={eta:g}, variance_noise, "
             f"prediction_type={ptype!r})")
     abar_in = abar.clone()
-    got = fn(e.clone(), t, prev, x.clone(), abar_in, final.clone(), eta, z.clone(), ptype)
+    try:
+        got = fn(e.clone(), t, prev, x.clone(), abar_in, final.clone(), eta, z.clone(), ptype)
+    except ValueError as exc:  # math.sqrt of a negative number: name the bug behind it
+        if "math domain error" not in str(exc):
+            raise
+        why = (f"Likely bug: final_alpha_cumprod ignored at the last step: prev_timestep = {prev} < 0, so "
+               f"alphas_cumprod[prev_timestep] wraps around to the END of the schedule (almost pure noise), "
+               f"a' < a, and the square root of (1 - a / a') is taken of a negative number. Use "
+               f"final_alpha_cumprod when prev_timestep < 0.") if prev < 0 else (
+               "Likely bug: a square root of a negative number: with the right a = alphas_cumprod[timestep] "
+               "and a' = alphas_cumprod[prev_timestep], a' > a, so 1 - a / a' > 0 and 1 - a' - sigma^2 >= 0; "
+               "check which abar goes where (swapped?).")
+        raise CheckFailed(f"{why}\n{call}: {describe_exception(exc)}") from exc
     if not torch.equal(abar_in, abar):
         raise CheckFailed(f"{call}: your function changed `alphas_cumprod` in place.")
     expected = ref.ddim_step(e, t, prev, x, abar, final, eta, z, ptype)
@@ -350,3 +365,161 @@ def check_sigmas_from_alphas_cumprod(fn, gen):
                           f"{call}: expected {abar.dtype}, got {got.dtype}.")
     assert_close(call, got, ref.sigmas_from_alphas_cumprod(abar[t]), **TOL_SIGMA[torch.float64],
                  hint=hint, diagnose=_sigma_bugs(abar[t]))
+
+
+# --------------------------------------------------------------------------- karras_sigmas
+
+KARRAS_HINT = ("EDM eq. 5: sigma_i = (sigma_max^(1/rho) + i / (n - 1) * (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, "
+               "i = 0 .. n-1, largest first (EulerDiscreteScheduler._convert_to_karras).")
+# float32 answers: (a + u (b - a))^rho amplifies the base's rounding (a few ulps of sigma_max^(1/rho),
+# relative to sigma_min^(1/rho) >= 0.37) by rho <= 12: below 5e-6 relative; bugs move values by >> 1e-3.
+TOL_KARRAS = dict(atol=0.0, rtol=2e-5)
+
+
+def _log_uniform(gen, lo, hi):
+    return float(np.exp(uniform(gen, np.log(lo), np.log(hi))))
+
+
+def _karras_bugs(smin, smax, n, rho):
+    f64 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64))  # noqa: E731
+    ramp = np.linspace(0, 1, n)
+    right = ref.karras_sigmas(smin, smax, n, rho)
+    bugs = [
+        ("wrong order: the sigmas go from sigma_max DOWN to sigma_min (sampling runs from noise to "
+         "image); you returned them ascending.", right.flip(0)),
+        ("the power is inverted: interpolate sigma^(1/rho) evenly, then raise to the power rho "
+         "(you interpolated sigma^rho and took the rho-th root).",
+         f64((smax**rho + ramp * (smin**rho - smax**rho)) ** (1 / rho))),
+        ("you spaced the sigmas evenly (that is rho = 1); Karras spaces sigma^(1/rho) evenly, which "
+         "puts more steps at low noise.", f64(smax + ramp * (smin - smax))),
+        ("you spaced the sigmas evenly in log(sigma): that is _convert_to_exponential, not "
+         "_convert_to_karras (EDM eq. 5 spaces sigma^(1/rho) evenly).",
+         f64(np.exp(np.log(smax) + ramp * (np.log(smin) - np.log(smax))))),
+        ("the ramp misses its end: it runs over n points from 0 to 1 INCLUDED (np.linspace(0, 1, n)), "
+         "so the last sigma is sigma_min itself.",
+         f64((smax ** (1 / rho) + np.arange(n) / n * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho)),
+    ]
+    if rho != 7.0:
+        bugs.append((f"rho ignored: you used 7 (diffusers hard-codes it), but this call passes rho={rho:g}.",
+                     ref.karras_sigmas(smin, smax, n, 7.0)))
+    return bugs
+
+
+def _karras_case(fn, smin, smax, n, rho):
+    call = f"karras_sigmas(sigma_min={smin:.6g}, sigma_max={smax:.6g}, num_inference_steps={n}, rho={rho:g})"
+    got = fn(smin, smax, n) if rho == 7.0 else fn(smin, smax, n, rho)
+    expected = ref.karras_sigmas(smin, smax, n, rho)
+    if isinstance(got, torch.Tensor) and got.ndim == 1 and got.shape[0] == n + 1:
+        raise CheckFailed(f"Likely bug: {n + 1} values for n = {n}: set_timesteps appends the final 0 "
+                          f"AFTER _convert_to_karras; this function returns the n sigmas only.\n{call}")
+    if isinstance(got, torch.Tensor) and got.dtype in (torch.float32, torch.float64):
+        got = got.double()  # float32 or float64: values are compared (tolerance above)
+    assert_close(call, got, expected, **TOL_KARRAS, hint=KARRAS_HINT + " A float32 or float64 tensor.",
+                 diagnose=_karras_bugs(smin, smax, n, rho))
+    return got
+
+
+def check_karras_sigmas(fn, gen):
+    """Random sigma_min (log-uniform in [1e-3, 0.5]), sigma_max ([2, 160]) and n ([2, 60]): with the
+    default rho (against the reference and EulerDiscreteScheduler(sigma_min, sigma_max)._convert_to_karras),
+    with a random rho in [1.5, 12], then n = 1 (sigma_max alone)."""
+    smin, smax, n = _log_uniform(gen, 1e-3, 0.5), _log_uniform(gen, 2.0, 160.0), randint(gen, 2, 60)
+    got = _karras_case(fn, smin, smax, n, 7.0)
+    theirs = torch.from_numpy(np.asarray(
+        EulerDiscreteScheduler(sigma_min=smin, sigma_max=smax)._convert_to_karras(None, n), dtype=np.float64))
+    assert_close(f"karras_sigmas({smin:.6g}, {smax:.6g}, {n}) vs diffusers EulerDiscreteScheduler._convert_to_karras",
+                 got, theirs, **TOL_KARRAS, hint=KARRAS_HINT)
+    rho = round(choice(gen, (uniform(gen, 1.5, 6.5), uniform(gen, 7.5, 12.0))), 3)
+    _karras_case(fn, _log_uniform(gen, 1e-3, 0.5), _log_uniform(gen, 2.0, 160.0), randint(gen, 2, 60), rho)
+    _karras_case(fn, _log_uniform(gen, 1e-3, 0.5), _log_uniform(gen, 2.0, 160.0), 1, 7.0)
+
+
+# --------------------------------------------------------------------------- euler_step
+
+EULER_HINT = ("EulerDiscreteScheduler.step with s_churn = 0: D = x - sigma * eps (epsilon) or "
+              "D = x / (sigma^2 + 1) - sigma / sqrt(sigma^2 + 1) * v (v_prediction); d = (x - D) / sigma; "
+              "x_next = x + (sigma_next - sigma) * d, on the UNSCALED sample x.")
+
+
+def _euler_bugs(e, s, sn, x, ptype):
+    R = ref.euler_step
+    f64 = lambda t: t.double()  # noqa: E731
+    e, x = f64(e), f64(x)
+    bugs = [
+        ("the step goes the wrong way: dt = sigma_next - sigma (negative: the noise level falls); "
+         "you used sigma - sigma_next.", R(e, s, 2 * s - sn, x, ptype)),
+        ("you returned the denoised estimate D (pred_original_sample); step() returns the sample "
+         "moved from sigma to sigma_next.", R(e, s, 0.0, x, ptype)),
+        ("dt is sigma_next - sigma; you moved by sigma_next alone.", R(e, s, s + sn, x, ptype)),
+        ("you divided the sample by sqrt(sigma^2 + 1): that is scale_model_input, applied to the UNet's "
+         "input only; step() works on the unscaled sample x = x_0 + sigma * eps.",
+         R(e, s, sn, x / (s * s + 1) ** 0.5, ptype)),
+    ]
+    if ptype == "v_prediction":
+        c = 1 / (s * s + 1) ** 0.5
+        bugs += [
+            ("v_prediction treated as epsilon: D = x / (sigma^2 + 1) - sigma / sqrt(sigma^2 + 1) * v.",
+             R(e, s, sn, x, "epsilon")),
+            ("v_prediction with DDIM's scale: the Euler sample is NOT divided by sqrt(sigma^2 + 1), so "
+             "c_skip = 1 / (sigma^2 + 1), not 1 / sqrt(sigma^2 + 1).",
+             x + (sn - s) * (x - (c * x - s * c * e)) / s),
+            ("v_prediction sign: c_out = -sigma / sqrt(sigma^2 + 1) (D = x / (sigma^2 + 1) MINUS "
+             "sigma / sqrt(sigma^2 + 1) * v).", R(-e, s, sn, x, ptype)),
+        ]
+    return bugs
+
+
+def _euler_case(fn, gen, ptype, last=False):
+    schedule = choice(gen, SCHEDULES)
+    T, n = randint(gen, 50, 1000), randint(gen, 4, 40)
+    karras = bool(randint(gen, 0, 1))
+    sched = EulerDiscreteScheduler(num_train_timesteps=T, beta_schedule=schedule, beta_start=BETAS[schedule][0],
+                                   beta_end=BETAS[schedule][1], prediction_type=ptype,
+                                   timestep_spacing=choice(gen, SPACINGS), steps_offset=randint(gen, 0, 1),
+                                   use_karras_sigmas=karras)
+    sched.set_timesteps(n)
+    i = n - 1 if last else randint(gen, 0, n - 2)
+    s, sn = float(sched.sigmas[i]), float(sched.sigmas[i + 1])
+    shape = (randint(gen, 1, 3), 4, randint(gen, 2, 6), randint(gen, 2, 6))
+    x = torch.randn(shape, generator=gen) * (s * s + 1) ** 0.5  # a latent at noise level sigma
+    e = torch.randn(shape, generator=gen)
+    call = (f"euler_step(model_output {tuple(shape)}, sigma={s:.6g}, sigma_next={sn:.6g}, sample, "
+            f"prediction_type={ptype!r}) (step {i} of {n}, EulerDiscreteScheduler(num_train_timesteps={T}, "
+            f"beta_schedule={schedule!r}, use_karras_sigmas={karras}))")
+    x_in, e_in = x.clone(), e.clone()
+    got = fn(e_in, s, sn, x_in, ptype)
+    if not (torch.equal(x_in, x) and torch.equal(e_in, e)):
+        raise CheckFailed(f"{call}: your function changed `sample` or `model_output` in place.")
+    truth = ref.euler_step(e.double(), s, sn, x.double(), ptype)  # float64 ground truth
+    # float32 rounding: a few ulps of the largest term (|x| or sigma * |model_output|), whatever the form.
+    scale = float(x.abs().max()) + s * float(e.abs().max())
+    tol = dict(atol=2e-6 * scale, rtol=1e-6)
+    if isinstance(got, torch.Tensor) and got.dtype != torch.float32 and got.is_floating_point():
+        raise CheckFailed(f"{call}: expected model_output's dtype torch.float32, got {got.dtype}.")
+    assert_close(call, got, truth.float(), **tol, hint=EULER_HINT, diagnose=[
+        (label, cand.float()) for label, cand in _euler_bugs(e, s, sn, x, ptype)])
+    sched._step_index, sched.is_scale_input_called = i, True  # step() reads sigmas[step_index]
+    theirs = sched.step(e, sched.timesteps[i], x).prev_sample
+    assert_close(f"{call} vs diffusers EulerDiscreteScheduler.step", got, theirs, **tol, hint=EULER_HINT)
+
+
+def check_euler_step(fn, gen):
+    """Against a float64 ground truth and EulerDiscreteScheduler.step (s_churn = 0) on a random config
+    (T, beta schedule, spacing, Karras sigmas or not): epsilon and v_prediction at a random step, then
+    both at the last step (sigma_next = 0), then an unknown prediction_type (ValueError)."""
+    for ptype in ("epsilon", "v_prediction"):
+        _euler_case(fn, gen, ptype)
+    for ptype in ("epsilon", "v_prediction"):
+        _euler_case(fn, gen, ptype, last=True)
+    x = torch.randn(1, 4, 2, 2, generator=gen)
+    try:
+        fn(x.clone(), 1.0, 0.5, x.clone(), "sample_v2")
+    except ValueError:
+        return
+    except NotImplementedError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise CheckFailed(f"euler_step(..., prediction_type='sample_v2'): expected a ValueError for an unknown "
+                          f"prediction type, got {describe_exception(exc)}") from exc
+    raise CheckFailed("euler_step(..., prediction_type='sample_v2'): expected a ValueError for an unknown "
+                      "prediction type, but it returned normally.")

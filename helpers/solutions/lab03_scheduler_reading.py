@@ -27,7 +27,7 @@ diffusers think in these sigmas.
 import numpy as np
 import torch
 
-__all__ = ["ddim_timesteps", "ddim_step", "sigmas_from_alphas_cumprod"]
+__all__ = ["ddim_timesteps", "ddim_step", "sigmas_from_alphas_cumprod", "karras_sigmas", "euler_step"]
 
 
 def ddim_timesteps(num_inference_steps, num_train_timesteps=1000, timestep_spacing="leading", steps_offset=0):
@@ -36,18 +36,18 @@ def ddim_timesteps(num_inference_steps, num_train_timesteps=1000, timestep_spaci
     Three spacings (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are
     Flawed", Table 2), for T = num_train_timesteps and n = num_inference_steps:
 
-    - "leading" (DDIM's original choice, Stable Diffusion's config with steps_offset=1):
-          step_ratio = T // n   (integer division)
-          timesteps  = [0, 1, ..., n-1] * step_ratio + steps_offset, in descending order.
-      The largest timestep is (n-1) * (T // n) + steps_offset: for T = 1000, n = 10 that is
-      901 (with SD's offset 1), so sampling never starts from the noisiest step 999.
-    - "trailing": step_ratio = T / n (a float), timesteps = round(T, T - ratio, ..., > 0) - 1,
-      i.e. np.round(np.arange(T, 0, -step_ratio)) - 1: always starts at T-1.
-    - "linspace": n values evenly spaced from 0 to T-1, rounded, descending:
-      np.linspace(0, T - 1, n).round()[::-1].
+    - "leading" (DDIM's original choice, Stable Diffusion's config with steps_offset=1): the
+      multiples i * floor(T / n) for i = 0 .. n-1 (an INTEGER step ratio), each plus
+      steps_offset. The largest is (n-1) * floor(T / n) + steps_offset: for T = 1000, n = 10
+      that is 901 (with SD's offset 1), so sampling never starts from the noisiest step 999.
+    - "trailing": with the FLOAT ratio r = T / n, the values T, T - r, T - 2r, ... (all > 0),
+      each rounded to the nearest integer, minus 1: always starts at T-1.
+    - "linspace": n values evenly spaced over [0, T-1], both ends included, rounded.
 
-    steps_offset is added only for "leading" (that is what DDIMScheduler does). Rounding is
-    numpy's round-half-to-even, done in float64, then cast to int64.
+    Every spacing is returned in descending order. steps_offset is added only for "leading"
+    (that is what DDIMScheduler does). Rounding is numpy's round-half-to-even, done in float64,
+    before the cast to int64. diffusers' float arange for "trailing" keeps one value too many
+    for a few (T, n) (the lab shows it); match diffusers there too.
 
     Args:
         num_inference_steps: n, 1 <= n <= T.
@@ -62,9 +62,16 @@ def ddim_timesteps(num_inference_steps, num_train_timesteps=1000, timestep_spaci
         ValueError: for any other spacing name, or n > T.
     """
     # BEGIN SOLUTION
-    # HINT: Build the timesteps with numpy in float64 (np.arange / np.linspace, then .round()), like diffusers, and cast to int64 at the end.
-    # HINT: "leading": np.arange(n) * (T // n) + steps_offset; "trailing": np.round(np.arange(T, 0, -T / n)) - 1; "linspace": np.linspace(0, T - 1, n).round().
-    # HINT: Return them in DESCENDING order (sampling goes from noise to image) as torch.int64; raise ValueError for an unknown spacing or n > T.
+    # TODO: the three timestep_spacing branches of DDIMScheduler.set_timesteps
+    # TODO: (diffusers/schedulers/scheduling_ddim.py; Lin et al. 2023, Table 2), int64, descending.
+    # TODO: ValueError for an unknown spacing or n > T.
+    # HINT 1: Open diffusers/schedulers/scheduling_ddim.py, DDIMScheduler.set_timesteps: one branch per
+    # HINT 1: config.timestep_spacing; note which use // and which use /, where the order is reversed,
+    # HINT 1: and where steps_offset is added.
+    # HINT 2: Build the values with numpy in float64 (an arange or a linspace), round them, reverse them
+    # HINT 2: where needed so the largest comes first, add the offset for "leading" only, cast to int64.
+    # HINT 3: "leading": np.arange(n) * (T // n), reversed, + steps_offset; "trailing": np.round(np.arange(T, 0, -T / n)) - 1;
+    # HINT 3: "linspace": np.linspace(0, T - 1, n).round()[::-1]; then torch.from_numpy(... .astype(np.int64)).
     T, n = num_train_timesteps, num_inference_steps
     if n > T:
         raise ValueError(f"num_inference_steps={n} cannot be larger than num_train_timesteps={T}")
@@ -89,23 +96,23 @@ def ddim_step(model_output, timestep, prev_timestep, sample, alphas_cumprod, fin
 
     Song et al. 2021 (DDIM), eq. 12, with a = abar_t and a' = abar_{t'} (t' = prev_timestep):
 
-        x0_hat = (x_t - sqrt(1 - a) * eps) / sqrt(a)                       "predicted x_0"
-        x_{t'} = sqrt(a') * x0_hat
-               + sqrt(1 - a' - sigma_t^2) * eps                             "direction pointing to x_t"
-               + sigma_t * z,      z ~ N(0, I)  (`variance_noise`)          "random noise"
+        x0_hat = (x_t - (1 - a)^(1/2) eps) / a^(1/2)                        "predicted x_0"
+        x_{t'} = a'^(1/2) x0_hat
+               + (1 - a' - sigma_t^2)^(1/2) eps                             "direction pointing to x_t"
+               + sigma_t z,        z ~ N(0, I)  (`variance_noise`)          "random noise"
 
-    and eq. 16, the noise level, with eta in [0, 1]:
+    and eq. 16, the noise level (a standard deviation), with eta in [0, 1]:
 
-        sigma_t(eta) = eta * sqrt((1 - a') / (1 - a)) * sqrt(1 - a / a')
+        sigma_t(eta)^2 = eta^2 (1 - a') / (1 - a) (1 - a / a')
 
     eta = 0 is deterministic DDIM; eta = 1 gives DDPM's posterior variance. At the last step
     there is no previous timestep (t' < 0): a' is `final_alpha_cumprod` (1.0 when the config
     says set_alpha_to_one=True, else abar_0; Stable Diffusion uses abar_0).
 
     prediction_type "v_prediction" (Salimans & Ho 2022): the model predicts
-    v = sqrt(a) * eps - sqrt(1 - a) * x_0, so
-        x0_hat = sqrt(a) * x_t - sqrt(1 - a) * v,    eps_hat = sqrt(a) * v + sqrt(1 - a) * x_t,
-    and eq. 12 uses eps_hat as the noise. (No clipping or thresholding: SD's config has
+    v = a^(1/2) eps - (1 - a)^(1/2) x_0; solve x_t = a^(1/2) x_0 + (1 - a)^(1/2) eps and v for
+    x0_hat and eps_hat (a rotation by the angle whose cosine is a^(1/2)), and eq. 12 uses eps_hat
+    as the noise. (No clipping or thresholding: SD's config has
     clip_sample=False.)
 
     Args:
@@ -124,9 +131,19 @@ def ddim_step(model_output, timestep, prev_timestep, sample, alphas_cumprod, fin
         (B, ...) x_{t'}, same shape and dtype as sample.
     """
     # BEGIN SOLUTION
-    # HINT: a = alphas_cumprod[timestep]; a' = alphas_cumprod[prev_timestep] if prev_timestep >= 0 else final_alpha_cumprod (a negative index would wrap around!).
-    # HINT: x0_hat and eps_hat from the prediction type; sigma = eta * sqrt((1 - a') / (1 - a) * (1 - a / a')) (eq. 16: a standard deviation, not a variance).
-    # HINT: x_prev = sqrt(a') * x0_hat + sqrt(1 - a' - sigma**2) * eps_hat, plus sigma * variance_noise when eta > 0.
+    # TODO: DDIM eqs. 12 and 16 (Song et al. 2021), as DDIMScheduler.step (diffusers/schedulers/
+    # TODO: scheduling_ddim.py, steps 2 to 7, with prev_timestep given and no clipping).
+    # TODO: ValueError for an unknown prediction_type; alphas_cumprod is not modified.
+    # HINT 1: Read DDIMScheduler.step in diffusers/schedulers/scheduling_ddim.py: its numbered steps 2
+    # HINT 1: (alphas at t and t'), 3 (the prediction types), 5 (_get_variance) and 6-7 (the update).
+    # HINT 1: Note what it does when prev_timestep is negative.
+    # HINT 2: Look up abar at t and at t' (final_alpha_cumprod when t' < 0: a negative index wraps
+    # HINT 2: around); get x0_hat and eps_hat from the prediction type; compute eq. 16's standard
+    # HINT 2: deviation; combine the three terms of eq. 12 (the noise term only when eta > 0).
+    # HINT 3: a = alphas_cumprod[timestep]; a' = alphas_cumprod[prev_timestep] if prev_timestep >= 0 else final_alpha_cumprod;
+    # HINT 3: v: x0_hat = sqrt(a) x_t - sqrt(1 - a) v, eps_hat = sqrt(a) v + sqrt(1 - a) x_t;
+    # HINT 3: sigma = eta * sqrt((1 - a') / (1 - a) * (1 - a / a'));
+    # HINT 3: x_prev = sqrt(a') * x0_hat + sqrt(1 - a' - sigma**2) * eps_hat + sigma * variance_noise.
     a_t = alphas_cumprod[timestep]  # abar_t, 0-dim
     a_prev = alphas_cumprod[prev_timestep] if prev_timestep >= 0 else final_alpha_cumprod  # abar_{t'}
     a_prev = torch.as_tensor(a_prev, dtype=alphas_cumprod.dtype)
@@ -155,12 +172,11 @@ def sigmas_from_alphas_cumprod(alphas_cumprod):
     """The k-diffusion noise levels sigma_t = sqrt((1 - abar_t) / abar_t), indexed like abar.
 
     Karras et al. 2022 (EDM), Sec. 2 and Table 1: a variance-preserving x_t =
-    sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, divided by sqrt(abar_t), is x_0 + sigma_t eps. So
-    the same schedule is a list of noise levels sigma_t that grow with t (sigma_t^2 = 1 / SNR_t).
-    `EulerDiscreteScheduler.__init__` computes exactly this, then stores it FLIPPED (largest
-    sigma first, the sampling order) with a 0 appended for the end of sampling:
-    `scheduler.sigmas == cat([sigmas.flip(0), 0])`. set_timesteps later interpolates these
-    values at the chosen timesteps. This function returns them in the order of t, before any
+    abar_t^(1/2) x_0 + (1 - abar_t)^(1/2) eps, divided by abar_t^(1/2), is x_0 + sigma_t eps. So
+    the same schedule is a list of noise levels sigma_t that grow with t (sigma_t^2 = 1 / SNR_t,
+    a standard deviation, not a variance). `EulerDiscreteScheduler.__init__` computes exactly
+    this, then stores it FLIPPED (largest sigma first, the sampling order) with a 0 appended for
+    the end of sampling. set_timesteps later interpolates these values at the chosen timesteps. This function returns them in the order of t, before any
     flip, append or interpolation.
 
     Args:
@@ -170,6 +186,110 @@ def sigmas_from_alphas_cumprod(alphas_cumprod):
         Same shape, dtype and device: sigma_0 (small) .. sigma_{T-1} (large).
     """
     # BEGIN SOLUTION
-    # HINT: A standard deviation, not a variance: take the square root of (1 - abar) / abar. Keep the t order (no flip, no appended 0).
-    return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5  # (T,)
+    # TODO: EDM's sigma from abar (Karras et al. 2022, Sec. 2), as EulerDiscreteScheduler.__init__
+    # TODO: computes it before the flip (diffusers/schedulers/scheduling_euler_discrete.py). Keep dtype and order.
+    # HINT 1: EulerDiscreteScheduler.__init__ in diffusers/schedulers/scheduling_euler_discrete.py: the
+    # HINT 1: line that builds `sigmas` from self.alphas_cumprod, just before the flip and the appended 0.
+    # HINT 2: Divide the noise variance by the signal variance, elementwise, and take the square root;
+    # HINT 2: no flip, nothing appended, same dtype as the input.
+    # HINT 3: sigma = ((1 - abar) / abar) ** 0.5
+    return torch.sqrt((1 - alphas_cumprod) / alphas_cumprod)  # (T,) sigma_t, a standard deviation
+    # END SOLUTION
+
+
+
+def karras_sigmas(sigma_min, sigma_max, num_inference_steps, rho=7.0):
+    """The n noise levels of Karras et al. 2022 (EDM), eq. 5, as `EulerDiscreteScheduler._convert_to_karras`.
+
+    The schedule is evenly spaced in sigma^(1/rho), from sigma_max down to sigma_min, both
+    included; then each point is raised back to the power rho. For i = 0 .. n-1 and
+    u_i = i / (n - 1) (u_0 = 0 when n = 1):
+
+        sigma_i = ( sigma_max^(1/rho) + u_i * (sigma_min^(1/rho) - sigma_max^(1/rho)) )^rho
+
+    rho = 7 (the paper's choice, which diffusers hard-codes) crowds the steps at LOW noise;
+    rho = 1 is evenly spaced sigmas; rho -> infinity tends to evenly spaced log-sigmas.
+    diffusers takes sigma_min and sigma_max from the config when set, else from the ends of the
+    interpolated schedule, computes in float64 (numpy), and `set_timesteps` then appends the
+    final 0 and casts to float32. This function returns the n values only, largest first,
+    nothing appended.
+
+    Args:
+        sigma_min: a number > 0, the last (smallest) noise level.
+        sigma_max: a number > sigma_min, the first (largest) noise level.
+        num_inference_steps: an integer n >= 1.
+        rho: a number > 0.
+
+    Returns:
+        (n,) float tensor (float32 or float64: the check compares values), descending.
+    """
+    # BEGIN SOLUTION
+    # TODO: EDM eq. 5 (Karras et al. 2022), as EulerDiscreteScheduler._convert_to_karras in
+    # TODO: diffusers/schedulers/scheduling_euler_discrete.py (with rho as an argument instead of 7).
+    # HINT 1: Open diffusers/schedulers/scheduling_euler_discrete.py and read _convert_to_karras (the
+    # HINT 1: lines after "rho = 7.0"); set_timesteps calls it when use_karras_sigmas=True.
+    # HINT 2: Make n evenly spaced fractions from 0 to 1; move both ends of the range to the power 1/rho;
+    # HINT 2: interpolate between them, from the max end to the min end; raise the result back to the power rho.
+    # HINT 3: ramp = np.linspace(0, 1, n); lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho);
+    # HINT 3: sigmas = (hi + ramp * (lo - hi)) ** rho, then torch.from_numpy.
+    inv_rho = 1.0 / float(rho)
+    fractions = np.linspace(0.0, 1.0, int(num_inference_steps))  # (n,) float64, 0 .. 1
+    top, bottom = float(sigma_max) ** inv_rho, float(sigma_min) ** inv_rho  # the ends in sigma^(1/rho)
+    levels = top + fractions * (bottom - top)  # (n,) evenly spaced in sigma^(1/rho), descending
+    return torch.from_numpy(levels**rho)  # (n,) float64, sigma_max .. sigma_min
+    # END SOLUTION
+
+
+def euler_step(model_output, sigma, sigma_next, sample, prediction_type="epsilon"):
+    """One Euler step of the probability-flow ODE in sigma, as `EulerDiscreteScheduler.step(...).prev_sample`
+    with s_churn = 0 (no noise added: the deterministic sampler).
+
+    Karras et al. 2022 (EDM), eq. 4 and Algorithm 1 without the second-order correction. The
+    sample lives in the k-diffusion parametrisation x = x_0 + sigma * eps (NOT divided by
+    sqrt(1 + sigma^2): that scaling is `scale_model_input`'s, applied to the UNet's INPUT only).
+    With the denoised estimate D (`pred_original_sample`):
+
+        "epsilon":       D = x - sigma * eps_theta
+        "v_prediction":  D = c_skip * x + c_out * v,  c_skip = 1 / (sigma^2 + 1),
+                                                      c_out = -sigma / sqrt(sigma^2 + 1)
+        ODE derivative:  d = (x - D) / sigma                                   (EDM eq. 4)
+        Euler step:      x_next = x + (sigma_next - sigma) * d
+
+    The last step has sigma_next = 0 and lands on D itself. diffusers upcasts the sample to
+    float32 for this arithmetic and casts the result to model_output's dtype.
+
+    Args:
+        model_output: (B, ...) eps_theta, or v for "v_prediction", from the UNet at this step.
+        sigma: a number > 0, this step's noise level (`scheduler.sigmas[i]`).
+        sigma_next: a number >= 0, the next one (`scheduler.sigmas[i + 1]`; 0 at the end).
+        sample: (B, ...) x at noise level sigma (unscaled).
+        prediction_type: "epsilon" or "v_prediction".
+
+    Returns:
+        (B, ...) x at sigma_next, same shape as sample, model_output's dtype.
+    """
+    # BEGIN SOLUTION
+    # TODO: the s_churn = 0 path of EulerDiscreteScheduler.step (diffusers/schedulers/
+    # TODO: scheduling_euler_discrete.py): steps 1 and 2 there; EDM eq. 4 and Algorithm 1.
+    # TODO: ValueError for any other prediction_type.
+    # HINT 1: In EulerDiscreteScheduler.step, with s_churn = 0 gamma is 0, so sigma_hat is sigma; read
+    # HINT 1: "1. compute predicted original sample" and "2. Convert to an ODE derivative".
+    # HINT 2: Estimate the clean sample from the model output (two formulas, one per prediction type);
+    # HINT 2: the derivative is the sample minus that estimate, per unit of sigma; move the sample
+    # HINT 2: along it by the change of sigma (negative: sigma falls). Compute in float32, return model_output's dtype.
+    # HINT 3: epsilon: x0 = x - sigma * eps; v: x0 = v * (-sigma / (sigma**2 + 1) ** 0.5) + x / (sigma**2 + 1);
+    # HINT 3: d = (x - x0) / sigma; x_next = x + d * (sigma_next - sigma).
+    x = sample.to(torch.float32)  # diffusers' upcast
+    s, s_next = float(sigma), float(sigma_next)
+    if prediction_type == "epsilon":
+        denoised = x - s * model_output  # D(x; sigma), (B, ...)
+    elif prediction_type == "v_prediction":
+        c_skip = 1.0 / (s * s + 1.0)
+        c_out = -s / (s * s + 1.0) ** 0.5
+        denoised = c_skip * x + c_out * model_output
+    else:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}: expected 'epsilon' or 'v_prediction'")
+    slope = (x - denoised) / s  # dx/dsigma, EDM eq. 4
+    moved = x + (s_next - s) * slope  # one Euler step from sigma to sigma_next
+    return moved.to(model_output.dtype)  # (B, ...)
     # END SOLUTION
