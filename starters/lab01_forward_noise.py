@@ -22,43 +22,46 @@ Closed form (DDPM eq. 4): q(x_t | x_0)     = N(sqrt(abar_t) x_0, (1 - abar_t) I)
 so                        x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps.
 
 The functions below are, in order: the beta schedule, its cumulative product, the closed
-form, and the signal-to-noise ratio. Each equals the matching piece of
-`diffusers.DDPMScheduler` on the same inputs.
+form, the signal-to-noise ratio, and the zero-terminal-SNR rescaling of a schedule (Lin et
+al. 2023). Each equals the matching piece of `diffusers.DDPMScheduler` on the same inputs.
 """
 
 import math
 
 import torch
 
-__all__ = ["make_betas", "alphas_cumprod", "add_noise", "snr"]
+__all__ = ["make_betas", "alphas_cumprod", "add_noise", "snr", "rescale_zero_terminal_snr"]
 
 
 def make_betas(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
     """The beta schedule beta_0 .. beta_{T-1}, as `DDPMScheduler(beta_schedule=...).betas`.
 
-    Three schedules, by their diffusers names:
+    Four schedules, by their diffusers names (u_t = t / (T-1), t = 0 .. T-1):
 
-    - "linear" (Ho et al. 2020, DDPM, Sec. 4): T values evenly spaced from beta_start
-      to beta_end (DDPM uses 1e-4 .. 0.02, T = 1000).
+    - "linear" (Ho et al. 2020, DDPM, Sec. 4): beta_t rises linearly in u_t from beta_start
+      (u = 0) to beta_end (u = 1). DDPM uses 1e-4 .. 0.02, T = 1000.
     - "scaled_linear" (latent diffusion / Stable Diffusion, which uses 0.00085 .. 0.012):
-      evenly spaced in sqrt(beta), then squared:
-          beta_t = (sqrt(beta_start) + t / (T-1) * (sqrt(beta_end) - sqrt(beta_start)))^2
+      sqrt(beta_t) rises linearly in u_t from sqrt(beta_start) to sqrt(beta_end).
+    - "sigmoid" (GeoDiff, Xu et al. 2022): beta_t = beta_start + (beta_end - beta_start) * s(v_t),
+      s the logistic sigmoid, v_t running linearly from -6 (t = 0) to +6 (t = T-1): an S-shaped
+      ramp that never quite reaches either end of the range.
     - "squaredcos_cap_v2" (Nichol & Dhariwal 2021, "Improved DDPM", eq. 17): the cosine
       schedule, defined through abar rather than beta:
           f(u) = cos^2( (u + s) / (1 + s) * pi / 2 ),  s = 0.008,  abar(u) = f(u) / f(0)
-          beta_t = min(1 - f((t+1)/T) / f(t/T), 0.999)          t = 0 .. T-1
-      beta_start and beta_end are ignored. How diffusers (`betas_for_alpha_bar`, the same
-      code as the authors' improved-diffusion) differs from the formula on the page:
+      and beta_t is one minus the ratio of f at the end and at the start of step t (at u = (t+1)/T
+      and u = t/T), capped at 0.999. beta_start and beta_end are ignored. How diffusers
+      (`betas_for_alpha_bar`, the same code as the authors' improved-diffusion) differs from
+      the formula on the page:
         * it never evaluates abar directly; it builds betas from ratios of f, so
           cumprod(1 - beta) telescopes to f((t+1)/T) / f(0): diffusers' index t is the
           paper's t+1 (the paper counts 1 .. T);
         * the last ratio is f(1) / f(1 - 1/T) = 0, so the raw beta is 1, which would make
           abar exactly 0 at the end and 1/abar infinite; the cap at 0.999 (stated in the
           paper's text after eq. 17) leaves a tiny abar_{T-1} > 0 instead;
-        * it computes in Python float64 and rounds the result to float32.
+        * it computes in Python float64 (the math module) and rounds the result to float32.
 
     Args:
-        schedule: "linear", "scaled_linear" or "squaredcos_cap_v2".
+        schedule: "linear", "scaled_linear", "sigmoid" or "squaredcos_cap_v2".
         num_train_timesteps: T, the number of betas.
         beta_start, beta_end: the first and last beta of the two linear schedules.
 
@@ -68,9 +71,10 @@ def make_betas(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.0
     Raises:
         ValueError: for any other schedule name.
     """
-    # TODO: "linear": torch.linspace(beta_start, beta_end, T); "scaled_linear": linspace the square roots, then square.
-    # TODO: cosine: beta_t = min(1 - f((t+1)/T) / f(t/T), 0.999); f(u) = math.cos((u + 0.008) / 1.008 * math.pi / 2)**2
-    # TODO: Always return float32 of shape (T,); raise ValueError for an unknown name.
+    # TODO: the four schedules of DDPMScheduler.__init__ (diffusers/schedulers/scheduling_ddpm.py),
+    # TODO: the cosine one through betas_for_alpha_bar (same file; Improved DDPM eq. 17 and the cap
+    # TODO: after it). float32, shape (T,); ValueError for any other name.
+    # Stuck? hint("lab01", "make_betas") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab01): make_betas")
 
 
@@ -87,18 +91,17 @@ def alphas_cumprod(betas):
     Returns:
         (T,) abar_0 .. abar_{T-1}, same dtype and device as betas.
     """
-    # TODO: alpha_t = 1 - beta_t; abar_t multiplies alpha_0 .. alpha_t (torch.cumprod along dim 0).
+    # TODO: abar_t from the betas (DDPM, the definitions above eq. 4), as DDPMScheduler.__init__
+    # TODO: computes `self.alphas_cumprod` (diffusers/schedulers/scheduling_ddpm.py).
+    # Stuck? hint("lab01", "alphas_cumprod") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab01): alphas_cumprod")
 
 
 def add_noise(original_samples, noise, timesteps, alphas_cumprod):
     """Sample x_t ~ q(x_t | x_0) in one shot, as `DDPMScheduler.add_noise`.
 
-    Ho et al. 2020 (DDPM), eq. 4: q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I), i.e.
-
-        x_t = sqrt(abar_t) * x_0 + sqrt(1 - abar_t) * eps
-
-    with a different t for each sample of the batch. Like diffusers, alphas_cumprod is
+    Ho et al. 2020 (DDPM), eq. 4: q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I), with a
+    different t for each sample of the batch, by the reparametrisation x_t = mean + std * eps. Like diffusers, alphas_cumprod is
     moved to the samples' device and cast to their dtype *before* indexing, so the result
     has the dtype and device of original_samples (alphas_cumprod usually stays float32 on
     the CPU while the samples are float16 on a GPU).
@@ -113,18 +116,19 @@ def add_noise(original_samples, noise, timesteps, alphas_cumprod):
     Returns:
         (B, ...) x_t, same shape, dtype and device as original_samples.
     """
-    # TODO: Cast alphas_cumprod to original_samples' device and dtype, then abar_t = alphas_cumprod[timesteps]: (B,).
-    # TODO: Reshape abar_t to (B, 1, ..., 1), one 1 per dim after the batch one, so it broadcasts over any rank.
+    # TODO: x_t by DDPM eq. 4, as DDPMScheduler.add_noise (diffusers/schedulers/scheduling_ddpm.py):
+    # TODO: one abar_t per sample, broadcast over every dimension after the batch one.
+    # Stuck? hint("lab01", "add_noise") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab01): add_noise")
 
 
 def snr(alphas_cumprod):
     """Signal-to-noise ratio of x_t: SNR_t = abar_t / (1 - abar_t).
 
-    Kingma et al. 2021 ("Variational Diffusion Models", where the forward process is defined)
-    define SNR(t) = alpha_t^2 / sigma_t^2 for z_t = alpha_t x + sigma_t eps; in DDPM's notation the
-    signal coefficient is sqrt(abar_t) and the noise coefficient sqrt(1 - abar_t), so
-    SNR_t = abar_t / (1 - abar_t). It is what diffusers' `training_utils.compute_snr`
+    Kingma et al. 2021 ("Variational Diffusion Models", eq. 2-3, where the forward process is
+    defined) define SNR(t) = alpha_t^2 / sigma_t^2 for z_t = alpha_t x + sigma_t eps: the signal's
+    variance over the noise's. Translate alpha_t and sigma_t into DDPM's notation (eq. 4) to get
+    SNR_t in terms of abar_t. It is what diffusers' `training_utils.compute_snr`
     returns (for Min-SNR loss weighting); log-SNR is the natural axis to compare schedules.
 
     Args:
@@ -133,5 +137,35 @@ def snr(alphas_cumprod):
     Returns:
         Same shape, dtype and device as alphas_cumprod: SNR_t, from large (t = 0) to about 0.
     """
-    # TODO: Signal power over noise power: abar_t / (1 - abar_t) (a ratio, not its log or square root).
+    # TODO: SNR_t (Kingma et al. 2021, eq. 2-3) in DDPM's notation, as diffusers.training_utils.compute_snr.
+    # Stuck? hint("lab01", "snr") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab01): snr")
+
+
+def rescale_zero_terminal_snr(betas):
+    """Rescale a beta schedule to zero terminal SNR, as diffusers' `rescale_zero_terminal_snr`.
+
+    Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Sec. 3.1 and
+    Algorithm 1 (diffusers: `DDPMScheduler(rescale_betas_zero_snr=True)`). Most schedules end
+    with abar_{T-1} > 0, so x_{T-1} still holds some signal (SD: sqrt(abar_{T-1}) ~ 0.068), while
+    sampling starts from pure noise. The fix works on the signal coefficient r_t = sqrt(abar_t):
+    an affine map r'_t = a r_t + b, with a and b chosen so that
+
+        r'_0 = r_0            (the first step keeps its signal), and
+        r'_{T-1} = 0          (the last step has none: SNR_{T-1} = 0, x_{T-1} is pure noise).
+
+    Then it turns r' back into betas: abar'_t = r'_t^2, alpha'_0 = abar'_0 and
+    alpha'_t = abar'_t / abar'_{t-1} for t >= 1 (undoing the cumulative product), beta' = 1 - alpha'.
+    So beta'_{T-1} = 1 exactly, and cumprod(1 - beta') = abar'.
+
+    Args:
+        betas: (T,) a beta schedule, T >= 2, float32 or float64, each in (0, 1). Not modified.
+
+    Returns:
+        (T,) the rescaled betas, same dtype and device as betas; the first equals betas[0] up
+        to rounding and the last is 1.
+    """
+    # TODO: Lin et al. 2023, Algorithm 1, as rescale_zero_terminal_snr in
+    # TODO: diffusers/schedulers/scheduling_ddpm.py (above class DDPMScheduler). Leave `betas` unchanged.
+    # Stuck? hint("lab01", "rescale_zero_terminal_snr") in the notebook shows the next hint.
+    raise NotImplementedError("TODO(lab01): rescale_zero_terminal_snr")

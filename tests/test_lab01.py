@@ -14,7 +14,7 @@ from helpers.checks._core import CheckFailed
 from helpers.solutions import lab01_forward_noise as ref
 
 SEEDS = [0, 1, 2, 3, 7, 123, 2024]
-NAMES = ["make_betas", "alphas_cumprod", "add_noise", "snr"]
+NAMES = ["make_betas", "alphas_cumprod", "add_noise", "snr", "rescale_zero_terminal_snr"]
 
 
 run, fails = checker(checks)  # tests/labtools.py
@@ -34,7 +34,7 @@ def test_reference_passes(name, seed):
     run(name, getattr(ref, name), seed)
 
 
-@pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+@pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "sigmoid", "squaredcos_cap_v2"])
 @pytest.mark.parametrize("T", [1, 2, 10, 50, 999, 1000, 4000])
 @pytest.mark.parametrize("betas", [(1e-4, 0.02), (0.00085, 0.012), (3e-5, 0.031)])
 def test_reference_equals_diffusers(schedule, T, betas):
@@ -64,6 +64,24 @@ def test_snr_equals_diffusers_compute_snr():
         torch.testing.assert_close(got, compute_snr(sched, t), rtol=1e-5, atol=1e-12)
 
 
+@pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "sigmoid", "squaredcos_cap_v2"])
+@pytest.mark.parametrize("T", [2, 10, 50, 1000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rescale_equals_diffusers(schedule, T, dtype):
+    from diffusers.schedulers.scheduling_ddpm import rescale_zero_terminal_snr
+
+    betas = ref.make_betas(schedule, T, 0.00085, 0.012).to(dtype)
+    before = betas.clone()
+    got = ref.rescale_zero_terminal_snr(betas)
+    assert torch.equal(betas, before) and got.dtype == dtype and got.shape == (T,)
+    assert torch.equal(got, rescale_zero_terminal_snr(betas.clone()))
+    sched = DDPMScheduler(beta_schedule=schedule, num_train_timesteps=T, beta_start=0.00085, beta_end=0.012,
+                          rescale_betas_zero_snr=True)
+    if dtype == torch.float32:
+        assert torch.equal(got, sched.betas)
+    assert got[-1] == 1 and torch.cumprod(1 - got, 0)[-1] == 0
+
+
 def test_unknown_schedule_raises():
     with pytest.raises(ValueError, match="unknown beta schedule"):
         ref.make_betas("cosine")
@@ -85,6 +103,9 @@ def betas_other_way(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_en
     if schedule == "scaled_linear":
         s, e = math.sqrt(beta_start), math.sqrt(beta_end)
         return (s + (e - s) * torch.arange(T, dtype=torch.float32) / (T - 1)) ** 2
+    if schedule == "sigmoid":  # the logistic function written out, on float64 points
+        v = -6 + 12 * torch.arange(T, dtype=torch.float64) / (T - 1)
+        return (beta_start + (beta_end - beta_start) / (1 + torch.exp(-v))).float()
     if schedule == "squaredcos_cap_v2":  # all in float32 torch
         u = torch.arange(T + 1, dtype=torch.float32) / T
         f = torch.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
@@ -108,11 +129,54 @@ def snr_other_way(alphas_cumprod):
     return 1 / (1 / alphas_cumprod - 1)
 
 
+def rescale_in_float64(betas):
+    """Algorithm 1 in float64, rounded back at the end (more accurate than diffusers in float32)."""
+    r = torch.cumprod(1 - betas.double(), 0).sqrt()
+    r = (r - r[-1]) * r[0] / (r[0] - r[-1])
+    abar = r**2
+    return (1 - torch.cat([abar[:1], abar[1:] / abar[:-1]])).to(betas.dtype)
+
+
+def rescale_affine_form(betas):
+    """r' = a r + b with a, b solved from the two end conditions; betas from 1 - abar'_t / abar'_{t-1}."""
+    r = torch.cumprod(1 - betas, 0) ** 0.5
+    a = r[0] / (r[0] - r[-1])
+    abar = (a * r - a * r[-1]) ** 2
+    prev = torch.cat([torch.ones_like(abar[:1]), abar[:-1]])  # abar'_{-1} = 1
+    return 1 - abar / prev
+
+
+def rescale_via_logs(betas):
+    """alpha'_t from differences of log abar' (the last is log 0 = -inf, so alpha' = 0, beta' = 1)."""
+    r = torch.exp(0.5 * torch.cumsum(torch.log1p(-betas), 0))
+    r = (r - r[-1]) / (r[0] - r[-1]) * r[0]
+    log_abar = 2 * torch.log(r)
+    return 1 - torch.exp(torch.diff(log_abar, prepend=torch.zeros_like(log_abar[:1])))
+
+
+def rescale_diffusers_copy(betas):
+    """diffusers' own code, in-place ops and all, on a copy."""
+    alphas_bar_sqrt = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    a0, aT = alphas_bar_sqrt[0].clone(), alphas_bar_sqrt[-1].clone()
+    alphas_bar_sqrt -= aT
+    alphas_bar_sqrt *= a0 / (a0 - aT)
+    alphas_bar = alphas_bar_sqrt**2
+    return 1 - torch.cat([alphas_bar[0:1], alphas_bar[1:] / alphas_bar[:-1]])
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("name,fn", [("make_betas", betas_other_way), ("alphas_cumprod", abar_via_logs),
-                                     ("add_noise", add_noise_diffusers_style), ("snr", snr_other_way)])
+                                     ("add_noise", add_noise_diffusers_style), ("snr", snr_other_way),
+                                     ("rescale_zero_terminal_snr", rescale_affine_form)])
 def test_correct_variants_pass(name, fn, seed):
     run(name, fn, seed)
+
+
+@pytest.mark.parametrize("fn", [rescale_in_float64, rescale_affine_form, rescale_via_logs, rescale_diffusers_copy])
+def test_rescale_equivalent_forms_pass_every_seed(fn):
+    """Equivalent correct forms pass 40 seeds: the tolerance comes from a float64 ground truth."""
+    for seed in range(40):
+        run("rescale_zero_terminal_snr", fn, seed)
 
 
 # --------------------------------------------------------------------------- planted bugs: make_betas
@@ -145,6 +209,18 @@ def betas_cosine_returns_abar(schedule, num_train_timesteps=1000, beta_start=1e-
     return ref.make_betas(schedule, num_train_timesteps, beta_start, beta_end)
 
 
+def betas_sigmoid_bare(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
+    if schedule == "sigmoid":
+        return torch.sigmoid(torch.linspace(-6, 6, num_train_timesteps))
+    return ref.make_betas(schedule, num_train_timesteps, beta_start, beta_end)
+
+
+def betas_sigmoid_unit_range(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
+    if schedule == "sigmoid":
+        return torch.sigmoid(torch.linspace(0, 1, num_train_timesteps)) * (beta_end - beta_start) + beta_start
+    return ref.make_betas(schedule, num_train_timesteps, beta_start, beta_end)
+
+
 def betas_float64(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
     return ref.make_betas(schedule, num_train_timesteps, beta_start, beta_end).double()
 
@@ -154,13 +230,13 @@ def betas_one_too_many(schedule, num_train_timesteps=1000, beta_start=1e-4, beta
 
 
 def betas_diffusers_error(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
-    if schedule not in ("linear", "scaled_linear", "squaredcos_cap_v2"):
+    if schedule not in ("linear", "scaled_linear", "sigmoid", "squaredcos_cap_v2"):
         raise NotImplementedError(f"{schedule} is not implemented")
     return ref.make_betas(schedule, num_train_timesteps, beta_start, beta_end)
 
 
 def betas_no_error(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
-    if schedule not in ("linear", "scaled_linear", "squaredcos_cap_v2"):
+    if schedule not in ("linear", "scaled_linear", "sigmoid", "squaredcos_cap_v2"):
         return torch.zeros(num_train_timesteps)
     return ref.make_betas(schedule, num_train_timesteps, beta_start, beta_end)
 
@@ -170,6 +246,8 @@ def betas_no_error(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end
     (betas_scaled_not_squared, "did not square"),
     (betas_no_clip, "no cap at 0.999"),
     (betas_cosine_returns_abar, "you returned abar_t = f(t)/f(0)"),
+    (betas_sigmoid_bare, "bare sigmoid"),
+    (betas_sigmoid_unit_range, "from -6 to 6"),
     (betas_float64, "wrong dtype"),
     (betas_one_too_many, "off-by-one length"),
     (betas_diffusers_error, "expected a ValueError"),
@@ -320,6 +398,88 @@ def test_snr_bugs(fn, phrase):
     fails("snr", fn, phrase)
 
 
+# --------------------------------------------------------------------------- planted bugs: rescale_zero_terminal_snr
+
+def _r(betas):
+    return torch.cumprod(1 - betas, 0).sqrt()
+
+
+def _to_betas(abar):
+    return 1 - torch.cat([abar[:1], abar[1:] / abar[:-1]])
+
+
+def rescale_no_scale(betas):
+    r = _r(betas)
+    return _to_betas((r - r[-1]) ** 2)
+
+
+def rescale_views_not_clones(betas):
+    """diffusers' in-place code without the .clone() of the two ends."""
+    r = _r(betas)
+    r0, rT = r[0], r[-1]
+    r -= rT
+    r *= r0 / (r0 - rT)
+    return _to_betas(r**2)
+
+
+def rescale_abar_not_sqrt(betas):
+    a = torch.cumprod(1 - betas, 0)
+    return _to_betas((a - a[-1]) * a[0] / (a[0] - a[-1]))
+
+
+def rescale_first_alpha_one(betas):
+    r = _r(betas)
+    abar = ((r - r[-1]) * r[0] / (r[0] - r[-1])) ** 2
+    return 1 - torch.cat([torch.ones_like(abar[:1]), abar[1:] / abar[:-1]])
+
+
+def rescale_returns_abar(betas):
+    r = _r(betas)
+    return ((r - r[-1]) * r[0] / (r[0] - r[-1])) ** 2
+
+
+def rescale_scale_inverted(betas):
+    r = _r(betas)
+    return _to_betas(((r - r[-1]) * (r[0] - r[-1]) / r[0]) ** 2)
+
+
+def rescale_missing_first(betas):
+    r = _r(betas)
+    abar = ((r - r[-1]) * r[0] / (r[0] - r[-1])) ** 2
+    return 1 - abar[1:] / abar[:-1]
+
+
+def rescale_float32(betas):
+    return ref.rescale_zero_terminal_snr(betas.float())
+
+
+def rescale_in_place(betas):
+    out = ref.rescale_zero_terminal_snr(betas)
+    betas.copy_(out)
+    return out
+
+
+@pytest.mark.parametrize("fn,phrase", [
+    (rescale_no_scale, "did not scale it back"),
+    (rescale_abar_not_sqrt, "rescaled abar itself"),
+    (rescale_first_alpha_one, "the first alpha is wrong"),
+    (rescale_returns_abar, "you returned abar'"),
+    (rescale_scale_inverted, "upside down"),
+    (rescale_missing_first, "one beta missing"),
+    (rescale_float32, "dtype not kept"),
+    (rescale_in_place, "in place"),
+    (lambda betas: betas.clone(), "rescale_zero_terminal_snr("),
+])
+def test_rescale_bugs(fn, phrase):
+    fails("rescale_zero_terminal_snr", fn, phrase)
+
+
+def test_rescale_without_clones_is_stopped_by_torch():
+    """The in-place code of diffusers without its .clone(): torch itself refuses, and says clone()."""
+    with pytest.raises(RuntimeError, match="clone"):
+        run("rescale_zero_terminal_snr", rescale_views_not_clones)
+
+
 # --------------------------------------------------------------------------- hard-coded answers
 
 def _hard_coded(name):
@@ -334,6 +494,9 @@ def _hard_coded(name):
     if name == "snr":
         fixed = ref.snr(abar)
         return lambda a: fixed.clone()
+    if name == "rescale_zero_terminal_snr":
+        fixed = ref.rescale_zero_terminal_snr(DDPMScheduler().betas)
+        return lambda b: fixed.clone()
     x = torch.randn(4, 3, 8, 8, generator=g)
     fixed = ref.add_noise(x, torch.randn_like(x), torch.tensor([0, 10, 500, 999]), abar)
     return lambda *a: fixed.clone()

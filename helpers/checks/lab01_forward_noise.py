@@ -8,16 +8,18 @@ the output matches what a typical bug returns, the message names that bug (the
 """
 import math
 
+import mpmath  # a dependency of torch (through sympy): the 40-digit ground truth of the rescaling
 import torch
 from diffusers import DDPMScheduler
+from diffusers.schedulers.scheduling_ddpm import rescale_zero_terminal_snr as diffusers_rescale
 
 from helpers.checks._core import (CheckFailed, assert_close, choice, describe, describe_exception, randint, randn,
-                                  uniform)
+                                  require_unchanged, uniform)
 from helpers.solutions import lab01_forward_noise as ref
 
 LAB = "lab01"
 
-SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+SCHEDULES = ("linear", "scaled_linear", "sigmoid", "squaredcos_cap_v2")
 
 # Tolerances, |got - expected| <= atol + rtol * |expected| elementwise.
 # betas: the cosine ratio computed in float32 torch instead of Python floats (as diffusers
@@ -37,6 +39,8 @@ TOL_SNR = {torch.float32: dict(atol=1e-7, rtol=5e-3),
 SCHEDULE_HINTS = {
     "linear": "'linear' is torch.linspace(beta_start, beta_end, T) (Ho et al. 2020, DDPM, Sec. 4).",
     "scaled_linear": "'scaled_linear' is torch.linspace(beta_start ** 0.5, beta_end ** 0.5, T) ** 2.",
+    "sigmoid": "'sigmoid' is the GeoDiff schedule of DDPMScheduler.__init__: the sigmoid of T points evenly "
+               "spaced from -6 to 6, stretched onto [beta_start, beta_end].",
     "squaredcos_cap_v2": "'squaredcos_cap_v2' is beta_t = min(1 - f((t+1)/T) / f(t/T), 0.999) for t = 0..T-1, "
                          "f(u) = cos((u + 0.008) / 1.008 * pi / 2) ** 2 (Nichol & Dhariwal 2021, eq. 17), "
                          "computed with Python floats (math.cos) and converted to float32 at the end.",
@@ -99,6 +103,17 @@ def _make_betas_bugs(schedule, T, beta_start, beta_end):
     if schedule == "linear":
         bugs += [("you returned 'scaled_linear' (evenly spaced sqrt(beta), squared); 'linear' "
                   "spaces beta itself evenly: torch.linspace(beta_start, beta_end, T).", sqrt_lin**2)]
+    if schedule == "sigmoid":
+        v = torch.linspace(-6, 6, T, **f32)
+        bugs += [
+            ("you returned the bare sigmoid: stretch it onto the range, beta_start + (beta_end - "
+             "beta_start) * sigmoid(v).", torch.sigmoid(v)),
+            ("the sigmoid's argument runs over the wrong range: DDPMScheduler spaces it from -6 to 6 "
+             "(torch.linspace(-6, 6, T)), not over [0, 1].",
+             torch.sigmoid(torch.linspace(0, 1, T, **f32)) * (beta_end - beta_start) + beta_start),
+            ("you returned the plain linear schedule; 'sigmoid' passes evenly spaced points from -6 to 6 "
+             "through the sigmoid first.", lin),
+        ]
     if schedule == "squaredcos_cap_v2":
         raw = [1 - _cosine_f((t + 1) / T) / _cosine_f(t / T) for t in range(T)]
         bugs += [
@@ -119,7 +134,7 @@ def _make_betas_bugs(schedule, T, beta_start, beta_end):
 
 
 def check_make_betas(fn, gen):
-    """All three schedules with random T and beta range; an unknown name must raise ValueError."""
+    """All four schedules with random T and beta range; an unknown name must raise ValueError."""
     for schedule in SCHEDULES:
         schedule, T, beta_start, beta_end = _random_schedule(gen, schedule)
         name = _call_str(schedule, T, beta_start, beta_end)
@@ -139,7 +154,7 @@ def check_make_betas(fn, gen):
                      hint=SCHEDULE_HINTS[schedule])
         assert_close(f"{name} vs diffusers DDPMScheduler(beta_schedule={schedule!r}, ...).betas", got,
                      _diffusers(schedule, T, beta_start, beta_end).betas, **TOL_BETAS)
-    bad = choice(gen, ["cosine", "quadratic", "Linear", "sigmoid_v9"])
+    bad = choice(gen, ["cosine", "quadratic", "Linear", "sigmoid_v9", "laplace"])
     call = f"make_betas({bad!r}, 100, 1e-4, 0.02)"
     try:
         got = fn(bad, 100, 1e-4, 0.02)
@@ -401,3 +416,94 @@ def check_snr(fn, gen):
                           f"{name}: expected {abar.dtype} (the input's "
                           f"dtype), got {got.dtype}.")
     assert_close(name, got, ref.snr(abar[t]), **TOL_SNR[torch.float64], diagnose=_snr_bugs(abar[t]), hint=hint)
+
+
+# --------------------------------------------------------------------------- rescale_zero_terminal_snr
+
+LIN_ALG1 = ("Lin et al. 2023, Algorithm 1: r = sqrt(abar); shift r so r_{T-1} = 0, scale so r_0 is unchanged; "
+            "abar' = r^2; alpha'_0 = abar'_0, alpha'_t = abar'_t / abar'_{t-1}; beta' = 1 - alpha'.")
+
+
+def _rescale_bugs(betas):
+    """Typical wrong rescalings, computed in float64 (compared at the check's tolerance)."""
+    b = betas.double()
+    abar = torch.cumprod(1 - b, 0)
+    r = abar.sqrt()
+
+    def to_betas(abar_new):
+        return 1 - torch.cat([abar_new[:1], abar_new[1:] / abar_new[:-1]])
+
+    shifted = r - r[-1]
+    scaled = shifted * (r[0] / (r[0] - r[-1]))
+    a_shift = (abar - abar[-1]) * (abar[0] / (abar[0] - abar[-1]))
+    return [
+        ("you shifted r = sqrt(abar) but did not scale it back: the first step must keep its signal, "
+         "r'_0 = r_0 (multiply by r_0 / (r_0 - r_{T-1})).", to_betas(shifted**2)),
+        ("you rescaled abar itself; Algorithm 1 shifts and scales its square root r = sqrt(abar_t), "
+         "then squares.", to_betas(a_shift)),
+        ("the first alpha is wrong: undoing the cumulative product, alpha'_0 = abar'_0 (not 1), so "
+         "beta'_0 stays beta_0.", 1 - torch.cat([torch.ones_like(abar[:1]), (scaled**2)[1:] / (scaled**2)[:-1]])),
+        ("you returned abar' (the rescaled alphas_cumprod), not betas: undo the cumulative product, then "
+         "take 1 - alpha'.", scaled**2),
+        ("you returned alpha' = 1 - beta', not beta'.", 1 - to_betas(scaled**2)),
+        ("you returned r' = sqrt(abar'), not betas: square it, undo the cumulative product, then take "
+         "1 - alpha'.", scaled),
+        ("the scale is upside down: multiply by r_0 / (r_0 - r_{T-1}), not (r_0 - r_{T-1}) / r_0.",
+         to_betas((shifted * ((r[0] - r[-1]) / r[0])) ** 2)),
+    ]
+
+
+def _rescale_truth(betas):
+    """Algorithm 1 on these betas in 40-digit arithmetic, rounded to float64: the ground truth."""
+    with mpmath.workdps(40):
+        abar, r = mpmath.mpf(1), []
+        for b in betas.double().tolist():
+            abar *= 1 - mpmath.mpf(b)
+            r.append(mpmath.sqrt(abar))
+        r0, rT = r[0], r[-1]
+        a = [((x - rT) * r0 / (r0 - rT)) ** 2 for x in r]
+        alphas = [a[0]] + [a[i] / a[i - 1] for i in range(1, len(a))]
+        return torch.tensor([float(1 - x) for x in alphas], dtype=torch.float64)
+
+
+def _rescale_case(fn, betas, label):
+    """One comparison, judged against a 40-digit ground truth: the tolerance is the rounding error
+    the reference and diffusers themselves make at this dtype (times 4) plus the cancellation any
+    other order of operations may add, so every correct form passes and a "likely bug" is named
+    only outside rounding noise."""
+    name = f"rescale_zero_terminal_snr({label})"
+    before = betas.clone()
+    got = fn(betas)
+    require_unchanged(name, [before], [betas], "its input `betas`")
+    truth = _rescale_truth(betas)  # (T,) float64, correct to its last bit
+    expected = ref.rescale_zero_terminal_snr(betas.clone())
+    theirs = diffusers_rescale(betas.clone())
+    rounding = max((expected.double() - truth).abs().max().item(), (theirs.double() - truth).abs().max().item())
+    eps = torch.finfo(betas.dtype).eps
+    # Near the end, r_t - r_{T-1} cancels: an order of operations other than diffusers' loses up to
+    # ~eps * r_{T-2} / (r_{T-2} - r_{T-1}) (about 2 eps / beta_{T-1}) there. Allow that, 8 times over.
+    r = torch.cumprod(1 - betas.double(), 0).sqrt()
+    cond = (r[-2] / (r[-2] - r[-1])).item() if len(r) > 1 else 1.0
+    tol = dict(atol=4 * rounding + 8 * eps * max(cond, 1.0), rtol=8 * eps)
+    if isinstance(got, torch.Tensor) and got.shape == betas.shape and got.dtype != betas.dtype:
+        raise CheckFailed(f"Likely bug: dtype not kept: {betas.dtype} betas must give {betas.dtype} betas, got "
+                          f"{got.dtype}.\n{name}: compute from `betas` without a dtype argument (1 - betas keeps it).")
+    if isinstance(got, torch.Tensor) and got.ndim == 1 and got.shape[0] == betas.shape[0] - 1:
+        raise CheckFailed(f"Likely bug: one beta missing: expected {betas.shape[0]} betas, got {got.shape[0]}.\n"
+                          f"{name}: abar'[1:] / abar'[:-1] gives T-1 ratios; the first alpha is abar'_0 "
+                          f"itself, put in front.")
+    hint = LIN_ALG1
+    assert_close(name, got, expected, **tol, diagnose=_rescale_bugs(betas), hint=hint)
+    assert_close(f"{name} vs diffusers' rescale_zero_terminal_snr", got, theirs, **tol)
+
+
+def check_rescale_zero_terminal_snr(fn, gen):
+    """A random schedule of make_betas (float32, T in [50, 1000]), then random float64 betas in
+    random order (T in [20, 300]); each against the reference and diffusers' own function, with
+    tolerances from a float64 ground truth. The input must not change."""
+    schedule, T, beta_start, beta_end = _random_schedule(gen)
+    betas = ref.make_betas(schedule, T, beta_start, beta_end)  # (T,) float32
+    _rescale_case(fn, betas, f"betas of {_call_str(schedule, T, beta_start, beta_end)}")
+    T = randint(gen, 20, 300)
+    betas = torch.rand(T, generator=gen, dtype=torch.float64) * 0.05 + 1e-4  # (T,) float64, random order
+    _rescale_case(fn, betas, f"random float64 betas of shape ({T},)")
