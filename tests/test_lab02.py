@@ -225,7 +225,7 @@ def x0_variant(bug):
     ("eps_sign", "wrong sign"),
     ("one_step", "one-step alpha_t"),
     ("t_minus_1", "abar_{t-1}"),
-    ("v_swapped", "alpha and sigma are swapped"),
+    ("v_swapped", "cos(phi_t) and sin(phi_t) are swapped"),
     ("v_sign", "wrong sign"),
     ("sample_as_eps", "IS x_0"),
     ("4d", "(B, 1, ..., 1)"),
@@ -254,7 +254,7 @@ def v_variant(bug):
 
 
 @pytest.mark.parametrize("bug,phrase", [
-    ("swapped", "alpha and sigma are swapped"),
+    ("swapped", "cos(phi_t) and sin(phi_t) are swapped"),
     ("sign", "wrong sign"),
     ("negated", "opposite sign"),
     ("x_t", "you returned x_t"),

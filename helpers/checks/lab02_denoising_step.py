@@ -155,13 +155,13 @@ def _x0_bugs(mo, t, x, abar, ptype):
                          eps_x0(_bshape(abar[t + 1], x))))
     elif ptype == "v_prediction":
         bugs += [
-            ("alpha and sigma are swapped (the sin/cos roles): with alpha = sqrt(abar_t) = cos(phi) and "
-             "sigma = sqrt(1 - abar_t) = sin(phi), x_0 = alpha * x_t - sigma * v, not sigma * x_t - alpha * v.",
+            ("cos(phi_t) and sin(phi_t) are swapped: with cos(phi_t) = sqrt(abar_t) and sin(phi_t) = "
+             "sqrt(1 - abar_t), x_0 = cos(phi_t) x_t - sin(phi_t) v, not sin(phi_t) x_t - cos(phi_t) v.",
              s * x - al * mo),
-            ("wrong sign: x_0 = sqrt(abar_t) x_t MINUS sqrt(1 - abar_t) v (v = alpha eps - sigma x_0).",
+            ("wrong sign: x_0 = sqrt(abar_t) x_t MINUS sqrt(1 - abar_t) v (v = cos(phi_t) eps - sin(phi_t) x_0).",
              al * x + s * mo),
-            ("you returned eps = sigma x_t + alpha v, not x_0 = alpha x_t - sigma v.", s * x + al * mo),
-            ("missing square roots: alpha = sqrt(abar_t), sigma = sqrt(1 - abar_t).", a * x - (1 - a) * mo),
+            ("you returned eps = sin(phi_t) x_t + cos(phi_t) v, not x_0 = cos(phi_t) x_t - sin(phi_t) v.", s * x + al * mo),
+            ("missing square roots: cos(phi_t) = sqrt(abar_t), sin(phi_t) = sqrt(1 - abar_t).", a * x - (1 - a) * mo),
             ("you used the one-step alpha_t = 1 - beta_t where the formula needs abar_t = alphas_cumprod[t].",
              v_x0(al1)),
             ("you used the epsilon formula for 'v_prediction': x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v.",
@@ -293,8 +293,8 @@ def _v_bugs(x0, eps, t, abar):
     prev = torch.cat([abar.new_ones(1), abar[:-1]])
     a1 = _bshape((abar / prev)[t], x0)
     return [
-        ("alpha and sigma are swapped (the sin/cos roles): v = cos(phi) eps - sin(phi) x_0 with "
-         "cos(phi) = sqrt(abar_t), sin(phi) = sqrt(1 - abar_t); you wrote sqrt(1 - abar_t) eps - sqrt(abar_t) x_0.",
+        ("cos(phi_t) and sin(phi_t) are swapped: v = cos(phi_t) eps - sin(phi_t) x_0 with "
+         "cos(phi_t) = sqrt(abar_t), sin(phi_t) = sqrt(1 - abar_t); you wrote sqrt(1 - abar_t) eps - sqrt(abar_t) x_0.",
          s * eps - al * x0),
         ("wrong sign: v = sqrt(abar_t) eps MINUS sqrt(1 - abar_t) x_0.", al * eps + s * x0),
         ("v has the opposite sign: v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0, not "
