@@ -179,6 +179,58 @@ def test_rescale_equivalent_forms_pass_every_seed(fn):
         run("rescale_zero_terminal_snr", fn, seed)
 
 
+def betas_numpy_float64(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
+    """Every schedule in NumPy float64, rounded to float32 once at the end."""
+    import numpy as np
+
+    T = num_train_timesteps
+    u = np.arange(T) / max(T - 1, 1)
+    if schedule == "linear":
+        b = beta_start + (beta_end - beta_start) * u
+    elif schedule == "scaled_linear":
+        b = (np.sqrt(beta_start) + (np.sqrt(beta_end) - np.sqrt(beta_start)) * u) ** 2
+    elif schedule == "sigmoid":
+        b = beta_start + (beta_end - beta_start) / (1 + np.exp(-(12 * u - 6)))
+    elif schedule == "squaredcos_cap_v2":
+        f = np.cos((np.arange(T + 1) / T + 0.008) / 1.008 * np.pi / 2) ** 2
+        b = np.minimum(1 - f[1:] / f[:-1], 0.999)
+    else:
+        raise ValueError(schedule)
+    return torch.from_numpy(b).float()
+
+
+def abar_in_float64(betas):
+    return torch.cumprod(1 - betas.double(), 0).to(betas.dtype)
+
+
+def add_noise_in_float64(original_samples, noise, timesteps, alphas_cumprod):
+    """Textbook eq. 4 in float64 with the timesteps as a Python loop, cast back at the end."""
+    x = original_samples
+    out = torch.empty_like(x)
+    for i, t in enumerate(timesteps.tolist()):
+        a = float(alphas_cumprod[t])
+        out[i] = (math.sqrt(a) * x[i].double().cpu() + math.sqrt(1 - a) * noise[i].double().cpu()).to(x.dtype) \
+            if x.device.type != "meta" else x[i]
+    return out
+
+
+def snr_via_logs(alphas_cumprod):
+    return torch.exp(torch.log(alphas_cumprod) - torch.log1p(-alphas_cumprod))
+
+
+EQUIVALENT_FORMS = [("make_betas", betas_other_way), ("make_betas", betas_numpy_float64),
+                    ("alphas_cumprod", abar_via_logs), ("alphas_cumprod", abar_in_float64),
+                    ("add_noise", add_noise_diffusers_style), ("add_noise", add_noise_in_float64),
+                    ("snr", snr_other_way), ("snr", snr_via_logs)]
+
+
+@pytest.mark.parametrize("name,fn", EQUIVALENT_FORMS, ids=[f.__name__ for _, f in EQUIVALENT_FORMS])
+def test_equivalent_forms_pass_every_seed(name, fn):
+    """No false negative: correct textbook forms (other op orders, float64 then rounded) pass 40 seeds."""
+    for seed in range(40):
+        run(name, fn, seed)
+
+
 # --------------------------------------------------------------------------- planted bugs: make_betas
 
 def betas_linear_for_scaled(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
@@ -557,6 +609,19 @@ def test_exercise_replaces_a_buggy_learner_function(pristine_starters, capsys):
     ex = exercise("lab01", seed=0)
     assert ex.status["snr"] == "failed" and ex.snr is ref.snr
     assert "the inverse" in ex.results["snr"].message
+
+
+def test_a_learner_exception_names_the_learners_line(pristine_starters, capsys):
+    """Issue 15: the traceback of a learner's error pointed at "(not in your file)" in lab 01."""
+    from helpers.exercise import check
+
+    src = pristine_starters.read_text().replace(
+        'raise NotImplementedError("TODO(lab01): snr")', "return alphas_cumprod.numpy() / undefined_name")
+    pristine_starters.write_text(src)
+    check("lab01", seed=0)
+    out = capsys.readouterr().out
+    assert "NameError" in out and "undefined_name" in out and "(not in your file)" not in out
+    assert f"{pristine_starters.name} line" in out
 
 
 def test_solutions_mode_returns_the_reference(pristine_starters, monkeypatch, capsys):

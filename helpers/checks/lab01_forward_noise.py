@@ -36,14 +36,16 @@ TOL_XT = {torch.float32: dict(atol=1e-5, rtol=1e-5),
 TOL_SNR = {torch.float32: dict(atol=1e-7, rtol=5e-3),
            torch.float64: dict(atol=1e-12, rtol=1e-8)}
 
-SCHEDULE_HINTS = {
-    "linear": "'linear' is torch.linspace(beta_start, beta_end, T) (Ho et al. 2020, DDPM, Sec. 4).",
-    "scaled_linear": "'scaled_linear' is torch.linspace(beta_start ** 0.5, beta_end ** 0.5, T) ** 2.",
+SCHEDULE_HINTS = {  # shown on any failure: the definition and where to read it, not the code
+    "linear": "'linear' spaces T betas evenly from beta_start to beta_end (DDPM Sec. 4; the first branch "
+              "of DDPMScheduler.__init__).",
+    "scaled_linear": "'scaled_linear' spaces sqrt(beta) evenly from sqrt(beta_start) to sqrt(beta_end) and "
+                     "squares (the second branch of DDPMScheduler.__init__).",
     "sigmoid": "'sigmoid' is the GeoDiff schedule of DDPMScheduler.__init__: the sigmoid of T points evenly "
                "spaced from -6 to 6, stretched onto [beta_start, beta_end].",
-    "squaredcos_cap_v2": "'squaredcos_cap_v2' is beta_t = min(1 - f((t+1)/T) / f(t/T), 0.999) for t = 0..T-1, "
-                         "f(u) = cos((u + 0.008) / 1.008 * pi / 2) ** 2 (Nichol & Dhariwal 2021, eq. 17), "
-                         "computed with Python floats (math.cos) and converted to float32 at the end.",
+    "squaredcos_cap_v2": "'squaredcos_cap_v2' is betas_for_alpha_bar in scheduling_ddpm.py: for t = 0..T-1, one "
+                         "minus the ratio of f((t+1)/T) to f(t/T), capped at 0.999 (Nichol & Dhariwal 2021, "
+                         "eq. 17), computed with Python floats (math.cos) and converted to float32 at the end.",
 }
 EQ4 = "DDPM eq. 4: x_t = sqrt(abar_t) * x_0 + sqrt(1 - abar_t) * eps, with abar_t = alphas_cumprod[t]"
 RESHAPE_HINT = (
