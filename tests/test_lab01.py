@@ -526,6 +526,12 @@ def test_rescale_bugs(fn, phrase):
     fails("rescale_zero_terminal_snr", fn, phrase)
 
 
+def test_rescale_small_bugs_fail_on_every_seed():
+    """The bugs that change only beta'_0 (by as little as beta_start ~ 5e-5) are caught on 30 seeds."""
+    fails("rescale_zero_terminal_snr", rescale_first_alpha_one, "the first alpha is wrong", seeds=range(30))
+    fails("rescale_zero_terminal_snr", rescale_no_scale, "did not scale it back", seeds=range(30))
+
+
 def test_rescale_without_clones_is_stopped_by_torch():
     """The in-place code of diffusers without its .clone(): torch itself refuses, and says clone()."""
     with pytest.raises(RuntimeError, match="clone"):
