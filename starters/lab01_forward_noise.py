@@ -36,7 +36,7 @@ __all__ = ["make_betas", "alphas_cumprod", "add_noise", "snr", "rescale_zero_ter
 def make_betas(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
     """The beta schedule beta_0 .. beta_{T-1}, as `DDPMScheduler(beta_schedule=...).betas`.
 
-    Four schedules, by their diffusers names (u_t = t / (T-1), t = 0 .. T-1):
+    Five schedules, by their diffusers names (u_t = t / (T-1), t = 0 .. T-1):
 
     - "linear" (Ho et al. 2020, DDPM, Sec. 4): beta_t rises linearly in u_t from beta_start
       (u = 0) to beta_end (u = 1). DDPM uses 1e-4 .. 0.02, T = 1000.
@@ -59,9 +59,16 @@ def make_betas(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.0
           abar exactly 0 at the end and 1/abar infinite; the cap at 0.999 (stated in the
           paper's text after eq. 17) leaves a tiny abar_{T-1} > 0 instead;
         * it computes in Python float64 (the math module) and rounds the result to float32.
+    - "laplace" (Hang et al. 2024, "Improved Noise Schedule for Diffusion Training"): built by
+      `betas_for_alpha_bar` exactly like the cosine one (same ratios, same cap, same float64
+      arithmetic, beta_start/beta_end ignored), with f replaced by g(u) = sqrt(sigmoid(lam(u))),
+      where the log-SNR lam follows a Laplace quantile:
+          lam(u) = sgn(u - 1/2) * (1/2) * ln(1 - 2|u - 1/2| + 1e-6)
+      (the 1e-6 keeps the logarithm finite at u = 0 and u = 1). Note the square root: diffusers'
+      g is sqrt(sigmoid(lam)), and the betas are built from its ratios as they stand.
 
     Args:
-        schedule: "linear", "scaled_linear", "sigmoid" or "squaredcos_cap_v2".
+        schedule: "linear", "scaled_linear", "sigmoid", "squaredcos_cap_v2" or "laplace".
         num_train_timesteps: T, the number of betas.
         beta_start, beta_end: the first and last beta of the two linear schedules.
 
@@ -71,9 +78,9 @@ def make_betas(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.0
     Raises:
         ValueError: for any other schedule name.
     """
-    # TODO: the four schedules of DDPMScheduler.__init__ (diffusers/schedulers/scheduling_ddpm.py),
-    # TODO: the cosine one through betas_for_alpha_bar (same file; Improved DDPM eq. 17 and the cap
-    # TODO: after it). float32, shape (T,); ValueError for any other name.
+    # TODO: the five schedules of DDPMScheduler.__init__ (diffusers/schedulers/scheduling_ddpm.py),
+    # TODO: the cosine and laplace ones through betas_for_alpha_bar (same file; Improved DDPM eq. 17
+    # TODO: and the cap after it). float32, shape (T,); ValueError for any other name.
     # Stuck? hint("lab01", "make_betas") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab01): make_betas")
 

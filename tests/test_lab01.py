@@ -34,7 +34,7 @@ def test_reference_passes(name, seed):
     run(name, getattr(ref, name), seed)
 
 
-@pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "sigmoid", "squaredcos_cap_v2"])
+@pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "sigmoid", "squaredcos_cap_v2", "laplace"])
 @pytest.mark.parametrize("T", [1, 2, 10, 50, 999, 1000, 4000])
 @pytest.mark.parametrize("betas", [(1e-4, 0.02), (0.00085, 0.012), (3e-5, 0.031)])
 def test_reference_equals_diffusers(schedule, T, betas):
@@ -106,6 +106,11 @@ def betas_other_way(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_en
     if schedule == "sigmoid":  # the logistic function written out, on float64 points
         v = -6 + 12 * torch.arange(T, dtype=torch.float64) / (T - 1)
         return (beta_start + (beta_end - beta_start) / (1 + torch.exp(-v))).float()
+    if schedule == "laplace":  # the log-SNR in torch float64, sigmoid via torch
+        u = torch.arange(T + 1, dtype=torch.float64) / T
+        lam = 0.5 * torch.sign(u - 0.5) * torch.log(1 - 2 * (u - 0.5).abs() + 1e-6)
+        g = torch.sigmoid(lam).sqrt()
+        return (1 - g[1:] / g[:-1]).clamp(max=0.999).float()
     if schedule == "squaredcos_cap_v2":  # all in float32 torch
         u = torch.arange(T + 1, dtype=torch.float32) / T
         f = torch.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
@@ -191,6 +196,11 @@ def betas_numpy_float64(schedule, num_train_timesteps=1000, beta_start=1e-4, bet
         b = (np.sqrt(beta_start) + (np.sqrt(beta_end) - np.sqrt(beta_start)) * u) ** 2
     elif schedule == "sigmoid":
         b = beta_start + (beta_end - beta_start) / (1 + np.exp(-(12 * u - 6)))
+    elif schedule == "laplace":
+        v = np.arange(T + 1) / T
+        lam = -0.5 * np.sign(0.5 - v) * np.log(1 - 2 * np.abs(0.5 - v) + 1e-6)
+        g = np.sqrt(np.exp(lam) / (1 + np.exp(lam)))
+        b = np.minimum(1 - g[1:] / g[:-1], 0.999)
     elif schedule == "squaredcos_cap_v2":
         f = np.cos((np.arange(T + 1) / T + 0.008) / 1.008 * np.pi / 2) ** 2
         b = np.minimum(1 - f[1:] / f[:-1], 0.999)
@@ -273,6 +283,32 @@ def betas_sigmoid_unit_range(schedule, num_train_timesteps=1000, beta_start=1e-4
     return ref.make_betas(schedule, num_train_timesteps, beta_start, beta_end)
 
 
+def _laplace_betas(T, g):
+    return torch.tensor([min(1 - g((t + 1) / T) / g(t / T), 0.999) for t in range(T)], dtype=torch.float32)
+
+
+def _lam(u, eps=1e-6):
+    return -0.5 * math.copysign(1, 0.5 - u) * math.log(1 - 2 * abs(0.5 - u) + eps)
+
+
+def betas_laplace_no_sqrt(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
+    if schedule == "laplace":
+        return _laplace_betas(num_train_timesteps, lambda u: 1 / (1 + math.exp(-_lam(u))))
+    return ref.make_betas(schedule, num_train_timesteps, beta_start, beta_end)
+
+
+def betas_laplace_no_eps(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
+    if schedule == "laplace":
+        return _laplace_betas(num_train_timesteps, lambda u: math.sqrt(1 / (1 + math.exp(-_lam(u, 0)))))
+    return ref.make_betas(schedule, num_train_timesteps, beta_start, beta_end)
+
+
+def betas_laplace_sign_flipped(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
+    if schedule == "laplace":
+        return _laplace_betas(num_train_timesteps, lambda u: math.sqrt(1 / (1 + math.exp(_lam(u)))))
+    return ref.make_betas(schedule, num_train_timesteps, beta_start, beta_end)
+
+
 def betas_float64(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
     return ref.make_betas(schedule, num_train_timesteps, beta_start, beta_end).double()
 
@@ -282,13 +318,13 @@ def betas_one_too_many(schedule, num_train_timesteps=1000, beta_start=1e-4, beta
 
 
 def betas_diffusers_error(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
-    if schedule not in ("linear", "scaled_linear", "sigmoid", "squaredcos_cap_v2"):
+    if schedule not in ("linear", "scaled_linear", "sigmoid", "squaredcos_cap_v2", "laplace"):
         raise NotImplementedError(f"{schedule} is not implemented")
     return ref.make_betas(schedule, num_train_timesteps, beta_start, beta_end)
 
 
 def betas_no_error(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
-    if schedule not in ("linear", "scaled_linear", "sigmoid", "squaredcos_cap_v2"):
+    if schedule not in ("linear", "scaled_linear", "sigmoid", "squaredcos_cap_v2", "laplace"):
         return torch.zeros(num_train_timesteps)
     return ref.make_betas(schedule, num_train_timesteps, beta_start, beta_end)
 
@@ -300,6 +336,9 @@ def betas_no_error(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end
     (betas_cosine_returns_abar, "you returned abar_t = f(t)/f(0)"),
     (betas_sigmoid_bare, "bare sigmoid"),
     (betas_sigmoid_unit_range, "from -6 to 6"),
+    (betas_laplace_no_sqrt, "no square root"),
+    (betas_laplace_no_eps, "adds 1e-6"),
+    (betas_laplace_sign_flipped, "sign of the log-SNR"),
     (betas_float64, "wrong dtype"),
     (betas_one_too_many, "off-by-one length"),
     (betas_diffusers_error, "expected a ValueError"),

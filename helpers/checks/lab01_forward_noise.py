@@ -19,7 +19,7 @@ from helpers.solutions import lab01_forward_noise as ref
 
 LAB = "lab01"
 
-SCHEDULES = ("linear", "scaled_linear", "sigmoid", "squaredcos_cap_v2")
+SCHEDULES = ("linear", "scaled_linear", "sigmoid", "squaredcos_cap_v2", "laplace")
 
 # Tolerances, |got - expected| <= atol + rtol * |expected| elementwise.
 # betas: the cosine ratio computed in float32 torch instead of Python floats (as diffusers
@@ -46,6 +46,8 @@ SCHEDULE_HINTS = {  # shown on any failure: the definition and where to read it,
     "squaredcos_cap_v2": "'squaredcos_cap_v2' is betas_for_alpha_bar in scheduling_ddpm.py: for t = 0..T-1, one "
                          "minus the ratio of f((t+1)/T) to f(t/T), capped at 0.999 (Nichol & Dhariwal 2021, "
                          "eq. 17), computed with Python floats (math.cos) and converted to float32 at the end.",
+    "laplace": "'laplace' is betas_for_alpha_bar(T, alpha_transform_type='laplace') in scheduling_ddpm.py: the "
+               "cosine loop (ratios, cap 0.999, Python floats) with diffusers' laplace alpha_bar_fn.",
 }
 EQ4 = "DDPM eq. 4: x_t = sqrt(abar_t) * x_0 + sqrt(1 - abar_t) * eps, with abar_t = alphas_cumprod[t]"
 RESHAPE_HINT = (
@@ -116,6 +118,21 @@ def _make_betas_bugs(schedule, T, beta_start, beta_end):
             ("you returned the plain linear schedule; 'sigmoid' passes evenly spaced points from -6 to 6 "
              "through the sigmoid first.", lin),
         ]
+    if schedule == "laplace":
+        def lam(u):
+            return -0.5 * math.copysign(1, 0.5 - u) * math.log(1 - 2 * abs(0.5 - u) + 1e-6)
+
+        def from_g(g):
+            return torch.tensor([min(1 - g((t + 1) / T) / g(t / T), 0.999) for t in range(T)], **f32)
+
+        bugs += [
+            ("no square root: diffusers' laplace alpha_bar_fn returns sqrt(snr / (1 + snr)), and the betas "
+             "are built from ratios of that.", from_g(lambda u: 1 / (1 + math.exp(-lam(u))))),
+            ("the sign of the log-SNR is flipped: it must be large at u = 0 (clean) and negative at u = 1; "
+             "lam = -0.5 * copysign(1, 0.5 - u) * log(...).", from_g(lambda u: math.sqrt(1 / (1 + math.exp(lam(u)))))),
+            ("you used the cosine f for 'laplace': betas_for_alpha_bar picks its alpha_bar_fn by "
+             "alpha_transform_type.", from_g(_cosine_f)),
+        ]
     if schedule == "squaredcos_cap_v2":
         raw = [1 - _cosine_f((t + 1) / T) / _cosine_f(t / T) for t in range(T)]
         bugs += [
@@ -136,11 +153,19 @@ def _make_betas_bugs(schedule, T, beta_start, beta_end):
 
 
 def check_make_betas(fn, gen):
-    """All four schedules with random T and beta range; an unknown name must raise ValueError."""
+    """All five schedules with random T and beta range; an unknown name must raise ValueError."""
     for schedule in SCHEDULES:
         schedule, T, beta_start, beta_end = _random_schedule(gen, schedule)
         name = _call_str(schedule, T, beta_start, beta_end)
-        got = fn(schedule, T, beta_start, beta_end)
+        try:
+            got = fn(schedule, T, beta_start, beta_end)
+        except ValueError as exc:
+            if schedule == "laplace" and "math domain error" in str(exc):
+                raise CheckFailed(
+                    f"Likely bug: log(0) in the laplace log-SNR: diffusers adds 1e-6 inside the logarithm.\n"
+                    f"{name} raised {describe_exception(exc)}\nHint: at u = 0 and u = 1, 1 - 2|0.5 - u| is 0; "
+                    f"read the laplace alpha_bar_fn of betas_for_alpha_bar.") from exc
+            raise
         expected = ref.make_betas(schedule, T, beta_start, beta_end)
         if isinstance(got, torch.Tensor) and got.ndim == 1 and abs(got.shape[0] - T) == 1:
             raise CheckFailed(
@@ -156,7 +181,7 @@ def check_make_betas(fn, gen):
                      hint=SCHEDULE_HINTS[schedule])
         assert_close(f"{name} vs diffusers DDPMScheduler(beta_schedule={schedule!r}, ...).betas", got,
                      _diffusers(schedule, T, beta_start, beta_end).betas, **TOL_BETAS)
-    bad = choice(gen, ["cosine", "quadratic", "Linear", "sigmoid_v9", "laplace"])
+    bad = choice(gen, ["cosine", "quadratic", "Linear", "sigmoid_v9", "Laplace"])
     call = f"make_betas({bad!r}, 100, 1e-4, 0.02)"
     try:
         got = fn(bad, 100, 1e-4, 0.02)

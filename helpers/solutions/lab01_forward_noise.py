@@ -29,7 +29,7 @@ __all__ = ["make_betas", "alphas_cumprod", "add_noise", "snr", "rescale_zero_ter
 def make_betas(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
     """The beta schedule beta_0 .. beta_{T-1}, as `DDPMScheduler(beta_schedule=...).betas`.
 
-    Four schedules, by their diffusers names (u_t = t / (T-1), t = 0 .. T-1):
+    Five schedules, by their diffusers names (u_t = t / (T-1), t = 0 .. T-1):
 
     - "linear" (Ho et al. 2020, DDPM, Sec. 4): beta_t rises linearly in u_t from beta_start
       (u = 0) to beta_end (u = 1). DDPM uses 1e-4 .. 0.02, T = 1000.
@@ -52,9 +52,16 @@ def make_betas(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.0
           abar exactly 0 at the end and 1/abar infinite; the cap at 0.999 (stated in the
           paper's text after eq. 17) leaves a tiny abar_{T-1} > 0 instead;
         * it computes in Python float64 (the math module) and rounds the result to float32.
+    - "laplace" (Hang et al. 2024, "Improved Noise Schedule for Diffusion Training"): built by
+      `betas_for_alpha_bar` exactly like the cosine one (same ratios, same cap, same float64
+      arithmetic, beta_start/beta_end ignored), with f replaced by g(u) = sqrt(sigmoid(lam(u))),
+      where the log-SNR lam follows a Laplace quantile:
+          lam(u) = sgn(u - 1/2) * (1/2) * ln(1 - 2|u - 1/2| + 1e-6)
+      (the 1e-6 keeps the logarithm finite at u = 0 and u = 1). Note the square root: diffusers'
+      g is sqrt(sigmoid(lam)), and the betas are built from its ratios as they stand.
 
     Args:
-        schedule: "linear", "scaled_linear", "sigmoid" or "squaredcos_cap_v2".
+        schedule: "linear", "scaled_linear", "sigmoid", "squaredcos_cap_v2" or "laplace".
         num_train_timesteps: T, the number of betas.
         beta_start, beta_end: the first and last beta of the two linear schedules.
 
@@ -65,18 +72,21 @@ def make_betas(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.0
         ValueError: for any other schedule name.
     """
     # BEGIN SOLUTION
-    # TODO: the four schedules of DDPMScheduler.__init__ (diffusers/schedulers/scheduling_ddpm.py),
-    # TODO: the cosine one through betas_for_alpha_bar (same file; Improved DDPM eq. 17 and the cap
-    # TODO: after it). float32, shape (T,); ValueError for any other name.
+    # TODO: the five schedules of DDPMScheduler.__init__ (diffusers/schedulers/scheduling_ddpm.py),
+    # TODO: the cosine and laplace ones through betas_for_alpha_bar (same file; Improved DDPM eq. 17
+    # TODO: and the cap after it). float32, shape (T,); ValueError for any other name.
     # HINT 1: Open diffusers/schedulers/scheduling_ddpm.py: DDPMScheduler.__init__ has one branch per
-    # HINT 1: beta_schedule name; "squaredcos_cap_v2" calls betas_for_alpha_bar, at the top of the file.
+    # HINT 1: beta_schedule name; "squaredcos_cap_v2" and "laplace" call betas_for_alpha_bar, at the top of
+    # HINT 1: the file, which picks its alpha_bar_fn by alpha_transform_type.
     # HINT 2: linear: T evenly spaced values over the range. scaled_linear: the same over the square
     # HINT 2: roots of the range, then square. sigmoid: evenly spaced points from -6 to 6 through the
     # HINT 2: sigmoid, then stretched onto [beta_start, beta_end]. cosine: for each t, one minus the
     # HINT 2: ratio of f at the end and the start of the step, capped, in Python floats; then a tensor.
+    # HINT 2: laplace: the same loop with the laplace alpha_bar_fn (log-SNR, then sqrt of its sigmoid).
     # HINT 3: linear: torch.linspace(beta_start, beta_end, T); scaled_linear: linspace of the square roots, squared;
     # HINT 3: sigmoid: torch.sigmoid(torch.linspace(-6, 6, T)) * (beta_end - beta_start) + beta_start;
     # HINT 3: cosine: beta_t = min(1 - f((t+1)/T) / f(t/T), 0.999), f(u) = math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+    # HINT 3: laplace: f(u) = sqrt(s / (1 + s)), s = exp(lam), lam = -0.5 * copysign(1, 0.5 - u) * log(1 - 2 * |0.5 - u| + 1e-6)
     T = num_train_timesteps
     if schedule == "linear":
         return torch.linspace(beta_start, beta_end, T, dtype=torch.float32)  # (T,)
@@ -85,16 +95,24 @@ def make_betas(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.0
     if schedule == "sigmoid":
         v = torch.linspace(-6, 6, T, dtype=torch.float32)  # (T,)
         return torch.sigmoid(v) * (beta_end - beta_start) + beta_start  # (T,)
-    if schedule == "squaredcos_cap_v2":
+    if schedule in ("squaredcos_cap_v2", "laplace"):
 
-        def f(u):
+        def f(u):  # abar(u) up to a constant factor (Improved DDPM eq. 17)
             return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        def f_laplace(u):  # diffusers' laplace alpha_bar_fn
+            lam = -0.5 * math.copysign(1, 0.5 - u) * math.log(1 - 2 * abs(0.5 - u) + 1e-6)  # log-SNR
+            snr_u = math.exp(lam)
+            return math.sqrt(snr_u / (1 + snr_u))
+
+        if schedule == "laplace":
+            f = f_laplace
 
         betas = [min(1 - f((t + 1) / T) / f(t / T), 0.999) for t in range(T)]
         return torch.tensor(betas, dtype=torch.float32)  # (T,)
     raise ValueError(
-        f"unknown beta schedule {schedule!r}: expected 'linear', 'scaled_linear', 'sigmoid' or "
-        f"'squaredcos_cap_v2'"
+        f"unknown beta schedule {schedule!r}: expected 'linear', 'scaled_linear', 'sigmoid', "
+        f"'squaredcos_cap_v2' or 'laplace'"
     )
     # END SOLUTION
 
@@ -118,8 +136,7 @@ def alphas_cumprod(betas):
     # HINT 1: The last lines of DDPMScheduler.__init__ build self.alphas, then self.alphas_cumprod.
     # HINT 2: Turn each beta into the fraction kept, then take the running product along the timesteps.
     # HINT 3: alpha_t = 1 - beta_t; abar_t = alpha_0 * ... * alpha_t (torch.cumprod along dim 0).
-    alphas = 1.0 - betas  # (T,)
-    return torch.cumprod(alphas, dim=0)  # (T,)
+    return torch.cumprod(1.0 - betas, dim=0)  # (T,)
     # END SOLUTION
 
 
