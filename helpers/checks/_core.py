@@ -189,14 +189,15 @@ def assert_close(name: str, got: Any, expected: torch.Tensor, *, atol: float, rt
     if err.numel() and wrong.any():
         idx = tuple(int(i) for i in wrong.nonzero()[0])
         max_abs = float(err[~both_nan].max())
-        rel = max_abs / max(float(e64.abs().max()), 1e-12)
+        e_max = float(e64.abs().max())
+        rel = max_abs / max(e_max, 1e-12)  # relative to the largest |expected|, not elementwise
         g_i, e_i = g64[idx].item(), e64[idx].item()
         if isinstance(g_i, complex):
             shown = (f"{g_i:.6g}", f"{e_i:.6g}")
         else:
             shown = distinct(g_i, e_i)
         fail(f"{int(wrong.sum())} of {err.numel()} values differ (atol={atol:g}, rtol={rtol:g}); "
-             f"max abs error {max_abs:.3g}, relative error {rel:.3g}; "
+             f"max abs error {max_abs:.3g}, relative error {rel:.3g} (of the largest |expected|, {e_max:.3g}); "
              f"first at index {idx}: got {shown[0]}, expected {shown[1]}")
 
 
