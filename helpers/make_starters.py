@@ -1,6 +1,7 @@
 """Generate the learners' exercise files from the reference solutions.
 
     python -m helpers.make_starters            # write starters/<slug>.py for every lab
+    python -m helpers.make_starters lab01 03   # only these labs
     python -m helpers.make_starters --check    # exit 1, with a diff, if any is out of date
 
 In ``helpers/solutions/<slug>.py`` each exercise body is written as::
@@ -36,7 +37,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from helpers.labs import LabInfo, available_labs, repo_root
+from helpers.labs import LabInfo, available_labs, find_lab, repo_root
 
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)# BEGIN SOLUTION[ \t]*$")
 END = re.compile(r"^[ \t]*# END SOLUTION[ \t]*$")
@@ -161,12 +162,13 @@ def starter_text(info: LabInfo) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m helpers.make_starters", description=__doc__.splitlines()[0])
+    p.add_argument("labs", nargs="*", help="labs to write (default: all), e.g. lab01 03")
     p.add_argument("--check", action="store_true", help="do not write; exit 1 with a diff if any starter is stale")
     p.add_argument("--out", type=Path, default=repo_root() / "starters", help="output folder (default: starters/)")
     args = p.parse_args(argv)
     stale = 0
     args.out.mkdir(parents=True, exist_ok=True) if not args.check else None
-    labs = available_labs()
+    labs = [find_lab(x) for x in args.labs] if args.labs else available_labs()
     for info in labs:
         target = args.out / f"{info.slug}.py"
         text = starter_text(info)
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             target.write_text(text, encoding="utf-8")
             print(f"wrote {target}")
-    slugs = {i.slug for i in labs}
+    slugs = {i.slug for i in available_labs()}
     orphans = [p for p in sorted(args.out.glob("lab*.py")) if p.stem not in slugs] if args.out.exists() else []
     for p in orphans:
         print(f"{p}: no solution module helpers/solutions/{p.name} (remove it?)")
