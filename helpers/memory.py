@@ -171,6 +171,34 @@ def time_call(fn: Callable[[], Any], device=None, repeats: int = 1) -> float:
     return best
 
 
+class ForwardCount:
+    """What :func:`count_forwards` yields: ``n``, the forward calls counted so far."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+@contextlib.contextmanager
+def count_forwards(module: torch.nn.Module):
+    """Count the forward calls of ``module`` inside a ``with`` block (a forward hook, removed on
+    exit even after an error), e.g. how many decoder calls a tiled or sliced VAE decode makes::
+
+        with count_forwards(vae.decoder) as calls:
+            vae.decode(latents)
+        calls.n
+    """
+    count = ForwardCount()
+
+    def hook(*_):
+        count.n += 1
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield count
+    finally:
+        handle.remove()
+
+
 def transfer_seconds(nbytes: int, gb_per_s: float = 25.0) -> float:
     """Seconds to copy ``nbytes`` over a host-to-GPU link of ``gb_per_s`` GB/s (10^9 bytes/s;
     25 is a realistic PCIe 4.0 x16 rate for pinned memory, about half of it for pageable)."""

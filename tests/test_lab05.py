@@ -347,3 +347,22 @@ def test_exercise_falls_back_to_the_reference(pristine_starters, capsys):
     ex = exercise("lab05", seed=0)
     assert all(ex.origin[n] == "reference" for n in NAMES)
     assert ex.compression_ratio((3, 512, 512), (4, 64, 64)) == 48.0
+
+
+# --------------------------------------------------------------------------- helpers the notebook uses
+
+def test_count_forwards_counts_calls_and_removes_its_hook():
+    from helpers.memory import count_forwards
+
+    layer = torch.nn.Linear(2, 2)
+    with count_forwards(layer) as calls:
+        for _ in range(3):
+            layer(torch.zeros(1, 2))
+    assert calls.n == 3
+    layer(torch.zeros(1, 2))  # outside the block: not counted, no hook left
+    assert calls.n == 3 and not layer._forward_hooks
+    with pytest.raises(RuntimeError):
+        with count_forwards(layer) as calls:
+            layer(torch.zeros(1, 2))
+            raise RuntimeError("boom")
+    assert calls.n == 1 and not layer._forward_hooks  # removed after an error too
