@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["MiB", "GiB", "fmt_bytes", "Measurement", "measure_peak", "time_call", "attention_facts",
+__all__ = ["MiB", "GiB", "fmt_bytes", "Measurement", "measure_peak", "time_call", "count_forwards", "attention_facts",
            "vae_decoder_channels", "RealModel", "real_scale_models", "real_scale_table", "PUBLISHED_PARAMS",
            "transfer_seconds"]
 
