@@ -29,7 +29,8 @@ __all__ = ["make_betas", "alphas_cumprod", "add_noise", "snr", "rescale_zero_ter
 def make_betas(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
     """The beta schedule beta_0 .. beta_{T-1}, as `DDPMScheduler(beta_schedule=...).betas`.
 
-    Five schedules, by their diffusers names (u_t = t / (T-1), t = 0 .. T-1):
+    Five schedules, by their diffusers names (the two linear ones and the sigmoid one run over
+    u_t = t / (T-1), t = 0 .. T-1; the cosine and laplace ones evaluate at t / T and (t+1) / T):
 
     - "linear" (Ho et al. 2020, DDPM, Sec. 4): beta_t rises linearly in u_t from beta_start
       (u = 0) to beta_end (u = 1). DDPM uses 1e-4 .. 0.02, T = 1000.
@@ -56,8 +57,9 @@ def make_betas(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.0
       `betas_for_alpha_bar` exactly like the cosine one (same ratios, same cap, same float64
       arithmetic, beta_start/beta_end ignored), with f replaced by g(u) = sqrt(sigmoid(lam(u))),
       where the log-SNR lam follows a Laplace quantile:
-          lam(u) = sgn(u - 1/2) * (1/2) * ln(1 - 2|u - 1/2| + 1e-6)
-      (the 1e-6 keeps the logarithm finite at u = 0 and u = 1). Note the square root: diffusers'
+          lam(u) = sgn(u - 1/2) * (1/2) * ln(1 - 2|u - 1/2| + 1e-6),   with sgn(0) = -1
+      (the 1e-6 keeps the logarithm finite at u = 0 and u = 1; at u = 1/2 the sign is
+      diffusers' -copysign(1, 1/2 - u) = -copysign(1, +0.0) = -1, which matters for even T). Note the square root: diffusers'
       g is sqrt(sigmoid(lam)), and the betas are built from its ratios as they stand.
 
     Args:
