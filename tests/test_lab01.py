@@ -611,8 +611,8 @@ def test_inputs_are_fresh_per_seed():
     seen = {}
     for seed in (0, 1):
         calls = []
-        run("add_noise", lambda x, eps, t, abar: (calls.append((tuple(x.shape), t.tolist())),
-                                                  ref.add_noise(x, eps, t, abar))[1], seed)
+        run("add_noise", lambda x, eps, t, abar, calls=calls: (calls.append((tuple(x.shape), t.tolist())),
+                                                               ref.add_noise(x, eps, t, abar))[1], seed)
         seen[seed] = calls
     assert seen[0] != seen[1]
 

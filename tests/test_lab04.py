@@ -255,7 +255,8 @@ def test_inputs_are_fresh_per_seed():
     for seed in (0, 1):
         calls = []
         run("classifier_free_guidance",
-            lambda u, c, w: (calls.append((tuple(u.shape), w)), ref.classifier_free_guidance(u, c, w))[1], seed)
+            lambda u, c, w, calls=calls: (calls.append((tuple(u.shape), w)), ref.classifier_free_guidance(u, c, w))[1],
+            seed)
         seen[seed] = calls
     assert seen[0] != seen[1]
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor
-from diffusers.models.embeddings import PatchEmbed, get_timestep_embedding
+from diffusers.models.embeddings import get_timestep_embedding
 
 from helpers.checks import lab07_unet_dit_conditioning as checks
 from labtools import checker, fill_exercise, write_pristine_starter

@@ -244,7 +244,7 @@ def test_sliced_attention_in_place_edit_fails():
 def param_variant(bug):
     def fn(model, dtype=None):
         params = list(model.parameters())
-        size = (lambda p: p.element_size()) if dtype is None else (lambda p: dtype.itemsize)  # noqa: E731
+        size = (lambda p: p.element_size()) if dtype is None else (lambda p: dtype.itemsize)
         if bug == "bf16_4" and dtype is not None:
             size = lambda p: {torch.float16: 2, torch.float64: 8, torch.float8_e4m3fn: 1}.get(dtype, 4)  # noqa: E731
         if bug == "tensors":

@@ -261,7 +261,7 @@ def check_pred_original_sample(fn, gen):
         got = fn(x, t, x, abar, "epsilon")
     except NotImplementedError:
         raise
-    except Exception as exc:  # noqa: BLE001 - explained below
+    except Exception as exc:
         raise CheckFailed(f"Likely bug: device not kept.\n{name} raised {describe_exception(exc)}\n"
                           f"Hint: {hint}") from exc
     if not (isinstance(got, torch.Tensor) and got.device == x.device and got.shape == x.shape):
@@ -276,7 +276,7 @@ def check_pred_original_sample(fn, gen):
         raise
     except ValueError:
         return
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise CheckFailed(f"pred_original_sample(..., prediction_type='flow'): expected a ValueError, got "
                           f"{type(exc).__name__}.") from exc
     raise CheckFailed(f"pred_original_sample(..., prediction_type='flow'): expected a ValueError for an "
@@ -758,7 +758,7 @@ def _variance_case(fn, gen, sched, desc, n, index, vtype):
         got = fn(t, prev, abar_in, vtype, pv_in)
     except NotImplementedError:
         raise
-    except Exception as exc:  # noqa: BLE001 - reported with the learner's line
+    except Exception as exc:
         raise CheckFailed(f"{name} raised {describe_exception(exc)}\nHint: {EQ_VAR}.") from exc
     if not torch.equal(abar_in, abar) or (pv is not None and not torch.equal(pv_in, pv)):
         raise CheckFailed(f"{name}: your function changed its inputs in place; build new tensors.")
@@ -814,7 +814,7 @@ def check_ddpm_variance(fn, gen):
         raise
     except ValueError:
         return
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise CheckFailed(f"ddpm_variance(5, 4, alphas_cumprod, 'fixed_medium'): expected a ValueError, got "
                           f"{describe_exception(exc)}.") from exc
     raise CheckFailed(f"ddpm_variance(5, 4, alphas_cumprod, 'fixed_medium'): expected a ValueError for an unknown "

@@ -137,7 +137,7 @@ def check_ddim_timesteps(fn, gen):
         return
     except NotImplementedError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise CheckFailed(f"ddim_timesteps(10, 1000, 'uniform'): expected a ValueError for an unknown "
                           f"spacing, got {type(exc).__name__}: {exc}") from exc
     raise CheckFailed("ddim_timesteps(10, 1000, 'uniform'): expected a ValueError for an unknown spacing, "
@@ -518,7 +518,7 @@ def check_euler_step(fn, gen):
         return
     except NotImplementedError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise CheckFailed(f"euler_step(..., prediction_type='sample_v2'): expected a ValueError for an unknown "
                           f"prediction type, got {describe_exception(exc)}") from exc
     raise CheckFailed("euler_step(..., prediction_type='sample_v2'): expected a ValueError for an unknown "

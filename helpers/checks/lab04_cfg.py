@@ -318,7 +318,7 @@ def _run_guided(fn, rec, x, t, text, uncond, w, phi, name, after_scalar_ok=False
             return fn(rec, x, t, text, uncond, w, phi)
     except NotImplementedError:
         raise
-    except Exception as exc:  # noqa: BLE001 - explained when a recorded call shows the cause
+    except Exception as exc:
         for call in rec.calls:
             s, ts, e = call["sample"], call["timestep"], call["embeds"]
             if not isinstance(s, torch.Tensor):

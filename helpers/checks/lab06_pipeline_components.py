@@ -198,7 +198,7 @@ def _call_encode(fn, name, pipe, prompts, device="cpu"):
             return fn(pipe.tokenizer, pipe.text_encoder, prompts, device)
     except NotImplementedError:
         raise
-    except Exception as exc:  # noqa: BLE001 - explained when it is a typical bug
+    except Exception as exc:
         msg = str(exc).lower()
         if "max_position_embeddings" in msg or "sequence length" in msg or "position" in msg or \
                 (too_long and "truncation" in msg):
@@ -264,7 +264,7 @@ def check_encode_prompt(fn, gen):
                 got = fn(pipe.tokenizer, te, prompts, torch.device("cuda"))
         except NotImplementedError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise CheckFailed(f"Likely bug: device not kept.\n{name} raised {describe_exception(exc)}\nHint: move "
                               f"the token ids to `device` (input_ids.to(device)) before the text encoder.") from exc
         expected = ref.encode_prompt(pipe.tokenizer, te, prompts, torch.device("cuda"))
@@ -401,7 +401,7 @@ def check_prepare_latents(fn, gen):
         raise
     except ValueError:
         out = None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise CheckFailed(f"{name}: expected a ValueError (one generator per sample), got "
                           f"{describe_exception(exc)}") from exc
     else:
@@ -415,7 +415,7 @@ def check_prepare_latents(fn, gen):
             got = _call_latents(fn, 2, 4, 64, 64, 8, seed, 1.0, torch.float32, "cuda")
         except NotImplementedError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise CheckFailed(f"Likely bug: drawn on `device` with a CPU generator.\n{name} raised "
                               f"{describe_exception(exc)}\nHint: {LATENTS_HINT}") from exc
         expected = _pipeline_latents(2, 4, 64, 64, 8, _seeded(seed), 1.0, torch.float32, "cuda")
@@ -684,7 +684,7 @@ def check_generate(fn, gen):
                          height=height, width=width)
         except (NotImplementedError, CheckFailed):
             raise
-        except Exception as exc:  # noqa: BLE001 - explained when the loop's timesteps are wrong
+        except Exception as exc:
             where = _first_difference(watch.calls, exp_calls, exp_latents.shape[0]) if watch.calls else ""
             if "timesteps are" in where:
                 raise CheckFailed(f"Likely bug: wrong timesteps.\n{name} raised {describe_exception(exc)}\n"

@@ -316,7 +316,7 @@ def _param_bugs(model, dtype):
     """Byte counts that typical bugs give for `model` cast to `dtype` (None: stored dtypes)."""
     params = list(model.parameters())
     numel = sum(p.numel() for p in params)
-    size = (lambda p: p.element_size()) if dtype is None else (lambda p: dtype.itemsize)  # noqa: E731
+    size = (lambda p: p.element_size()) if dtype is None else (lambda p: dtype.itemsize)
     state = list(model.state_dict().values())
     dup = list(model.named_parameters(remove_duplicate=False))
     bugs = [
