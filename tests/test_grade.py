@@ -27,7 +27,32 @@ TIMEOUT = 20  # generous on a loaded 2-core machine
 CORPUS = Path(__file__).parent / "grading"
 LAB01 = repo_root() / "helpers/solutions/lab01_forward_noise.py"
 needs_lab01 = pytest.mark.skipif(not LAB01.exists(), reason="lab01 solution not written yet")
-FUNCS = ["make_betas", "alphas_cumprod", "add_noise", "snr"]
+FUNCS = ["make_betas", "alphas_cumprod", "add_noise", "snr", "rescale_zero_terminal_snr"]
+
+
+def reference_function(name: str) -> str:
+    """The source of lab 01's reference ``name`` (markers and all), to keep the hostile corpus
+    current with the lab: each case keeps its own hostile function and takes the rest from here."""
+    import inspect
+
+    from helpers.solutions import lab01_forward_noise as ref01
+
+    return inspect.getsource(getattr(ref01, name)).rstrip() + "\n"
+
+
+def current_lab01(text: str, keep: tuple = ()) -> str:
+    """A corpus file brought up to date with lab 01: ``make_betas`` replaced by the reference's
+    (the lab added schedules) unless ``keep`` names it, and ``rescale_zero_terminal_snr`` (added
+    to the lab later) appended from the reference unless the file defines it."""
+    header = "import math\nimport torch\n"
+    if "make_betas" not in keep and "def make_betas(" in text:
+        head, rest = text.split("def make_betas(", 1)
+        tail = re.split(r"(?m)^(?=def |class )", rest, maxsplit=1)
+        after = tail[1] if len(tail) > 1 else ""
+        text = head + reference_function("make_betas") + "\n\n" + after
+    if "def rescale_zero_terminal_snr(" not in text:
+        text = text.rstrip() + "\n\n\n" + reference_function("rescale_zero_terminal_snr")
+    return header + text
 
 
 def statuses(rows):
@@ -194,36 +219,40 @@ EXPECTED = {
     "pristine": {f: (T, "TODO(lab01)") for f in FUNCS},
     "empty_folder": {f: (E, "file not found") for f in FUNCS},
     "bad_zip": {f: (E, "could not read the zip") for f in FUNCS},
-    "hardcoded": {f: (F, None) for f in FUNCS},
+    "hardcoded": {**{f: (F, None) for f in FUNCS}, "rescale_zero_terminal_snr": (P, None)},
     "huge_output": {f: (P, None) for f in FUNCS},
     "import_error": {f: (E, "could not be loaded: RuntimeError: this file needs a GPU") for f in FUNCS},
     "syntax_error": {f: (E, "SyntaxError") for f in FUNCS},
     # a hang or a crash costs only its own row: a new worker grades the functions after it
     "infinite_loop": {"make_betas": (P, None), "alphas_cumprod": (E, "timed out after 8 s while checking alphas_cumprod"),
-                      "add_noise": (P, None), "snr": (P, None)},
+                      "add_noise": (P, None), "snr": (P, None), "rescale_zero_terminal_snr": (P, None)},
     "segfault": {"make_betas": (P, None), "alphas_cumprod": (E, "crashed (SIGSEGV)"),
-                 "add_noise": (P, None), "snr": (P, None)},
+                 "add_noise": (P, None), "snr": (P, None), "rescale_zero_terminal_snr": (P, None)},
     "sys_exit": {"make_betas": (P, None), "alphas_cumprod": (P, None), "add_noise": (E, "SystemExit: 3"),
-                 "snr": (P, None)},
+                 "snr": (P, None), "rescale_zero_terminal_snr": (P, None)},
     "os_exit": {"make_betas": (P, None), "alphas_cumprod": (P, None), "add_noise": (P, None),
-                "snr": (E, "exited with code 0 while checking snr")},
+                "snr": (E, "exited with code 0 while checking snr"), "rescale_zero_terminal_snr": (P, None)},
     "memory_hog": {"make_betas": (P, None), "alphas_cumprod": (E, "can't allocate memory"),
-                   "add_noise": (P, None), "snr": (P, None)},
+                   "add_noise": (P, None), "snr": (P, None), "rescale_zero_terminal_snr": (P, None)},
     "network_and_processes": {"make_betas": (E, "blocked by the grader"), "alphas_cumprod": (P, None),
-                              "add_noise": (P, None), "snr": (E, "blocked by the grader: starting a process")},
+                              "add_noise": (P, None), "snr": (E, "blocked by the grader: starting a process"),
+                              "rescale_zero_terminal_snr": (P, None)},
     "patch_torch_at_import": {f: (F, f"{MODIFIED} while loading your file: torch.allclose") for f in FUNCS},
     "patch_checker_at_import": {f: (F, "helpers.checks._core.assert_close") for f in FUNCS},
     "patch_reference_at_import": {f: (F, "helpers.solutions.lab01_forward_noise.snr") for f in FUNCS},
     "patch_in_call": {"make_betas": (P, None), "alphas_cumprod": (P, None),
                       "add_noise": (F, f"{MODIFIED} while add_noise was checked: "
                                        "helpers.checks.lab01_forward_noise.TOL_XT"),
-                      "snr": (F, "helpers.solutions.lab01_forward_noise.snr, torch.allclose")},
+                      "snr": (F, "helpers.solutions.lab01_forward_noise.snr, torch.allclose"),
+                      "rescale_zero_terminal_snr": (P, None)},
     "typical_bugs": {"make_betas": (F, "Likely bug: you returned the plain linear schedule"),
                      "alphas_cumprod": (P, None), "snr": (P, None),
-                     "add_noise": (F, "Likely bug: missing square root on the noise coefficient")},
+                     "add_noise": (F, "Likely bug: missing square root on the noise coefficient"),
+                     "rescale_zero_terminal_snr": (P, None)},
     "uses_reference": {"make_betas": (F, "is the reference solution imported from"),
                        "alphas_cumprod": (F, "is not defined in your file"),
-                       "add_noise": (F, "calls the reference solution"), "snr": (P, None)},
+                       "add_noise": (F, "calls the reference solution"), "snr": (P, None),
+                       "rescale_zero_terminal_snr": (P, None)},
 }
 
 
@@ -236,8 +265,19 @@ def _copy_solutions(folder: Path, keys=None):
 
 def build_corpus(root: Path) -> Path:
     subs = root / "corpus"
+    keep = {"typical_bugs": ("make_betas",), "uses_reference": ("make_betas",), "hardcoded": ("make_betas",),
+            "network_and_processes": ("make_betas",), "huge_output": ("make_betas",)}  # hostile make_betas
     for case in sorted(p for p in CORPUS.iterdir() if p.is_dir() and p.name != "parts"):
         shutil.copytree(case, subs / case.name)
+        f = subs / case.name / "lab01_forward_noise.py"
+        if f.exists() and case.name not in ("syntax_error", "import_error"):
+            f.write_text(current_lab01(f.read_text(), keep.get(case.name, ())))
+        if case.name == "huge_output":  # keep its 8 MB of printing, with the lab's five schedules
+            f.write_text(f.read_text() + "\n\n_printing = make_betas\n\n\n"
+                         + reference_function("make_betas").replace("def make_betas(", "def _schedule(", 1)
+                         + "\n\ndef make_betas(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):\n"
+                         "    _printing(\"linear\", 10)\n"
+                         "    return _schedule(schedule, num_train_timesteps, beta_start, beta_end)\n")
     _copy_solutions(subs / "perfect", ["lab01"])
     (subs / "pristine").mkdir()
     shutil.copy(repo_root() / "starters/lab01_forward_noise.py", subs / "pristine")
@@ -275,15 +315,15 @@ def test_corpus_exact_scores(corpus_run, learner):
         if text:
             assert text in rows[f].message, (f, rows[f].message)
     want = sum(s == P for s, _ in EXPECTED[learner].values())
-    assert lr.report.score() == (want, 4)
+    assert lr.report.score() == (want, len(FUNCS))
 
 
 @needs_lab01
 def test_corpus_slow_path_grades_the_same(corpus_run, tmp_path):
     """The fallback without the fork server (a fresh interpreter per worker) gives the same rows."""
-    learners, _ = corpus_run
+    learners, root = corpus_run
     for name in ("typical_bugs", "patch_in_call"):
-        rows = grade.grade_lab(find_lab("lab01"), CORPUS / name / "lab01_forward_noise.py", timeout=TIMEOUT)
+        rows = grade.grade_lab(find_lab("lab01"), root / "corpus" / name / "lab01_forward_noise.py", timeout=TIMEOUT)
         assert [(r.function, r.status, r.message) for r in rows] == \
             [(r.function, r.status, r.message) for r in learners[name].report.rows]
 
@@ -303,22 +343,30 @@ def make_class(root: Path) -> tuple[Path, dict[str, dict[str, str]]]:
     learner's expected statuses."""
     head, good = _function_sources(CORPUS / "parts/good.py")
     _, bad = _function_sources(CORPUS / "parts/buggy.py")
+    head = "import math\nimport torch\n" + head
+    good["make_betas"] = reference_function("make_betas") + "\n\n"  # the lab's five schedules
+    good["rescale_zero_terminal_snr"] = reference_function("rescale_zero_terminal_snr") + "\n\n"
+    bad["rescale_zero_terminal_snr"] = ("def rescale_zero_terminal_snr(betas):\n"
+                                        "    return betas.clone()  # forgot to rescale\n\n\n")
     subs, expected = root / "class", {}
     names = [f"learner{i:02d}" for i in range(20)]
     random.Random(0).shuffle(names)
-    for mask in range(16):
+    for mask in range(16):  # the fifth function goes with the first: all good at 15, all bad at 0
         name = names[mask]
-        body = head + "".join(good[f] if mask >> i & 1 else bad[f] for i, f in enumerate(FUNCS))
+        bits = [mask >> i & 1 for i in range(4)] + [mask & 1]
+        body = head + "".join(good[f] if bit else bad[f] for bit, f in zip(bits, FUNCS))
         (subs / name / "starters").mkdir(parents=True)
         (subs / name / "starters" / "lab01_forward_noise.py").write_text(body)
-        expected[name] = {f: P if mask >> i & 1 else F for i, f in enumerate(FUNCS)}
+        expected[name] = {f: P if bit else F for bit, f in zip(bits, FUNCS)}
     with zipfile.ZipFile(subs / f"{names[16]}.zip", "w") as zf:
         zf.writestr("lab01_forward_noise.py", head + good["make_betas"] + bad["alphas_cumprod"]
-                    + good["add_noise"] + good["snr"])
-    expected[names[16]] = {"make_betas": P, "alphas_cumprod": F, "add_noise": P, "snr": P}
-    for name, case, exp in [(names[17], "infinite_loop", [P, E, P, P]), (names[18], "patch_in_call", [P, P, F, F]),
-                            (names[19], "segfault", [P, E, P, P])]:
+                    + good["add_noise"] + good["snr"] + good["rescale_zero_terminal_snr"])
+    expected[names[16]] = {"make_betas": P, "alphas_cumprod": F, "add_noise": P, "snr": P, "rescale_zero_terminal_snr": P}
+    for name, case, exp in [(names[17], "infinite_loop", [P, E, P, P, P]), (names[18], "patch_in_call", [P, P, F, F, P]),
+                            (names[19], "segfault", [P, E, P, P, P])]:
         shutil.copytree(CORPUS / case, subs / name)
+        f = subs / name / "lab01_forward_noise.py"
+        f.write_text(current_lab01(f.read_text()))
         expected[name] = dict(zip(FUNCS, exp))
     return subs, expected
 
@@ -340,11 +388,11 @@ def test_class_of_twenty_end_to_end(tmp_path):
     assert list(rows[0]) == ["learner", "lab01", "total", "max", "percent", "seed"]
     for r in rows:
         want = sum(s == P for s in expected[r["learner"]].values())
-        assert (int(r["lab01"]), int(r["total"]), int(r["max"]), r["seed"]) == (want, want, 4, "7"), r
-        assert float(r["percent"]) == round(100 * want / 4, 1)
+        assert (int(r["lab01"]), int(r["total"]), int(r["max"]), r["seed"]) == (want, want, len(FUNCS), "7"), r
+        assert float(r["percent"]) == round(100 * want / len(FUNCS), 1)
 
     data = json.loads((out / "grades.json").read_text())
-    assert data["seed"] == 7 and data["stream"] == "grade" and data["labs"] == {"lab01": {"functions": FUNCS, "max": 4}}
+    assert data["seed"] == 7 and data["stream"] == "grade" and data["labs"] == {"lab01": {"functions": FUNCS, "max": len(FUNCS)}}
     assert [lr["learner"] for lr in data["learners"]] == sorted(expected)
     for lr in data["learners"]:
         assert {r["function"]: r["status"] for r in lr["rows"]} == expected[lr["learner"]], lr["learner"]
@@ -355,12 +403,12 @@ def test_class_of_twenty_end_to_end(tmp_path):
     assert sorted(fb) == sorted(expected)
     all_bad = [n for n, e in expected.items() if set(e.values()) == {F}][0]
     text = fb[all_bad]
-    assert "Score: **0/4**" in text and "seed 7" in text
+    assert f"Score: **0/{len(FUNCS)}**" in text and "seed 7" in text
     for hint in ("Likely bug: you returned the plain linear schedule", "Likely bug: you returned the inverse",
                  "Likely bug: missing square root on the noise coefficient"):
         assert hint in text
     all_good = [n for n, e in expected.items() if set(e.values()) == {P}][0]
-    assert "Score: **4/4**" in fb[all_good] and "Likely bug" not in fb[all_good]
+    assert f"Score: **{len(FUNCS)}/{len(FUNCS)}**" in fb[all_good] and "Likely bug" not in fb[all_good]
 
     # Deterministic: the same class, graded again one worker at a time, gets the same rows.
     again = grade.grade_class(subs, ["lab01"], out=None, seed=7, timeout=8, jobs=1, progress=False)
