@@ -96,6 +96,7 @@ def quiet_libraries() -> None:
     import os
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before transformers is imported
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # torch.profiler's start/stop log lines
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as hf_logging
 
