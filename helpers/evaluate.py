@@ -246,6 +246,36 @@ def controlnet_accuracy(pipe, n=128, scale=1.0, guidance_scale=7.5, steps=25,
 
 
 @torch.no_grad()
+def controlnet_scores(pipe, n=128, guidance_scale=7.5, steps=25, conflicting=False, seed=4321,
+                      batch_size=64, **pipe_kwargs) -> dict:
+    """`controlnet_accuracy` image by image, for paired comparisons and their intervals: the
+    same eval set (`controlnet_eval_set`), seeds and batches, so two calls that differ only in
+    `pipe_kwargs` start every image from the same noise.
+
+    pipe: a StableDiffusionControlNetPipeline, or any callable taking its keyword arguments
+    (e.g. one that alters the control image). pipe_kwargs go to every call
+    (``controlnet_conditioning_scale``, ``control_guidance_start``/``end``, ...).
+    Returns {"iou": (n,) float32 IoU of the judged shape with the control mask,
+    "map": {key: (n,) bool}, "caption": {key: (n,) bool}, "images": (n, 3, H, W) in [0, 1]}:
+    for key in shape, color, size, position, whether the judged attribute is the map's image's
+    / the caption's (the same unless conflicting; colour always comes from the caption)."""
+    from helpers.zoo import control_image
+
+    caps, attrs, masks, maps = controlnet_eval_set(n, seed=seed, conflicting=conflicting)
+    images = generate(pipe, caps, guidance_scale, steps, seed=seed, batch_size=batch_size,
+                      control=control_image(masks), **pipe_kwargs)
+    j = shapes.judge(images)
+
+    def agree(targets):
+        return {k: torch.tensor([g is not None and getattr(g, k) == getattr(t, k)
+                                 for g, t in zip(j.attributes, targets)], dtype=torch.bool)
+                for k in ("shape", "color", "size", "position")}
+
+    return {"iou": shapes.iou(j.masks, masks).float(), "map": agree(maps), "caption": agree(attrs),
+            "images": images}
+
+
+@torch.no_grad()
 def vae_psnr(vae, n=256, seed=777, split="all") -> float:
     """Mean PSNR (dB, images in [0, 1]) of the VAE's reconstruction (posterior mean) of n
     images the VAE was not trained on (seeds disjoint from the training set's)."""

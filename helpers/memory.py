@@ -199,6 +199,18 @@ def count_forwards(module: torch.nn.Module):
         handle.remove()
 
 
+def time_calls(fns: dict, device=None, repeats: int = 10) -> dict:
+    """{name: the smallest wall time (s) of ``fns[name]()``} over ``repeats`` rounds, each round
+    calling every function once in turn (via :func:`time_call`): a burst of other work on the
+    machine then slows all of them alike, and each minimum is taken under the same conditions,
+    which a ratio of two separately timed calls does not get on a busy machine. Warm up before."""
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            best[name] = min(best[name], time_call(fn, device, repeats=1))
+    return best
+
+
 def transfer_seconds(nbytes: int, gb_per_s: float = 25.0) -> float:
     """Seconds to copy ``nbytes`` over a host-to-GPU link of ``gb_per_s`` GB/s (10^9 bytes/s;
     25 is a realistic PCIe 4.0 x16 rate for pinned memory, about half of it for pageable)."""

@@ -236,3 +236,47 @@ def test_hard_coded_answer_fails(name):
     fixed = torch.zeros(2, 4, 4, 4)
     with pytest.raises(CheckFailed):
         run(name, lambda *a, **k: fixed.clone())
+
+
+# --------------------------------------------------------------- the lab's measurement helper
+
+def test_controlnet_scores_is_controlnet_accuracy_image_by_image(tiny_pipe):
+    """helpers.evaluate.controlnet_scores (the lab's per-image measurement) generates the same
+    images as controlnet_accuracy (same eval set, seeds and calls): its per-image numbers average
+    to controlnet_accuracy's; pipeline kwargs reach the pipeline; a callable stands in for it."""
+    from helpers import evaluate
+
+    acc = evaluate.controlnet_accuracy(tiny_pipe, n=4, scale=0.8, steps=2, conflicting=True, seed=5)
+    got = evaluate.controlnet_scores(tiny_pipe, n=4, steps=2, conflicting=True, seed=5, controlnet_conditioning_scale=0.8)
+    assert got["iou"].shape == (4,) and got["images"].shape == (4, 3, 64, 64)
+    assert got["iou"].mean().item() == pytest.approx(acc["mean_iou"], abs=1e-4)
+    for key, of, name in [("color", "caption", "color"), ("position", "map", "position_map"), ("size", "map", "size_map"),
+                          ("position", "caption", "position_caption"), ("size", "caption", "size_caption")]:
+        assert got[of][key].dtype == torch.bool
+        assert got[of][key].float().mean().item() == pytest.approx(acc[name], abs=1e-4)
+    off = evaluate.controlnet_scores(tiny_pipe, n=4, steps=2, seed=5, controlnet_conditioning_scale=0.0)
+    seen = []
+    spy = lambda **kw: seen.append(kw) or tiny_pipe(**kw)
+    on = evaluate.controlnet_scores(spy, n=4, steps=2, seed=5, controlnet_conditioning_scale=0.8)
+    assert seen and seen[0]["controlnet_conditioning_scale"] == 0.8 and seen[0]["image"].shape == (4, 3, 64, 64)
+    assert not torch.equal(off["images"], on["images"])  # the scale reached the pipeline
+
+
+def test_time_calls_times_in_turns_and_keeps_the_fastest():
+    """helpers.memory.time_calls (lab 09's cost table): every function once per round, in turn,
+    and each one's smallest wall time."""
+    import time
+
+    from helpers.memory import time_calls
+    order, durations = [], {"a": iter([0.3, 0.05, 0.2]), "b": iter([0.1, 0.25, 0.001])}
+
+    def make(name):
+        def call():
+            order.append(name)
+            time.sleep(next(durations[name]))
+        return call
+
+    best = time_calls({"a": make("a"), "b": make("b")}, "cpu", repeats=3)
+    assert order == ["a", "b"] * 3
+    assert set(best) == {"a", "b"}
+    assert 0.05 <= best["a"] < 0.2 and 0.001 <= best["b"] < 0.1  # the fastest round of each, whatever its position
