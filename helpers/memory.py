@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import os
 import sys
 import time
@@ -122,11 +123,16 @@ def measure_peak(fn: Callable[[], Any], device=None, resident: int = 0) -> Measu
             what is measured (the weights); added to the measured extra so that ``peak`` is
             comparable to an estimate of the whole footprint.
 
+    The garbage collector runs first. On CUDA, garbage of an earlier computation freed during
+    the call would otherwise be subtracted from the call's own peak; on the CPU the profiler
+    records no frees of blocks allocated before it started, so the peak is safe either way.
+
     Returns:
         a :class:`Measurement` (its ``output`` is what ``fn`` returned). The time includes
         the profiler's overhead on the CPU (a few percent): use :func:`time_call` for latency.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    gc.collect()  # CUDA: earlier garbage freed during the call would be subtracted from its peak
     if device.type == "cuda":
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)

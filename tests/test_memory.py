@@ -41,6 +41,31 @@ def test_cpu_peak_ignores_what_existed_before():
     assert m.extra < 100  # a scalar or two, never the 4 MB of x
 
 
+def test_cpu_peak_is_not_lowered_by_earlier_garbage():
+    """A cycle left by an earlier computation and collected during the call is not
+    subtracted from the call's own peak: the profiler records no frees of blocks allocated
+    before it started (measure_peak also collects garbage first, which CUDA needs)."""
+    import gc
+
+    class Node:
+        pass
+
+    gc.disable()  # keep the cycle alive until the measurement, as a busy notebook would
+    try:
+        a, b = Node(), Node()
+        a.other, b.other, a.payload = b, a, torch.ones(4 * 10**6)  # 16 MB of garbage
+        del a, b
+
+        def fn():
+            gc.collect()  # any allocation may trigger a collection; here it surely does
+            return torch.empty(10**6)  # 4 MB
+
+        m = memory.measure_peak(fn, "cpu")
+    finally:
+        gc.enable()
+    assert m.extra == 4_000_000
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_peak_of_known_allocations():  # pragma: no cover - CPU CI
     resident = torch.empty(2**20, device="cuda")  # noqa: F841 - counted by the CUDA counter
