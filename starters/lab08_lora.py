@@ -29,57 +29,61 @@ the weight once training is done ("merging", LoRA Sec. 4.1: no extra latency):
     W' = W + (alpha / r) * B A
 
 The functions below are, in order: the adapted layer, the injection of such layers into a
-whole model by module name (peft's `target_modules`), and the merge. Each equals peft on the
-same weights: `LoraConfig(r, lora_alpha, target_modules)`, `inject_adapter_in_model`,
-`merge_and_unload`.
+whole model by module name (peft's `target_modules`), the merge, and DoRA's merged weight
+(Liu et al. 2024), LoRA with each output row's length handed to a trainable vector. Each
+equals peft on the same weights: `LoraConfig(r, lora_alpha, target_modules)`,
+`inject_adapter_in_model`, `merge_and_unload`, and `LoraConfig(..., use_dora=True)`.
 """
 
 import torch
 from torch import nn
 
-__all__ = ["LoRALinear", "inject_lora", "merge_lora"]
+__all__ = ["LoRALinear", "inject_lora", "merge_lora", "dora_weight"]
 
 
 class LoRALinear(nn.Module):
     """A frozen nn.Linear plus a trainable low-rank update: peft's `lora.Linear`, one adapter.
 
-        forward(x) = base(x) + scaling * up(down(x)),   scaling = alpha / rank
+        h = W x + b + s B (A x),   s = alpha / r   (the two factors applied one after the other)
 
     (Hu et al. 2021, eq. 3 and Sec. 4.1.) Attributes, with these exact names (the checks, the
     notebook and the conversion to peft's format read them):
 
-        base     the nn.Linear it wraps (the same object), every parameter frozen
-                 (requires_grad False)
-        down     nn.Linear(base.in_features, rank, bias=False): A, (rank, d_in), initialised
-                 like peft (and like nn.Linear itself): kaiming_uniform_(a=sqrt(5))
-        up       nn.Linear(rank, base.out_features, bias=False): B, (d_out, rank), all ZEROS
-        rank, alpha   the ints/floats given
-        scaling  the float alpha / rank; forward reads it, so a caller can turn the update
-                 down or up afterwards (diffusers' "LoRA scale": scaling = s * alpha / rank)
+        base     the nn.Linear it wraps (the same object, not a copy), every parameter frozen
+                 (requires_grad False): it computes W x + b
+        down     an nn.Linear without bias from base's d_in input features to r features:
+                 A, weight of shape (r, d_in), initialised like peft's lora_A (and like any
+                 nn.Linear: torch's default kaiming-uniform init, random)
+        up       an nn.Linear without bias from r features to base's d_out: B, weight of
+                 shape (d_out, r), initialised to all ZEROS (peft's lora_B)
+        rank, alpha   the numbers given, kept as they are (an integer and a number)
+        scaling  s = alpha / r, a number; forward reads this attribute, so a caller
+                 can turn the update down or up afterwards (diffusers' "LoRA scale":
+                 s = scale * alpha / r)
 
     down and up live on base.weight's device, in its dtype.
 
     Args:
         base: the nn.Linear to adapt (d_in -> d_out), with or without bias.
-        rank: r >= 1.
-        alpha: the scale's numerator (peft's lora_alpha; alpha = rank gives scaling 1).
+        rank: r >= 1, an integer.
+        alpha: the scale's numerator (peft's lora_alpha; alpha = rank gives s = 1), a number.
 
     forward:
-        x: (..., d_in) -> (..., d_out), like base.
+        x: (..., d_in) -> (..., d_out), like base; gradients reach A and B only.
     """
 
     def __init__(self, base, rank, alpha):
         super().__init__()
-        # TODO: Keep base as self.base and freeze it: base.requires_grad_(False).
-        # TODO: down = nn.Linear(d_in, rank, bias=False) maps x to rank numbers; up = nn.Linear(rank, d_out,
-        # TODO:     bias=False) maps them back. Create both with device=base.weight.device, dtype=base.weight.dtype.
-        # TODO: Zero up.weight (nn.init.zeros_), so the layer starts equal to base; leave down random
-        # TODO:     (nn.Linear's own init is peft's).
-        # TODO: self.rank, self.alpha = rank, alpha; self.scaling = alpha / rank.
+        # TODO: keep and freeze the base layer, create the two bias-free projections A (random) and
+        # TODO: B (zero) on base's device and dtype, store rank, alpha and the scaling: peft's
+        # TODO: LoraLayer.update_layer and reset_lora_parameters (peft/tuners/lora/layer.py).
+        # Stuck? hint("lab08", "LoRALinear") in the notebook shows the next hint.
         raise NotImplementedError("TODO(lab08): LoRALinear.__init__")
 
     def forward(self, x):
-        # TODO: base(x) + self.scaling * up(down(x)): read self.scaling here (not alpha / rank again).
+        # TODO: LoRA eq. 3 with the scaling of Sec. 4.1, as peft's lora.Linear.forward
+        # TODO: (peft/tuners/lora/layer.py), reading the scaling from the attribute.
+        # Stuck? hint("lab08", "LoRALinear") in the notebook shows the next hint.
         raise NotImplementedError("TODO(lab08): LoRALinear.forward")
 
 
@@ -100,25 +104,24 @@ def inject_lora(model, target_modules, rank, alpha):
         rank, alpha: passed to every LoRALinear.
 
     Returns:
-        list of the new trainable parameters, [down.weight, up.weight] of each replaced layer,
-        in `named_modules()` order; after the call they are the only parameters of `model`
-        with requires_grad True.
+        a list (a tuple is accepted too) of the new trainable parameters: [down.weight,
+        up.weight] of each replaced layer, in `named_modules()` order; after the call they are
+        the only parameters of `model` with requires_grad True.
 
     Raises:
         ValueError: when no nn.Linear matches (peft raises too: a typo must not train nothing).
     """
-    # TODO: Freeze everything first: model.requires_grad_(False).
-    # TODO: Collect the matches BEFORE replacing, from list(model.named_modules()): keep (name, module) when
-    # TODO:     isinstance(module, nn.Linear) and, for some target t, name == t or name.endswith("." + t).
-    # TODO: Replace with setattr(parent, child_name, LoRALinear(module, rank, alpha)), where
-    # TODO:     parent_name, _, child_name = name.rpartition(".") and parent = model.get_submodule(parent_name).
-    # TODO: Return [lora.down.weight, lora.up.weight] of each new layer; raise ValueError if nothing matched.
+    # TODO: freeze the model, find every targeted nn.Linear by peft's matching rule
+    # TODO: (check_target_module_exists, peft/tuners/tuners_utils.py), swap each for your LoRALinear
+    # TODO: on its parent module (BaseTuner._create_and_replace / _replace_module), return the new
+    # TODO: trainable weights; ValueError when nothing matches.
+    # Stuck? hint("lab08", "inject_lora") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab08): inject_lora")
 
 
 def merge_lora(base_weight, down_weight, up_weight, alpha, rank):
-    """The merged weight W' = W + (alpha / rank) * B A (LoRA Sec. 4.1), what peft's
-    `merge_and_unload` writes into the base layer (`get_delta_weight`: B @ A * scaling).
+    """The merged weight W' = W + (alpha / r) B A (LoRA Sec. 4.1), what peft's
+    `merge_and_unload` writes into the base layer (its `get_delta_weight`).
 
     A merged layer is a plain nn.Linear again: same output as the adapted one (to float
     rounding), no extra matmuls at inference, and no way to turn the LoRA down afterwards.
@@ -127,12 +130,52 @@ def merge_lora(base_weight, down_weight, up_weight, alpha, rank):
         base_weight: W, (d_out, d_in).
         down_weight: A, (rank, d_in)  (LoRALinear.down.weight, peft's lora_A).
         up_weight: B, (d_out, rank)   (LoRALinear.up.weight, peft's lora_B).
-        alpha: the scale's numerator; rank: r.
+        alpha: the scale's numerator, a number; rank: r, an integer.
 
     Returns:
         (d_out, d_in) W', a new tensor in base_weight's dtype and device; the inputs are not
         modified.
     """
-    # TODO: B A is (d_out, r) @ (r, d_in) = (d_out, d_in), the shape of W (A B would not be).
-    # TODO: Multiply by alpha / rank, add to W out of place (W + ..., not W += ...), cast to W's dtype.
+    # TODO: W' of LoRA Sec. 4.1, as peft's lora.Linear.get_delta_weight and merge
+    # TODO: (peft/tuners/lora/layer.py), out of place, in W's dtype.
+    # Stuck? hint("lab08", "merge_lora") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab08): merge_lora")
+
+
+def dora_weight(base_weight, lora_A, lora_B, magnitude, scaling):
+    """DoRA's merged weight (Liu et al. 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation",
+    eq. 5 with the detached norm of Sec. 4.3): what peft writes into the base layer when a LoRA
+    with `LoraConfig(..., use_dora=True)` is merged, and what its forward computes.
+
+    DoRA splits each output unit's weight row into a length and a direction. The direction is
+    learnt by an ordinary LoRA, the length by a trainable vector m of d_out numbers:
+
+        V  = W + s B A                              (d_out, d_in), the LoRA-merged weight
+        W' = diag(m / n) V,   n_i = ||V_i||_2       the L2 norm of row i of V (i = 0 .. d_out-1)
+
+    so row i of W' points along row i of V and has length exactly m_i. (The paper writes W as
+    d x k with inputs along d and calls n the "column-wise" norm; in PyTorch's (out, in) layout
+    those columns are our ROWS: one norm per output feature, d_out of them.) peft starts m at
+    the row norms of W (B = 0 at the start), so W' = W until training moves A, B or m.
+
+    Gradients: the norm n is treated as a constant (paper, Sec. 4.3: "we suggest treating
+    ||V + dV||_c as a constant, thereby detaching it from the gradient graph"), as peft does;
+    gradients reach m, and A and B through V in the numerator only. Its value is unchanged.
+
+    Args:
+        base_weight: W, (d_out, d_in), frozen.
+        lora_A: A, (r, d_in)  (peft's lora_A[...].weight, our LoRALinear.down.weight).
+        lora_B: B, (d_out, r) (peft's lora_B[...].weight, our LoRALinear.up.weight).
+        magnitude: m, (d_out,) (peft's lora_magnitude_vector[...].weight).
+        scaling: s, a number (alpha / r for plain LoRA).
+        All tensors share one floating dtype and device.
+
+    Returns:
+        W', (d_out, d_in), a new tensor in base_weight's dtype and device; the inputs are not
+        modified.
+    """
+    # TODO: W' by DoRA eq. 5 with the norm detached (Sec. 4.3), as peft merges a DoRA layer:
+    # TODO: DoraLinearVariant.merge_safe (peft/tuners/lora/variants.py) with DoraLinearLayer.get_weight_norm
+    # TODO: (peft/tuners/lora/dora.py). Mind which dimension the norm runs over.
+    # Stuck? hint("lab08", "dora_weight") in the notebook shows the next hint.
+    raise NotImplementedError("TODO(lab08): dora_weight")

@@ -19,7 +19,7 @@ from helpers.checks._core import CheckFailed, make_generator
 from helpers.solutions import lab08_lora as ref
 
 SEEDS = [0, 1, 2, 3, 7, 123, 2024]
-NAMES = ["LoRALinear", "inject_lora", "merge_lora"]
+NAMES = ["LoRALinear", "inject_lora", "merge_lora", "dora_weight"]
 
 
 run, fails = checker(checks)  # tests/labtools.py
@@ -270,11 +270,128 @@ def test_merge_lora_bugs(bug, phrase):
     fails("merge_lora", merge_variant(bug), phrase)
 
 
-@pytest.mark.parametrize("name", ["inject_lora", "merge_lora"])
+@pytest.mark.parametrize("name", ["inject_lora", "merge_lora", "dora_weight"])
 def test_hard_coded_answer_fails(name):
     fixed = torch.zeros(4, 4)
     with pytest.raises(CheckFailed):
         run(name, lambda *a, **k: fixed.clone())
+
+
+# --------------------------------------------------------------------------- dora_weight
+
+def dora_variant(bug=None):
+    """dora_weight as a learner might write it: correct forms (``None`` and the ``EQUIVALENT_DORA``
+    rewrites) and typical bugs."""
+    def fn(W, A, B, m, s):
+        BA = B @ A
+        if bug == "swapped":
+            BA = A @ B
+        if bug == "transposed":
+            BA = (B @ A).T
+        V = W + (BA if bug in ("no_scale", "no_scale_in_norm") else s * BA)
+        if bug == "dim0":
+            n = torch.linalg.norm(V, dim=0).detach()
+        elif bug == "norm_of_W":
+            n = torch.linalg.norm(W, dim=1)
+        elif bug == "no_scale_in_norm":
+            n = torch.linalg.norm(W + BA, dim=1).detach()
+            V = W + s * BA
+        elif bug == "frobenius":
+            n = torch.linalg.norm(V).detach().expand(W.shape[0])
+        elif bug == "squared":
+            n = (V**2).sum(1).detach()
+        elif bug == "not_detached":
+            n = torch.linalg.norm(V, dim=1)
+        else:
+            n = torch.linalg.norm(V, dim=1).detach()
+        if bug == "no_magnitude":
+            return V / n[:, None]
+        if bug == "plain_lora":
+            return V
+        if bug == "inverted":
+            return (n / m)[:, None] * V
+        if bug == "columns":
+            return V * (m / n)[None, :]
+        if bug == "only_W":
+            return (m / n)[:, None] * W + s * BA
+        if bug == "in_place":
+            W.mul_(1.0)  # harmless ...
+            A.data.mul_(2.0)  # ... but this one writes into an input
+            return (m / n)[:, None] * V
+        if bug == "no_grad":
+            with torch.no_grad():
+                return (m / n)[:, None] * V
+        return (m / n)[:, None] * V
+    return fn
+
+
+EQUIVALENT_DORA = {
+    # the textbook forms a learner may write: each must pass on every seed
+    "keepdim": lambda W, A, B, m, s: m[:, None] * (V := W + s * B @ A) / torch.linalg.norm(V, dim=1, keepdim=True).detach(),
+    "sqrt_sum": lambda W, A, B, m, s: (V := W + (s * B) @ A) * (m / ((V * V).sum(-1).sqrt()).detach()).unsqueeze(-1),
+    "einsum_diag": lambda W, A, B, m, s: torch.diag(m / (V := W + torch.einsum("or,ri->oi", B, A) * s).norm(dim=1).detach()) @ V,
+    "float64_inside": lambda W, A, B, m, s: (
+        (m.double() / (V := W.double() + s * B.double() @ A.double()).norm(dim=1).detach())[:, None] * V).to(W.dtype),
+    "data_norm": lambda W, A, B, m, s: (m / (W + s * B @ A).data.norm(p=2, dim=1))[:, None] * (W + s * B @ A),
+    "peft_order": lambda W, A, B, m, s: ((m / torch.linalg.norm(W + (B @ A) * s, dim=1).detach()).view(-1, 1)
+                                         * (W + (B @ A) * s)),
+}
+
+
+@pytest.mark.parametrize("form", sorted(EQUIVALENT_DORA))
+def test_dora_weight_equivalent_forms_pass_many_seeds(form):
+    """Correct rewrites (other product order, keepdim, sqrt of sums, float64 inside, diag matmul) pass on
+    40 seeds of every stream: the tolerance is the float32 rounding of the output's size."""
+    from helpers.checks._core import run_check
+
+    for stream in ("test", "notebook", "grade"):
+        for seed in range(40):
+            res = run_check(checks.check_dora_weight, EQUIVALENT_DORA[form], make_generator(seed, "dora_weight", stream))
+            assert res.status == "passed", (form, stream, seed, res.message)
+
+
+def test_dora_weight_correct_variant_passes():
+    for seed in SEEDS:
+        run("dora_weight", dora_variant(None), seed)
+
+
+@pytest.mark.parametrize("bug,phrase", [
+    ("dim0", "wrong dimension"),
+    ("columns", "scales the columns"),
+    ("transposed", "the update is transposed"),
+    ("swapped", "wrong order"),
+    ("norm_of_W", "the norm is taken of W alone"),
+    ("no_scale_in_norm", "scaling s is missing inside the norm"),
+    ("no_scale", "the scaling s is missing: V ="),
+    ("no_magnitude", "the magnitude is missing"),
+    ("plain_lora", "the plain LoRA merge"),
+    ("frobenius", "Frobenius"),
+    ("inverted", "the ratio is inverted"),
+    ("squared", "the norm is squared"),
+    ("only_W", "only W is rescaled"),
+    ("not_detached", "the norm n is not detached"),
+    ("in_place", "in place"),
+    ("no_grad", "does not require grad"),
+])
+def test_dora_weight_bugs(bug, phrase):
+    fails("dora_weight", dora_variant(bug), phrase)
+
+
+def test_dora_weight_equals_peft_use_dora():
+    """The reference = peft's merged use_dora=True layer, and = its forward; at peft's start (B = 0,
+    m = row norms of W) it returns W."""
+    g = torch.Generator().manual_seed(3)
+    W, A, B = torch.randn(7, 5, generator=g), torch.randn(3, 5, generator=g), torch.randn(7, 3, generator=g)
+    m = torch.rand(7, generator=g) + 0.5
+    peft_model, layer = checks._peft_dora_layer(W, A, B, m, rank=3, alpha=6)
+    with torch.no_grad():
+        forward = layer(torch.eye(5)).T
+    ours = ref.dora_weight(W, A, B, m, 2.0)
+    assert torch.allclose(forward, ours, atol=1e-6)
+    assert torch.allclose(peft_model.merge_and_unload().lin.weight, ours, atol=1e-6)
+    start = ref.dora_weight(W, A, torch.zeros_like(B), torch.linalg.norm(W, dim=1), 2.0)
+    assert torch.allclose(start, W, atol=1e-6)
+    assert torch.allclose(torch.linalg.norm(ours, dim=1), m, atol=1e-6)  # row i has length m_i
 
 
 # --------------------------------------------------------------------------- helpers/lora.py
@@ -436,3 +553,20 @@ def test_inject_lora_is_judged_on_its_own_code(pristine_starters, capsys):
     ex = exercise("lab08", seed=0)
     assert ex.status["inject_lora"] == "passed" and ex.origin["inject_lora"] == "yours"
     assert ex.status["LoRALinear"] == "todo"
+
+
+def test_in_place_merge_message_is_shown_whole(pristine_starters, capsys):
+    """Issue 15: check() cut this message at 100 characters ("...rank=5): yo"); it is printed whole."""
+    from helpers.exercise import check
+
+    todo = '    raise NotImplementedError("TODO(lab08): merge_lora")'
+    src = pristine_starters.read_text()
+    assert todo in src
+    pristine_starters.write_text(src.replace(todo, "    base_weight += (up_weight @ down_weight) * (alpha / rank)\n"
+                                                   "    return base_weight"))
+    results = {r.name: r for r in check("lab08", seed=5)}
+    out = capsys.readouterr().out
+    message = results["merge_lora"].message
+    assert results["merge_lora"].status == "failed" and len(message) > 100
+    assert "in place" in message and "leave the inputs alone" in message
+    assert message.splitlines()[0] in out and "leave the inputs alone" in out

@@ -11,14 +11,15 @@ returns, the message names that bug (the ``diagnose`` candidates below).
 """
 import copy
 import math
+import re
 
 import torch
 from diffusers.models.attention_processor import Attention
 from peft import LoraConfig, get_peft_model, inject_adapter_in_model
 from torch import nn
 
-from helpers.checks._core import (CheckFailed, assert_close, choice, describe, describe_exception, randint,
-                                  random_seed)
+from helpers.checks._core import (CheckFailed, as_number, assert_close, choice, describe, describe_exception,
+                                  randint, random_seed, require_unchanged)
 from helpers.solutions import lab08_lora as ref
 
 LAB = "lab08"
@@ -212,11 +213,12 @@ def _check_lora_layer(cls, gen, d_in, d_out, bias, dtype):
                  diagnose=_lora_bugs(base, x, A, B, rank, alpha), hint=EQ_FORWARD + ".")
     if not torch.equal(base.weight.detach(), W0):
         raise CheckFailed(f"{name}: the base weight changed; LoRA never touches W (it is frozen).")
-    scaling = getattr(m, "scaling", None)
-    if not isinstance(scaling, (int, float)) or abs(float(scaling) - alpha / rank) > 1e-9 * (alpha / rank):
-        raise CheckFailed(f"{name}: expected the attribute self.scaling = alpha / rank = {alpha / rank:g} (a float), "
-                          f"got {scaling!r}.")
-    if getattr(m, "rank", None) != rank or getattr(m, "alpha", None) != alpha:
+    scaling = as_number(f"{name}: the attribute self.scaling", getattr(m, "scaling", None))
+    if abs(scaling - alpha / rank) > 1e-9 * (alpha / rank):
+        raise CheckFailed(f"{name}: expected the attribute self.scaling = alpha / rank = {alpha / rank:g} (a number), "
+                          f"got {getattr(m, 'scaling', None)!r}.")
+    kept = [as_number(f"{name}: the attribute self.{a}", getattr(m, a, None)) for a in ("rank", "alpha")]
+    if kept != [rank, alpha]:
         raise CheckFailed(f"{name}: keep the arguments as attributes, self.rank = {rank} and self.alpha = {alpha} "
                           f"(got {getattr(m, 'rank', None)!r} and {getattr(m, 'alpha', None)!r}): merging and "
                           f"rescaling a trained layer read them.")
@@ -380,10 +382,9 @@ def _one_injection(fn, gen, model, targets, inputs, what):
             lead = "Likely bug: rank and alpha swapped. " if now[n].down.weight.shape[0] == alpha else ""
             raise CheckFailed(f"{lead}{name}: {n}.down.weight has shape {tuple(now[n].down.weight.shape)}, expected "
                               f"({rank}, {lin.in_features}): call LoRALinear(module, rank, alpha).")
-        sc = getattr(now[n], "scaling", None)
-        if not isinstance(sc, (int, float)) or abs(sc - alpha / rank) > 1e-9 * (alpha / rank):
-            lead = "Likely bug: rank and alpha swapped. " if isinstance(sc, (int, float)) and \
-                abs(sc - rank / alpha) < 1e-9 * (rank / alpha) else ""
+        sc = as_number(f"{name}: {n}.scaling", getattr(now[n], "scaling", None))
+        if abs(sc - alpha / rank) > 1e-9 * (alpha / rank):
+            lead = "Likely bug: rank and alpha swapped. " if abs(sc - rank / alpha) < 1e-9 * (rank / alpha) else ""
             raise CheckFailed(f"{lead}{name}: {n}.scaling is {sc!r}, expected alpha / rank = {alpha / rank:g}: call "
                               f"LoRALinear(module, rank, alpha).")
 
@@ -522,3 +523,162 @@ def check_merge_lora(fn, gen):
         assert_close(name, got, expected, **TOL[dtype], diagnose=_merge_bugs(W, A, B, alpha, rank), hint=EQ_MERGE + ".")
         assert_close(f"{name} vs peft's merge_and_unload() with the same lora_A / lora_B", got,
                      _peft_merge(W, A, B, alpha, rank), **TOL[dtype])
+
+
+# --------------------------------------------------------------------------- dora_weight
+
+EQ_DORA = ("W' = diag(m / n) V with V = W + s * B @ A (d_out, d_in) and n_i = ||V_i||_2 the norm of ROW i of V "
+           "(one per output feature, over the d_in inputs), n detached from the graph (DoRA eq. 5 and Sec. 4.3; "
+           "peft's DoraLinearVariant.merge_safe and DoraLinearLayer.get_weight_norm)")
+
+
+def _dora64(W, A, B, m, s, detach=True):
+    """DoRA's merged weight in float64 (the ground truth; ``detach=False``: the norm keeps its graph)."""
+    V = W.double() + s * (B.double() @ A.double())
+    n = torch.linalg.norm(V, dim=1)
+    return (m.double() / (n.detach() if detach else n))[:, None] * V
+
+
+def _dora_bugs(W, A, B, m, s):
+    """What typical dora_weight bugs return on these inputs (float64)."""
+    W, A, B, m = W.double(), A.double(), B.double(), m.double()
+    BA = B @ A
+    V = W + s * BA
+    n = torch.linalg.norm(V, dim=1)  # (d_out,)
+    rows = lambda f: f[:, None] * V  # noqa: E731  each row of V times its factor
+    bugs = []
+    if W.shape[0] == W.shape[1]:
+        bugs += [
+            ("the norm runs over the wrong dimension: DoRA's n has one entry per OUTPUT feature, the length of each "
+             "ROW of the (d_out, d_in) weight (the paper's 'column' is a row in PyTorch's (out, in) layout).",
+             rows(m / torch.linalg.norm(V, dim=0))),
+            ("the factor m / n scales the columns of V instead of its rows: make it a (d_out, 1) column so that "
+             "row i is multiplied by m_i / n_i.", V * (m / n)[None, :]),
+            ("the update is transposed: B @ A is (d_out, r) @ (r, d_in), the shape of W; (B @ A).T only fits "
+             "because this W is square.", _dora64(W, BA.T.contiguous(), torch.eye(W.shape[0], dtype=W.dtype), m, s)),
+        ]
+    bugs += [
+        ("the norm is taken of W alone; DoRA normalises the LoRA-merged weight V = W + s * B @ A.",
+         rows(m / torch.linalg.norm(W, dim=1))),
+        ("the scaling s is missing inside the norm: n is the row norm of W + s * B @ A.",
+         rows(m / torch.linalg.norm(W + BA, dim=1))),
+        ("the scaling s is missing: V = W + s * B @ A, in the norm and in the numerator.",
+         (m / torch.linalg.norm(W + BA, dim=1))[:, None] * (W + BA)),
+        ("the magnitude is missing: you returned the direction V / n alone; W' = (m / n) * V row by row.",
+         rows(1 / n)),
+        ("you returned the plain LoRA merge W + s * B @ A: DoRA rescales each of its rows to length m_i.", V.clone()),
+        ("one norm for the whole matrix (Frobenius): DoRA takes one norm per output row.",
+         m[:, None] * V / torch.linalg.norm(V)),
+        ("the ratio is inverted: each row is multiplied by m_i / n_i, not n_i / m_i.", rows(n / m)),
+        ("the norm is squared: n_i is the square root of the row's sum of squares.", rows(m / n**2)),
+        ("only W is rescaled: W' = (m / n) * (W + s * B @ A), the update included in what is rescaled.",
+         (m / n)[:, None] * W + s * BA),
+    ]
+    return bugs
+
+
+def _peft_dora_layer(W, A, B, m, rank, alpha):
+    """peft's DoRA layer (get_peft_model(LoraConfig(r, lora_alpha, use_dora=True))) with W, A, B, m set."""
+    d_out, d_in = W.shape
+    holder = nn.Module()
+    holder.lin = nn.Linear(d_in, d_out, bias=False, dtype=W.dtype)
+    with torch.no_grad():
+        holder.lin.weight.copy_(W)
+    peft_model = get_peft_model(holder, LoraConfig(r=rank, lora_alpha=alpha, target_modules=["lin"], use_dora=True))
+    layer = peft_model.base_model.model.lin
+    with torch.no_grad():
+        layer.lora_A["default"].weight.copy_(A)
+        layer.lora_B["default"].weight.copy_(B)
+        layer.lora_magnitude_vector["default"].weight.copy_(m)
+    return peft_model, layer
+
+
+def _call_dora(fn, name, W, A, B, m, s):
+    try:
+        return fn(W, A, B, m, s)
+    except NotImplementedError:
+        raise
+    except RuntimeError as exc:
+        text = str(exc)
+        rank, (rows, cols) = A.shape[0], W.shape
+        sizes = {int(v) for v in re.findall(r"\((\d+)\)", text)}
+        if "shapes cannot be multiplied" in text or (
+                "must match the size" in text and rank in sizes and rank not in (rows, cols)):
+            raise CheckFailed(f"Likely bug: the factors are multiplied in the wrong order. {name} raised "
+                              f"{describe_exception(exc)}\nHint: B @ A is (d_out, r) @ (r, d_in), the shape of W; "
+                              f"A @ B is (r, r) or does not multiply.") from exc
+        if "must match the size" in text and rows != cols and sizes == {rows, cols}:
+            raise CheckFailed(f"Likely bug: the norm runs over the wrong dimension, or the factor is not a column. "
+                              f"{name} raised {describe_exception(exc)}\nHint: {EQ_DORA}: n has d_out entries and "
+                              f"scales the rows, as a (d_out, 1) column.") from exc
+        raise
+
+
+def check_dora_weight(fn, gen):
+    """A square and a non-square weight in float32, then one in float64 with gradients. Values against
+    the float64 ground truth (tolerance from the output's size) and against peft's merge_and_unload of
+    a use_dora=True layer with the same W, A, B and m; gradients of A, B and m against the ground
+    truth and against peft's forward (x = identity), so a norm left in the graph is caught; the
+    inputs must not change."""
+    d_sq = randint(gen, 7, 12)  # above every rank (2..6): A @ B never multiplies, so that bug is named
+    d_in = randint(gen, 3, 16)
+    d_out = choice(gen, [d for d in range(3, 17) if d != d_in])
+    for (rows, cols), dtype in (((d_sq, d_sq), torch.float32), ((d_out, d_in), torch.float32),
+                                ((d_in, d_out), torch.float64)):
+        rank, alpha = _rank_alpha(gen)
+        s = alpha / rank
+        W = _randn(gen, rows, cols, dtype=dtype)
+        A = _randn(gen, rank, cols, dtype=dtype) / math.sqrt(cols)
+        B = _randn(gen, rows, rank, dtype=dtype) / math.sqrt(rank)
+        # m: the row norms of W (peft's start) times a random factor per row in [0.5, 2], so m != n
+        m = (torch.linalg.norm(W.double(), dim=1) * (0.5 + 1.5 * torch.rand(rows, generator=gen, dtype=torch.float64)))
+        m = m.to(dtype)
+        grads = dtype == torch.float64
+        if grads:
+            A.requires_grad_(True), B.requires_grad_(True), m.requires_grad_(True)
+        before = [t.detach().clone() for t in (W, A, B, m)]
+        name = (f"dora_weight(base_weight {tuple(W.shape)} {str(dtype).replace('torch.', '')}, lora_A {tuple(A.shape)}, "
+                f"lora_B {tuple(B.shape)}, magnitude ({rows},), scaling={s:g})")
+        got = _call_dora(fn, name, W, A, B, m, s)
+        require_unchanged(name, before, [t.detach() for t in (W, A, B, m)],
+                          "base_weight, lora_A, lora_B or magnitude")
+        truth = _dora64(W.detach(), A.detach(), B.detach(), m.detach(), s)
+        scale = truth.abs().max().item()
+        tol = dict(atol=1e-5 * scale, rtol=1e-4) if dtype == torch.float32 else dict(atol=1e-12 * scale, rtol=1e-10)
+        bugs = [(label, cand.to(dtype)) for label, cand in _dora_bugs(W.detach(), A.detach(), B.detach(),
+                                                                      m.detach(), s)]
+        got_value = got.detach() if isinstance(got, torch.Tensor) else got
+        assert_close(name, got_value, truth.to(dtype), **tol, diagnose=bugs, hint=EQ_DORA + ".")
+        peft_model, layer = _peft_dora_layer(W.detach(), A.detach(), B.detach(), m.detach(), rank, alpha)
+        if grads:
+            # peft's forward on x = I gives W'^T; its gradients are DoRA's (the norm detached inside peft)
+            g_out = _randn(gen, rows, cols, dtype=dtype)
+            out = layer(torch.eye(cols, dtype=dtype)).T  # (d_out, d_in) = W'
+            (out * g_out).sum().backward()
+            peft_grads = {"lora_A": layer.lora_A["default"].weight.grad, "lora_B": layer.lora_B["default"].weight.grad,
+                          "magnitude": layer.lora_magnitude_vector["default"].weight.grad}
+            if not (isinstance(got, torch.Tensor) and got.requires_grad):
+                raise CheckFailed(f"{name}: the result does not require grad, though lora_A, lora_B and magnitude "
+                                  f"do: DoRA trains them through this weight. Detach only the norm n, not the "
+                                  f"result (no torch.no_grad(), no .detach() / .data on the output).")
+            (got * g_out).sum().backward()
+            leaves = {"lora_A": A, "lora_B": B, "magnitude": m}
+            A_, B_, m_ = (t.detach().clone().requires_grad_(True) for t in (A, B, m))
+            (_dora64(W.detach(), A_, B_, m_, s) * g_out).sum().backward()
+            A2, B2, m2 = (t.detach().clone().requires_grad_(True) for t in (A, B, m))
+            (_dora64(W.detach(), A2, B2, m2, s, detach=False) * g_out).sum().backward()
+            for key, want, undetached in (("lora_A", A_.grad, A2.grad), ("lora_B", B_.grad, B2.grad),
+                                          ("magnitude", m_.grad, m2.grad)):
+                grad = leaves[key].grad
+                if grad is None:
+                    raise CheckFailed(f"{name}: no gradient reached {key}; DoRA trains it through W'.")
+                assert_close(f"{name}: gradient of {key}", grad, want, atol=1e-9 * want.abs().max().item(),
+                             rtol=1e-8, hint=EQ_DORA + ".",
+                             diagnose=[("the norm n is not detached: DoRA (Sec. 4.3) and peft treat ||V_i|| as a "
+                                        "constant, so no gradient flows through it (only its value is used).",
+                                        undetached)])
+                assert_close(f"{name}: gradient of {key} vs peft's DoRA layer (forward on x = identity)", grad,
+                             peft_grads[key], atol=1e-9 * want.abs().max().item(), rtol=1e-8)
+        merged = peft_model.merge_and_unload().lin.weight.detach()
+        assert_close(f"{name} vs peft's merge_and_unload() of a LoraConfig(use_dora=True) layer with the same W, "
+                     f"lora_A, lora_B and magnitude", got_value, merged, **tol)
