@@ -49,12 +49,12 @@ SCHEDULE_HINTS = {  # shown on any failure: the definition and where to read it,
     "laplace": "'laplace' is betas_for_alpha_bar(T, alpha_transform_type='laplace') in scheduling_ddpm.py: the "
                "cosine loop (ratios, cap 0.999, Python floats) with diffusers' laplace alpha_bar_fn.",
 }
-EQ4 = "DDPM eq. 4: x_t = sqrt(abar_t) * x_0 + sqrt(1 - abar_t) * eps, with abar_t = alphas_cumprod[t]"
+EQ4 = "DDPM eq. 4, with one abar_t = alphas_cumprod[t] per sample (DDPMScheduler.add_noise)"
 RESHAPE_HINT = (
-    "abar_t = alphas_cumprod[timesteps] has shape (B,); reshape it to (B, 1, ..., 1) with one 1 "
-    "per dimension after the batch one, e.g. abar_t.reshape(-1, *[1] * (x.ndim - 1)), so it "
-    "broadcasts for samples of ANY rank ((B, D), (B, C, H, W), (B, C, F, H, W)); a fixed "
-    "[:, None, None, None] only works for 4-D input."
+    "one abar_t per sample has shape (B,); give it one trailing size-1 dimension per dimension "
+    "of the samples after the batch one, so it broadcasts for samples of ANY rank ((B, D), "
+    "(B, C, H, W), (B, C, F, H, W)); a fixed number of new axes only works for one rank "
+    "(see how DDPMScheduler.add_noise does it)."
 )
 
 
@@ -224,7 +224,7 @@ def check_alphas_cumprod(fn, gen):
         raise CheckFailed(f"{name}: your function changed its input `betas` in place; compute a new "
                           f"tensor instead (e.g. 1 - betas, not betas.mul_(-1).add_(1)).")
     assert_close(name, got, ref.alphas_cumprod(betas), **TOL_ABAR, diagnose=_alphas_cumprod_bugs(betas),
-                 hint="abar_t = prod_{s<=t} (1 - beta_s) (DDPM, above eq. 4).")
+                 hint="the product of the alphas up to t (DDPM, the definitions above eq. 4).")
     assert_close(f"{name} vs diffusers DDPMScheduler(...).alphas_cumprod", got,
                  _diffusers(schedule, T, beta_start, beta_end).alphas_cumprod, **TOL_ABAR)
 
@@ -237,7 +237,7 @@ def check_alphas_cumprod(fn, gen):
                           f"{name}: expected {betas.dtype} (the dtype of "
                           f"betas), got {got.dtype}. Do not pass a dtype; 1 - betas keeps it.")
     assert_close(name, got, ref.alphas_cumprod(betas), **TOL_ABAR, diagnose=_alphas_cumprod_bugs(betas),
-                 hint="abar_t = prod_{s<=t} (1 - beta_s) (DDPM, above eq. 4).")
+                 hint="the product of the alphas up to t (DDPM, the definitions above eq. 4).")
 
 
 # --------------------------------------------------------------------------- add_noise
@@ -383,9 +383,8 @@ def check_add_noise(fn, gen):
     name = _describe_inputs(x, t)
     why = ("" if device == "cuda" else
            " (the 'meta' device stands in for a GPU: its tensors have a shape and dtype but no data)")
-    device_hint = ("move alphas_cumprod (and timesteps) to original_samples.device before using them, "
-                   "like diffusers: alphas_cumprod.to(device=original_samples.device, "
-                   "dtype=original_samples.dtype).")
+    device_hint = ("move alphas_cumprod (and timesteps) to the samples' device, and cast it to their "
+                   "dtype, before indexing, as the first lines of DDPMScheduler.add_noise do.")
     try:
         got = fn(x, eps, t, abar)
     except NotImplementedError:
@@ -425,7 +424,8 @@ def check_snr(fn, gen):
     abar = ref.alphas_cumprod(ref.make_betas(schedule, T, beta_start, beta_end))  # (T,) float32
     name = f"snr(alphas_cumprod of {_call_str(schedule, T, beta_start, beta_end)})"
     got = fn(abar.clone())
-    hint = "SNR_t = abar_t / (1 - abar_t) (Kingma et al. 2021, Variational Diffusion Models, in DDPM notation)."
+    hint = ("Kingma et al. 2021 (Variational Diffusion Models), eq. 2-3: the signal's variance over the "
+            "noise's, with their alpha_t and sigma_t read off DDPM eq. 4.")
     assert_close(name, got, ref.snr(abar), **TOL_SNR[torch.float32], diagnose=_snr_bugs(abar), hint=hint)
     # diffusers.training_utils.compute_snr, inlined (importing training_utils takes seconds):
     # (sqrt(abar) / sqrt(1 - abar)) ** 2 on the scheduler's own alphas_cumprod.

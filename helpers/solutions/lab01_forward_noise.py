@@ -40,27 +40,20 @@ def make_betas(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.0
       s the logistic sigmoid, v_t running linearly from -6 (t = 0) to +6 (t = T-1): an S-shaped
       ramp that never quite reaches either end of the range.
     - "squaredcos_cap_v2" (Nichol & Dhariwal 2021, "Improved DDPM", eq. 17): the cosine
-      schedule, defined through abar rather than beta:
-          f(u) = cos^2( (u + s) / (1 + s) * pi / 2 ),  s = 0.008,  abar(u) = f(u) / f(0)
-      and beta_t is one minus the ratio of f at the end and at the start of step t (at u = (t+1)/T
-      and u = t/T), capped at 0.999. beta_start and beta_end are ignored. How diffusers
-      (`betas_for_alpha_bar`, the same code as the authors' improved-diffusion) differs from
-      the formula on the page:
-        * it never evaluates abar directly; it builds betas from ratios of f, so
-          cumprod(1 - beta) telescopes to f((t+1)/T) / f(0): diffusers' index t is the
-          paper's t+1 (the paper counts 1 .. T);
-        * the last ratio is f(1) / f(1 - 1/T) = 0, so the raw beta is 1, which would make
-          abar exactly 0 at the end and 1/abar infinite; the cap at 0.999 (stated in the
-          paper's text after eq. 17) leaves a tiny abar_{T-1} > 0 instead;
-        * it computes in Python float64 (the math module) and rounds the result to float32.
+      schedule, defined through abar(u) rather than through beta, with the offset s = 0.008 and
+      the cap on beta stated in the paper's text after eq. 17. beta_start and beta_end are
+      ignored. diffusers builds it in `betas_for_alpha_bar` (the same code as the authors'
+      improved-diffusion), which differs from the formula on the page in three ways you must
+      reproduce: it never evaluates abar itself but one beta per step from a ratio of the
+      paper's function (so diffusers' index t is the paper's t+1: the paper counts 1 .. T); the
+      last raw beta is exactly 1, and the cap leaves a tiny abar_{T-1} > 0 instead of 0; and it
+      computes in Python float64 (the math module), rounding the result to float32.
     - "laplace" (Hang et al. 2024, "Improved Noise Schedule for Diffusion Training"): built by
       `betas_for_alpha_bar` exactly like the cosine one (same ratios, same cap, same float64
-      arithmetic, beta_start/beta_end ignored), with f replaced by g(u) = sqrt(sigmoid(lam(u))),
-      where the log-SNR lam follows a Laplace quantile:
-          lam(u) = sgn(u - 1/2) * (1/2) * ln(1 - 2|u - 1/2| + 1e-6),   with sgn(0) = -1
-      (the 1e-6 keeps the logarithm finite at u = 0 and u = 1; at u = 1/2 the sign is
-      diffusers' -copysign(1, 1/2 - u) = -copysign(1, +0.0) = -1, which matters for even T). Note the square root: diffusers'
-      g is sqrt(sigmoid(lam)), and the betas are built from its ratios as they stand.
+      arithmetic, beta_start/beta_end ignored), with another function of u in place of the
+      cosine's, whose log-SNR follows a Laplace quantile. Read it in `betas_for_alpha_bar`'s
+      laplace branch as it stands (its 1e-6, its square root, and the sign it gives at
+      u = 1/2, which matters for even T).
 
     Args:
         schedule: "linear", "scaled_linear", "sigmoid", "squaredcos_cap_v2" or "laplace".
@@ -179,7 +172,7 @@ def add_noise(original_samples, noise, timesteps, alphas_cumprod):
 
 
 def snr(alphas_cumprod):
-    """Signal-to-noise ratio of x_t: SNR_t = abar_t / (1 - abar_t).
+    """Signal-to-noise ratio SNR_t of x_t, as diffusers' `training_utils.compute_snr`.
 
     Kingma et al. 2021 ("Variational Diffusion Models", eq. 2-3, where the forward process is
     defined) define SNR(t) = alpha_t^2 / sigma_t^2 for z_t = alpha_t x + sigma_t eps: the signal's
@@ -214,9 +207,8 @@ def rescale_zero_terminal_snr(betas):
         r'_0 = r_0            (the first step keeps its signal), and
         r'_{T-1} = 0          (the last step has none: SNR_{T-1} = 0, x_{T-1} is pure noise).
 
-    Then it turns r' back into betas: abar'_t = r'_t^2, alpha'_0 = abar'_0 and
-    alpha'_t = abar'_t / abar'_{t-1} for t >= 1 (undoing the cumulative product), beta' = 1 - alpha'.
-    So beta'_{T-1} = 1 exactly, and cumprod(1 - beta') = abar'.
+    Then it turns r' back into a beta schedule whose cumulative product of (1 - beta') is
+    abar'_t = r'_t^2, so the last beta' is 1 exactly.
 
     Args:
         betas: (T,) a beta schedule, T >= 2, float32 or float64, each in (0, 1). Not modified.
