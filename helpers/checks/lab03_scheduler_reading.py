@@ -31,10 +31,8 @@ TOL_STEP = dict(atol=1e-4, rtol=1e-4)
 # except where abar is close to 1 (1 - a loses digits); 1e-3 relative covers every rewrite.
 TOL_SIGMA = {torch.float32: dict(atol=1e-6, rtol=1e-3), torch.float64: dict(atol=1e-12, rtol=1e-9)}
 
-EQ12 = ("DDIM eq. 12: x_prev = sqrt(a') * x0_hat + sqrt(1 - a' - sigma^2) * eps_hat + sigma * z, with "
-        "a = alphas_cumprod[timestep], a' = alphas_cumprod[prev_timestep] (final_alpha_cumprod when "
-        "prev_timestep < 0), x0_hat = (x_t - sqrt(1 - a) * eps) / sqrt(a), and eq. 16: "
-        "sigma = eta * sqrt((1 - a') / (1 - a)) * sqrt(1 - a / a').")
+EQ12 = ("DDIM eq. 12 (its three terms) with eq. 16's sigma, as DDIMScheduler.step's steps 1-7; "
+        "abar of prev_timestep < 0 is final_alpha_cumprod, never alphas_cumprod[-1].")
 
 
 # --------------------------------------------------------------------------- ddim_timesteps
@@ -97,14 +95,17 @@ def _check_timesteps_case(fn, n, T, spacing, offset):
             else " (and the values differ too)")
         raise CheckFailed(
             f"Likely bug: {kind} timesteps: expected int64 like DDIMScheduler.timesteps, got {got.dtype}{values}.\n"
-            f"{call}: round in numpy, then .astype(np.int64) (torch.int64); a UNet embeds integer "
-            f"timesteps and alphas_cumprod[t] needs integer indices.")
+            f"{call}: round, then convert to int64; a UNet embeds integer timesteps and "
+            f"alphas_cumprod[t] needs integer indices.")
     if isinstance(got, torch.Tensor) and got.ndim == 1 and abs(got.shape[0] - expected.shape[0]) == 1:
         raise CheckFailed(f"Likely bug: off-by-one length: expected n = {n} timesteps, got {got.shape[0]}.\n"
-                          f"{call}: np.arange(T, 0, -T / n) has n values; np.linspace(0, T - 1, n) too.")
-    hint = {"leading": "'leading': np.arange(n) * (T // n), descending, + steps_offset.",
-            "trailing": "'trailing': np.round(np.arange(T, 0, -T / n)) - 1 (descending already), int64.",
-            "linspace": "'linspace': np.linspace(0, T - 1, n).round()[::-1], int64."}[spacing]
+                          f"{call}: each spacing gives exactly n timesteps; count what your range produces.")
+    hint = {"leading": "'leading': the branch of DDIMScheduler.set_timesteps for it (integer step ratio, "
+                       "order, steps_offset).",
+            "trailing": "'trailing': the branch of DDIMScheduler.set_timesteps for it (float step ratio "
+                        "counted down from T, rounding, the - 1), int64.",
+            "linspace": "'linspace': the branch of DDIMScheduler.set_timesteps for it (n points over "
+                        "0 .. T-1, rounding, order), int64."}[spacing]
     assert_close(call, got, expected, atol=0, rtol=0, hint=hint,
                  diagnose=_timesteps_bugs(n, T, spacing, offset, expected))
     assert_close(f"{call} vs diffusers DDIMScheduler.set_timesteps", got,
@@ -350,7 +351,8 @@ def check_sigmas_from_alphas_cumprod(fn, gen):
         raise CheckFailed(f"Likely bug: you appended the final 0 (shape ({T + 1},)). EulerDiscreteScheduler "
                           f"stores cat([sigmas.flip(0), 0]) for sampling; this function returns the {T} "
                           f"sigmas in the order of t, nothing appended.\n{call}: expected {describe(abar)}.")
-    hint = "sigma_t = sqrt((1 - abar_t) / abar_t) (Karras et al. 2022), elementwise, same order as abar."
+    hint = ("the noise level of x_t / sqrt(abar_t) (the page's Euler section; EulerDiscreteScheduler.__init__), "
+            "elementwise, same order as abar.")
     assert_close(call, got, ref.sigmas_from_alphas_cumprod(abar), **TOL_SIGMA[torch.float32], hint=hint,
                  diagnose=_sigma_bugs(abar))
     assert_close(f"{call} vs EulerDiscreteScheduler(...).sigmas[:-1].flip(0)", got,
@@ -369,8 +371,8 @@ def check_sigmas_from_alphas_cumprod(fn, gen):
 
 # --------------------------------------------------------------------------- karras_sigmas
 
-KARRAS_HINT = ("EDM eq. 5: sigma_i = (sigma_max^(1/rho) + i / (n - 1) * (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, "
-               "i = 0 .. n-1, largest first (EulerDiscreteScheduler._convert_to_karras).")
+KARRAS_HINT = ("EDM eq. 5 as EulerDiscreteScheduler._convert_to_karras computes it: n values, both ends "
+               "included, largest first.")
 # float32 answers: (a + u (b - a))^rho amplifies the base's rounding (a few ulps of sigma_max^(1/rho),
 # relative to sigma_min^(1/rho) >= 0.37) by rho <= 12: below 5e-6 relative; bugs move values by >> 1e-3.
 TOL_KARRAS = dict(atol=0.0, rtol=2e-5)
@@ -436,9 +438,8 @@ def check_karras_sigmas(fn, gen):
 
 # --------------------------------------------------------------------------- euler_step
 
-EULER_HINT = ("EulerDiscreteScheduler.step with s_churn = 0: D = x - sigma * eps (epsilon) or "
-              "D = x / (sigma^2 + 1) - sigma / sqrt(sigma^2 + 1) * v (v_prediction); d = (x - D) / sigma; "
-              "x_next = x + (sigma_next - sigma) * d, on the UNSCALED sample x.")
+EULER_HINT = ("EulerDiscreteScheduler.step with s_churn = 0: the denoised sample for the prediction type "
+              "(step 1 there), the ODE derivative, one Euler step to sigma_next, all on the UNSCALED sample.")
 
 
 def _euler_bugs(e, s, sn, x, ptype):
