@@ -28,49 +28,54 @@ Attention (Vaswani et al. 2017, eq. 1, with multiple heads, sec. 3.2.2), as diff
     concatenate the heads back: (B, N, D), then the output projection W_o
 
 The functions below are, in order: the timestep embedding, multi-head attention, one
-diffusers `Attention` module computed from its own weights, patchify / unpatchify, and the
-adaLN modulation. Each equals the matching piece of diffusers.
+diffusers `Attention` module computed from its own weights, patchify / unpatchify, the 2-D
+sin-cos position embedding a DiT adds to its patch tokens, and the adaLN modulation. Each
+equals the matching piece of diffusers.
 """
 
 import math
 
 import torch
 
-__all__ = ["timestep_embedding", "attention", "cross_attention", "patchify", "unpatchify", "modulate"]
+__all__ = ["timestep_embedding", "attention", "cross_attention", "patchify", "unpatchify", "sincos_pos_embed_2d",
+           "modulate"]
 
 
 def timestep_embedding(timesteps, embedding_dim, flip_sin_to_cos=False, downscale_freq_shift=1, scale=1,
                        max_period=10000):
     """Sinusoidal timestep embedding, as `diffusers.models.embeddings.get_timestep_embedding`.
 
-    With half = embedding_dim // 2 and frequencies (Vaswani et al. 2017, sec. 3.5):
+    Notation: D = embedding_dim, h = floor(D / 2) frequencies, P = max_period,
+    s = downscale_freq_shift, a = scale. For frequency index i = 0 .. h-1 (Vaswani et al.
+    2017, sec. 3.5):
 
-        f_i   = exp(-ln(max_period) * i / (half - downscale_freq_shift)),   i = 0 .. half - 1
-        arg_i = scale * t * f_i
-        emb   = [sin(arg_0 .. arg_{half-1}), cos(arg_0 .. arg_{half-1})]      (flip_sin_to_cos=False)
-        emb   = [cos(...), sin(...)]                                          (flip_sin_to_cos=True)
+        f_i       = P^( -i / (h - s) )              (f_0 = 1, decaying geometrically)
+        theta_i   = a * t * f_i                     (one angle per sample and frequency)
+        emb(t)    = ( sin theta_0 .. sin theta_{h-1} | cos theta_0 .. cos theta_{h-1} )
+                    two contiguous HALVES, sin half first; the cos half first when
+                    flip_sin_to_cos is True; one zero column at the end when D is odd.
 
-    then one zero column when embedding_dim is odd. Stable Diffusion's UNet uses
-    flip_sin_to_cos=True, freq_shift=0 (cos first, frequencies from 1 down to
-    max_period^(-(half-1)/half), just above 1/max_period); DDPM's original code is sin first
-    with shift 1 (the slowest frequency exactly 1/max_period). The fastest frequency
-    (f_0 = 1 rad per step) tells neighbouring timesteps apart, the slowest spans the whole
-    range of t; the MLP after it (`TimestepEmbedding`) learns what to do with them.
+    Stable Diffusion's UNet uses flip_sin_to_cos=True, freq_shift=0 (cos first, frequencies
+    from 1 down to P^(-(h-1)/h), just above 1/P); DDPM's original code is sin first with
+    shift 1 (the slowest frequency exactly 1/P). The fastest frequency (1 rad per step)
+    tells neighbouring timesteps apart, the slowest spans the whole range of t; the MLP after
+    it (`TimestepEmbedding`) learns what to do with them. diffusers builds the frequencies in
+    float32 and casts t to float32 before the product.
 
     Args:
         timesteps: (B,) int or float tensor, one timestep per sample (may be fractional).
-        embedding_dim: int, the output width.
+        embedding_dim: an integer D.
         flip_sin_to_cos: bool, cos half first when True.
-        downscale_freq_shift: float, the shift in the exponent's denominator (1 or 0 in practice).
-        scale: float, multiplies the arguments t * f_i (before sin / cos).
-        max_period: float, the slowest period.
+        downscale_freq_shift: a number s (1 or 0 in practice).
+        scale: a number a, multiplies every angle.
+        max_period: a number P, the slowest period.
 
     Returns:
         (B, embedding_dim) float32, on timesteps' device.
     """
-    # TODO: half = embedding_dim // 2; exponent = -ln(max_period) * arange(half) / (half - downscale_freq_shift), in float32.
-    # TODO: args = scale * timesteps[:, None].float() * exp(exponent)[None, :]  -> (B, half).
-    # TODO: cat([sin(args), cos(args)], dim=-1); swap the two halves when flip_sin_to_cos; pad one zero column when embedding_dim is odd.
+    # TODO: the sinusoidal embedding of the docstring, exactly as get_timestep_embedding in
+    # TODO: diffusers/models/embeddings.py computes it (its flags, the halves, the odd width).
+    # Stuck? hint("lab07", "timestep_embedding") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab07): timestep_embedding")
 
 
@@ -79,47 +84,51 @@ def attention(query, key, value, heads):
     eq. 1 and sec. 3.2.2), as diffusers' attention processors compute it between the
     `to_q/to_k/to_v` projections and `to_out`.
 
-        split:   (B, N, D) -> (B, heads, N, d), d = D / heads: head h owns channels
-                 h*d .. (h+1)*d - 1 of every token (a view (B, N, heads, d), then transpose)
-        scores:  S = Q K^T / sqrt(d)                          (B, heads, N, M)
-        weights: softmax over the M keys (the last axis): each query's weights sum to 1
-        out:     weights V                                    (B, heads, N, d)
-        merge:   transpose back and reshape to (B, N, D)
+    Notation: D = heads * d channels per token, N queries, M keys. Head k (k = 0 .. heads-1)
+    owns the CONTIGUOUS channels k*d .. (k+1)*d - 1 of every token:
+
+        Q_k, K_k, V_k = those channels of query, key, value    (N x d, M x d, M x d per sample)
+        A_k  = softmax_rows( Q_k K_k^T / sqrt(d) )              (N x M; each row, one query's
+                                                                 weights over the M keys, sums to 1)
+        O_k  = A_k V_k                                          (N x d)
+        out  = [O_0 | O_1 | ... ]: head k's result back in channels k*d .. (k+1)*d - 1
 
     Equal to `torch.nn.functional.scaled_dot_product_attention` on the split heads (what
     `AttnProcessor2_0` calls) and to `AttnProcessor`'s explicit `get_attention_scores`
-    (scale = d ** -0.5, d the HEAD dim, not D).
+    (scale d^(-1/2), d the HEAD dim, not D).
 
     Args:
         query: (B, N, D) queries (the image tokens).
         key: (B, M, D) keys (image tokens for self-attention, text tokens for cross-attention).
         value: (B, M, D) values, like key.
-        heads: int, number of heads; D must be divisible by it.
+        heads: an integer; D must be divisible by it.
 
     Returns:
         (B, N, D), query's dtype and device.
     """
-    # TODO: d = D // heads; q = query.view(B, N, heads, d).transpose(1, 2) -> (B, heads, N, d); same for key and value with M.
-    # TODO: scores = q @ k.transpose(-1, -2) / sqrt(d): d is the HEAD dim. softmax over the LAST axis (the keys).
-    # TODO: out = weights @ v -> (B, heads, N, d); .transpose(1, 2).reshape(B, N, D) to merge the heads.
+    # TODO: multi-head attention of the docstring, as AttnProcessor2_0.__call__ in
+    # TODO: diffusers/models/attention_processor.py does it between to_q/to_k/to_v and to_out.
+    # Stuck? hint("lab07", "attention") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab07): attention")
 
 
 def cross_attention(attn_module, hidden_states, encoder_hidden_states=None):
     """One diffusers `Attention` module (the `attn1` / `attn2` of a UNet or PixArt block),
-    computed from its own weights with `attention` above:
+    computed from its own weights with `attention` above.
 
-        Q = to_q(hidden_states)                                    (B, N, inner)
-        K = to_k(encoder_hidden_states), V = to_v(encoder_hidden_states)  (B, M, inner)
-            (encoder_hidden_states None: self-attention, K and V from hidden_states too)
-        out = to_out[1](to_out[0](attention(Q, K, V, attn_module.heads)))  (B, N, query_dim)
+    Notation: X the image tokens (B, N, query_dim), Y the text tokens (B, M,
+    cross_attention_dim), or Y = X when encoder_hidden_states is None (self-attention).
+    W_q, W_k, W_v, W_o the module's four linear layers (`to_q`, `to_k`, `to_v`, `to_out[0]`):
 
-    `to_out[0]` is the output projection, `to_out[1]` a Dropout (identity in eval mode).
-    In a UNet's `attn2` the queries are the latent pixels of one resolution (N = h * w) and
-    the keys the prompt's L token states (width `cross_attention_dim`, 768 for SD 1.5):
-    every pixel reads a weighted average of the text tokens (Rombach et al. 2022, sec. 3.3).
-    Only the modules used in SD and PixArt blocks are covered: no group norm, no
-    norm_cross, no residual connection inside the module, rescale_output_factor = 1.
+        out = Dropout( W_o( MultiHead(X W_q, Y W_k, Y W_v) ) )     (B, N, query_dim)
+
+    with MultiHead your `attention` over `attn_module.heads` heads, and the Dropout
+    `to_out[1]` (the identity in eval mode). In a UNet's `attn2` the queries are the latent
+    pixels of one resolution (N = h * w) and the keys the prompt's L token states (width
+    `cross_attention_dim`, 768 for SD 1.5): every pixel reads a weighted average of the text
+    tokens (Rombach et al. 2022, sec. 3.3). Only the modules used in SD and PixArt blocks are
+    covered: no group norm, no norm_cross, no residual connection inside the module,
+    rescale_output_factor = 1.
 
     Args:
         attn_module: a `diffusers.models.attention_processor.Attention`.
@@ -129,80 +138,133 @@ def cross_attention(attn_module, hidden_states, encoder_hidden_states=None):
     Returns:
         (B, N, query_dim), equal to `attn_module(hidden_states, encoder_hidden_states)`.
     """
-    # TODO: context = hidden_states if encoder_hidden_states is None else encoder_hidden_states.
-    # TODO: queries ALWAYS come from hidden_states (the image); keys and values from the context (the text).
-    # TODO: attention(q, k, v, attn_module.heads), then attn_module.to_out[0] (linear) and to_out[1] (dropout).
+    # TODO: the module's forward from its own layers and your attention, as AttnProcessor2_0.__call__
+    # TODO: (diffusers/models/attention_processor.py) runs it for SD's and PixArt's blocks.
+    # Stuck? hint("lab07", "cross_attention") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab07): cross_attention")
 
 
 def patchify(latents, patch_size):
     """Cut a latent into p x p patches, one token per patch, as a DiT's patch embedding sees it.
 
-        (B, C, H, W) -> (B, H/p, p, W/p, p) per channel -> tokens (B, (H/p)(W/p), C*p*p)
+    Notation: latent z of shape (B, C, H, W), patch size p, a grid of R = H/p rows and
+    K = W/p columns of patches. Token number n = r*K + c (row-major: row r, column c) holds
+    the C*p*p values of the patch z[:, :, r*p:(r+1)*p, c*p:(c+1)*p], ordered channel first,
+    then row inside the patch, then column inside the patch:
 
-    Token order is row-major over the patch grid: token i*(W/p) + j is the patch in row i,
-    column j (that is `PatchEmbed`'s `conv(x).flatten(2).transpose(1, 2)`). Inside a token the
-    values are ordered (C, p, p), channel first, then row, then column, the order of a
-    Conv2d weight (D, C, p, p): so `patchify(x, p) @ W.reshape(D, -1).T + b` IS diffusers'
-    `PatchEmbed.proj` (a Conv2d with kernel = stride = p), flattened to tokens.
+        token[b, r*K + c, ch*p*p + u*p + v] = z[b, ch, r*p + u, c*p + v]
+
+    That is the order of a Conv2d weight (D, C, p, p), so a linear layer on these tokens
+    with that weight flattened to (D, C*p*p) is diffusers' `PatchEmbed.proj` (a Conv2d with
+    kernel = stride = p), whose output `PatchEmbed` flattens to tokens in the same row-major order.
 
     Args:
         latents: (B, C, H, W), H and W divisible by patch_size.
-        patch_size: int p.
+        patch_size: an integer p.
 
     Returns:
         (B, (H/p) * (W/p), C * p * p), same dtype and device.
     """
-    # TODO: x.reshape(B, C, H/p, p, W/p, p): axes (B, C, row, dy, col, dx).
-    # TODO: permute to (B, row, col, C, dy, dx) so the grid axes come first, row before col; then reshape to (B, rows*cols, C*p*p).
+    # TODO: the token layout of the docstring's index equation, the layout PatchEmbed.forward
+    # TODO: (diffusers/models/embeddings.py) produces with its convolution and flatten.
+    # Stuck? hint("lab07", "patchify") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab07): patchify")
 
 
 def unpatchify(tokens, patch_size, height, width, channels):
     """The exact inverse of `patchify`: tokens (B, (H/p)(W/p), C*p*p) -> (B, C, H, W).
 
-    `height` and `width` are the LATENT's H and W (not the patch grid's). diffusers'
-    transformers end with the same rearrangement of their `proj_out` tokens, e.g.
-    `PixArtTransformer2DModel`: reshape (B, H/p, W/p, p, p, C), einsum "nhwpqc->nchpwq";
-    there the values inside a token are ordered (p, p, C), the layout of proj_out's
-    weights. Which inner order a model uses is a convention fixed by its trained weights;
-    ours is patchify's (C, p, p), so unpatchify(patchify(x)) == x exactly.
+    `height` and `width` are the LATENT's H and W (not the patch grid's). The index equation
+    is patchify's, read the other way:
+
+        z[b, ch, r*p + u, c*p + v] = token[b, r*K + c, ch*p*p + u*p + v],   K = W/p
+
+    diffusers' transformers end with the same rearrangement of their `proj_out` tokens,
+    e.g. `PixArtTransformer2DModel`'s "nhwpqc->nchpwq"; there the values inside a token are
+    ordered (p, p, C), the layout of proj_out's weights. Which inner order a model uses is a
+    convention fixed by its trained weights; ours is patchify's (C, p, p), so unpatchify
+    undoes patchify exactly.
 
     Args:
         tokens: (B, (height/p) * (width/p), channels * p * p).
-        patch_size: int p.
-        height, width: int, the latent's H and W, divisible by p.
-        channels: int C.
+        patch_size: an integer p.
+        height, width: integers, the latent's H and W, divisible by p.
+        channels: an integer C.
 
     Returns:
         (B, C, H, W), same dtype and device.
     """
-    # TODO: reshape to (B, rows, cols, C, p, p), permute back to (B, C, rows, p, cols, p), reshape to (B, C, H, W).
+    # TODO: undo patchify (its index equation read backwards); compare the end of
+    # TODO: PixArtTransformer2DModel.forward (diffusers/models/transformers/pixart_transformer_2d.py).
+    # Stuck? hint("lab07", "unpatchify") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab07): unpatchify")
+
+
+def sincos_pos_embed_2d(embed_dim, grid_size, base_size=16, interpolation_scale=1.0):
+    """The fixed 2-D sin-cos position embedding of the patch tokens, as
+    `diffusers.models.embeddings.get_2d_sincos_pos_embed` (DiT, PixArt, SD3's PatchEmbed).
+
+    Attention is blind to order (permuting the tokens permutes its output), so a DiT adds to
+    every patch token a vector that encodes where its patch sits: `PatchEmbed.forward` returns
+    `proj(latent)` as tokens PLUS this table. Notation: D = embed_dim (divisible by 4), a grid
+    of R rows and K columns of patches (grid_size = R = K when it is one integer, or (R, K)),
+    b = base_size, s = interpolation_scale.
+
+    1. Positions, in units of a base_size-wide grid (PixArt's resolution trick):
+           y_r = r * b / (R * s),  r = 0 .. R-1        x_c = c * b / (K * s),  c = 0 .. K-1
+       A grid of base_size patches gets positions 0, 1, 2, ...; a grid twice as fine gets
+       0, 0.5, 1, ...: the same range, so a model trained at one resolution sees familiar
+       positions at another (and s > 1 shrinks the range further).
+    2. A 1-D sin-cos code of width D/2 (the timestep embedding's form, sin half first,
+       with Q = D/4 frequencies omega_k = 10000^(-k/Q), k = 0 .. Q-1):
+           e(pos) = ( sin(pos omega_0) .. sin(pos omega_{Q-1}) | cos(pos omega_0) .. cos(pos omega_{Q-1}) )
+    3. Token n = r*K + c (row-major, as `patchify`) gets
+           emb[n] = ( e(x_c) | e(y_r) )        (D values: the COLUMN's code first, then the row's)
+       diffusers builds the grid with `meshgrid(grid_w, grid_h, indexing="xy")` ("here w goes
+       first") and encodes its first plane, the column coordinate, in the first half.
+
+    diffusers computes the positions in float32 and the codes in float64, and PatchEmbed
+    stores the table as float32 (1, R*K, D).
+
+    Args:
+        embed_dim: an integer D, divisible by 4.
+        grid_size: an integer (a square grid), or a pair of integers (R, K) = (rows, columns).
+        base_size: a number b, the grid size whose positions are 0, 1, 2, ... (PatchEmbed
+            passes height // patch_size of the size the model was built for).
+        interpolation_scale: a number s > 0.
+
+    Returns:
+        (R * K, D) float tensor (float32 or float64: the check compares values), rows of the
+        grid one after the other.
+    """
+    # TODO: the table of the docstring, equal to get_2d_sincos_pos_embed in diffusers/models/embeddings.py
+    # TODO: (read it with get_2d_sincos_pos_embed_from_grid and get_1d_sincos_pos_embed_from_grid below it).
+    # Stuck? hint("lab07", "sincos_pos_embed_2d") in the notebook shows the next hint.
+    raise NotImplementedError("TODO(lab07): sincos_pos_embed_2d")
 
 
 def modulate(x, shift, scale):
     """adaLN modulation (Peebles & Xie 2023, DiT, sec. 3.2 and their `modulate`):
 
-        out = x * (1 + scale) + shift
+        out = (1 + gamma) ⊙ x + beta,    gamma = scale, beta = shift  (per sample and channel)
 
     applied to the LayerNorm output (a LayerNorm WITHOUT its own affine weights): the
     timestep (and class or pooled text) embedding sets a per-sample, per-channel scale and
-    shift. The "1 +" makes scale = shift = 0 the identity, which is how DiT initialises it
+    shift. The "1 +" makes gamma = beta = 0 the identity, which is how DiT initialises it
     (adaLN-Zero: the modulation MLP's last layer is zeroed, plus gates zeroed, so every block
-    starts as the identity). diffusers: `AdaLayerNormZero.forward` (DiT),
-    `norm_hidden_states * (1 + scale_msa) + shift_msa` in `BasicTransformerBlock` for
-    PixArt's "ada_norm_single".
+    starts as the identity). diffusers: `AdaLayerNormZero.forward` (DiT), and the
+    "ada_norm_single" branch of `BasicTransformerBlock.forward` (PixArt).
 
     Args:
         x: (B, N, D) normalised tokens.
-        shift: (B, D) one shift per sample and channel (broadcast over the N tokens), or
-            (B, 1, D) / (B, N, D) already broadcastable.
+        shift: (B, D) one value per sample and channel, the same for all N tokens, or
+            (B, 1, D) / (B, N, D), already broadcastable against x.
         scale: the same shape as shift.
 
     Returns:
         (B, N, D), x's shape, dtype and device.
     """
-    # TODO: a (B, D) shift/scale must be unsqueezed to (B, 1, D) to broadcast over the tokens (x is (B, N, D)).
-    # TODO: out = x * (1 + scale) + shift: with scale = 0 and shift = 0 the block is the identity.
+    # TODO: adaLN's modulation of the docstring, as AdaLayerNormZero.forward in diffusers/models/normalization.py
+    # TODO: applies it (and BasicTransformerBlock.forward in diffusers/models/attention.py for PixArt).
+    # Stuck? hint("lab07", "modulate") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab07): modulate")

@@ -3,13 +3,17 @@ every check is proven able to fail: each planted bug below fails with its specif
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+
+import numpy as np
 
 import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor
-from diffusers.models.embeddings import get_timestep_embedding
+from diffusers.models.embeddings import PatchEmbed, get_2d_sincos_pos_embed, get_timestep_embedding
 
 from helpers.checks import lab07_unet_dit_conditioning as checks
 from labtools import checker, fill_exercise, write_pristine_starter
@@ -17,7 +21,8 @@ from helpers.checks._core import CheckFailed, make_generator
 from helpers.solutions import lab07_unet_dit_conditioning as ref
 
 SEEDS = [0, 1, 2, 3, 7, 123, 2024]
-NAMES = ["timestep_embedding", "attention", "cross_attention", "patchify", "unpatchify", "modulate"]
+NAMES = ["timestep_embedding", "attention", "cross_attention", "patchify", "unpatchify", "sincos_pos_embed_2d",
+         "modulate"]
 
 
 run, fails = checker(checks)  # tests/labtools.py
@@ -296,6 +301,143 @@ def test_unpatchify_bugs(bug, phrase):
     fails("unpatchify", unpatch_bug(bug), phrase)
 
 
+# --------------------------------------------------------------------------- sincos_pos_embed_2d
+
+@pytest.mark.parametrize("D,grid,base,s", [(8, (2, 3), 16, 1.0), (32, 5, 5, 1.0), (64, (7, 4), 4, 2.0),
+                                           (128, 4, 4, 1), (16, (6, 9), 32, 0.5)])
+def test_sincos_pos_embed_2d_equals_diffusers(D, grid, base, s):
+    """Equal to diffusers' float32-positions version within float32 rounding of the positions."""
+    theirs = get_2d_sincos_pos_embed(D, grid, base_size=base, interpolation_scale=s)
+    atol = 8 * 2.0**-24 * (1 + base / s)  # diffusers' float32 positions: a few ulps of angles up to base / s
+    torch.testing.assert_close(ref.sincos_pos_embed_2d(D, grid, base, s), theirs, atol=atol, rtol=0)
+
+
+def test_sincos_pos_embed_2d_is_tiny_dits_table():
+    """tiny-dit's architecture: its PatchEmbed table is the function at grid 4, base_size 4."""
+    model = PixArtTransformer2DModel(num_attention_heads=4, attention_head_dim=32, in_channels=4, out_channels=4,
+                                     num_layers=1, cross_attention_dim=128, sample_size=8, patch_size=2,
+                                     caption_channels=64, use_additional_conditions=False)
+    table = ref.sincos_pos_embed_2d(128, 4, base_size=4, interpolation_scale=1.0).float()
+    torch.testing.assert_close(table[None], model.pos_embed.pos_embed, atol=1e-6, rtol=0)
+    pe = PatchEmbed(height=8, width=8, patch_size=2, in_channels=4, embed_dim=32)
+    z = torch.randn(1, 4, 12, 16)  # another resolution: PatchEmbed recomputes the table for a 6 x 8 grid
+    with torch.no_grad():
+        added = pe(z) - pe.proj(z).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(added[0], ref.sincos_pos_embed_2d(32, (6, 8), 4).float(), atol=1e-5, rtol=0)
+
+
+def pos_form(form):
+    """Correct textbook forms a learner may write, each independently of the reference."""
+    def fn(embed_dim, grid_size, base_size=16, interpolation_scale=1.0):
+        R, K = (grid_size, grid_size) if isinstance(grid_size, int) else tuple(grid_size)
+        D = embed_dim
+        if form == "diffusers":  # float32 grid via meshgrid "xy", float64 omega, torch.outer
+            gh = torch.arange(R, dtype=torch.float32) / (R / base_size) / interpolation_scale
+            gw = torch.arange(K, dtype=torch.float32) / (K / base_size) / interpolation_scale
+            grid = torch.stack(torch.meshgrid(gw, gh, indexing="xy"), 0)  # (2, R, K)
+            om = 1.0 / 10000 ** (torch.arange(D // 4, dtype=torch.float64) / (D / 4))
+
+            def e1(pos):
+                a = torch.outer(pos.reshape(-1).double(), om)
+                return torch.cat([a.sin(), a.cos()], 1)
+            return torch.cat([e1(grid[0]), e1(grid[1])], 1)
+        if form == "float32":  # everything in float32, ij meshgrid, float32 result
+            y = torch.arange(R, dtype=torch.float32) * (base_size / interpolation_scale / R)
+            x = torch.arange(K, dtype=torch.float32) * (base_size / interpolation_scale / K)
+            yy, xx = torch.meshgrid(y, x, indexing="ij")  # (R, K)
+            om = torch.exp(-math.log(10000.0) * torch.arange(D // 4, dtype=torch.float32) / (D // 4))
+            ax, ay = xx.reshape(-1, 1) * om, yy.reshape(-1, 1) * om
+            return torch.cat([ax.sin(), ax.cos(), ay.sin(), ay.cos()], 1)
+        if form == "numpy":  # MAE's original NumPy code, float64
+            gh = np.arange(R, dtype=np.float64) / (R / base_size) / interpolation_scale
+            gw = np.arange(K, dtype=np.float64) / (K / base_size) / interpolation_scale
+            grid = np.stack(np.meshgrid(gw, gh), 0).reshape(2, -1)
+            om = 1.0 / 10000 ** (np.arange(D // 4) / (D / 4.0))
+            parts = [f(np.einsum("m,d->md", grid[i], om)) for i in (0, 1) for f in (np.sin, np.cos)]
+            return torch.from_numpy(np.concatenate(parts, 1))
+        if form == "timestep":  # reuse the 1-D timestep embedding (sin first, shift 0) for each axis
+            rows = torch.arange(R).repeat_interleave(K).float() * base_size / R / interpolation_scale
+            cols = torch.arange(K).repeat(R).float() * base_size / K / interpolation_scale
+            return torch.cat([ref.timestep_embedding(cols, D // 2, False, 0),
+                              ref.timestep_embedding(rows, D // 2, False, 0)], 1)
+        raise ValueError(form)
+    return fn
+
+
+@pytest.mark.parametrize("form", ["diffusers", "float32", "numpy", "timestep"])
+def test_sincos_pos_embed_2d_equivalent_forms_pass_40_seeds(form):
+    """No false negative: every correct form passes on 40 seeds (float32 rounding of angles up to 48)."""
+    for seed in range(40):
+        run("sincos_pos_embed_2d", pos_form(form), seed)
+
+
+def pos_bug(bug):
+    """A learner's float32 version with one bug on (written independently of the check's variants)."""
+    def fn(embed_dim, grid_size, base_size=16, interpolation_scale=1.0):
+        R, K = (grid_size, grid_size) if isinstance(grid_size, int) else grid_size
+        D, Q = embed_dim, embed_dim // 4
+
+        def pos(n, denom_n):
+            i = torch.arange(n, dtype=torch.float32)
+            if bug == "no_rescale":
+                return i
+            if bug == "interp_mul":
+                return i / (denom_n / base_size) * interpolation_scale
+            return i / (denom_n / base_size) / interpolation_scale
+        om = 10000.0 ** (-torch.arange(Q, dtype=torch.float32) / {"omega_half": 2 * Q, "shift": Q - 1}.get(bug, Q))
+
+        def e1(p):
+            a = p[:, None] * om
+            if bug == "interleaved":
+                return torch.stack([a.sin(), a.cos()], -1).flatten(1)
+            return torch.cat([a.cos(), a.sin()] if bug == "cos_first" else [a.sin(), a.cos()], 1)
+        ex = e1(pos(K, R if bug == "one_size" else K))  # (K, D/2)
+        ey = e1(pos(R, R))  # (R, D/2)
+        if bug == "column_major":
+            return torch.cat([ex[:, None].expand(K, R, -1), ey[None].expand(K, R, -1)], -1).reshape(R * K, D)
+        parts = [ex[None].expand(R, K, -1), ey[:, None].expand(R, K, -1)]
+        if bug == "rows_first":
+            parts.reverse()
+        return torch.cat(parts, -1).reshape(R * K, D)
+    return fn
+
+
+def test_sincos_pos_embed_2d_bug_helper_is_right_when_off():
+    for seed in SEEDS:
+        run("sincos_pos_embed_2d", pos_bug(None), seed)
+
+
+@pytest.mark.parametrize("bug,phrase", [
+    ("rows_first", "the row's code in the first half"),
+    ("column_major", "column-major"),  # named as such once a non-square grid comes
+    ("no_rescale", "positions not rescaled"),
+    ("interp_mul", "interpolation_scale multiplies the positions"),
+    ("one_size", "both axes rescaled with the same grid size"),
+    ("omega_half", "frequencies spaced over D/2"),
+    ("shift", "frequencies spaced over D/4 - 1"),
+    ("cos_first", "cos before sin"),
+    ("interleaved", "sin and cos interleaved"),
+])
+def test_sincos_pos_embed_2d_bugs(bug, phrase):
+    if bug == "column_major":  # on the first (square) case it is indistinguishable from rows_first
+        with pytest.raises(CheckFailed) as info:
+            run("sincos_pos_embed_2d", pos_bug(bug), 0)
+        assert "the row's code in the first half" in str(info.value) and "row by row" in str(info.value)
+        bugs = [(label, checks.pos_variant(8, (2, 5), 4, 1.0, bug=b)) for b, label in checks.POS_BUGS]
+        with pytest.raises(CheckFailed) as info:
+            checks._pos_compare("non-square", pos_bug(bug)(8, (2, 5), 4, 1.0),
+                                ref.sincos_pos_embed_2d(8, (2, 5), 4, 1.0), 4, bugs, "")
+        assert phrase in str(info.value)
+        return
+    fails("sincos_pos_embed_2d", pos_bug(bug), phrase)
+
+
+def test_sincos_pos_embed_2d_accepts_float32_and_float64_only():
+    with pytest.raises(CheckFailed, match="float32 or float64"):
+        run("sincos_pos_embed_2d", lambda *a: ref.sincos_pos_embed_2d(*a).half())
+    run("sincos_pos_embed_2d", lambda *a: ref.sincos_pos_embed_2d(*a).float())
+
+
 # --------------------------------------------------------------------------- planted bugs: modulate
 
 def mod_bug(bug):
@@ -355,6 +497,29 @@ def test_cross_attention_is_judged_on_its_own_code(pristine_starters, capsys):
     ex = exercise("lab07", seed=0)
     assert ex.status["cross_attention"] == "passed" and ex.origin["cross_attention"] == "yours"
     assert ex.status["attention"] == "todo"
+
+
+def test_a_learner_exception_names_the_learners_line(pristine_starters, capsys):
+    """Issue 15: a learner's error was labelled "(not in your file)" in lab 07."""
+    from helpers.exercise import check
+
+    src = pristine_starters.read_text().replace('raise NotImplementedError("TODO(lab07): modulate")',
+                                                "return x + undefined_shift")
+    pristine_starters.write_text(src)
+    check("lab07", seed=0)
+    out = capsys.readouterr().out
+    assert "NameError" in out and "undefined_shift" in out and "(not in your file)" not in out
+    assert f"{pristine_starters.name} line" in out
+
+
+def test_checks_print_no_torchvision_warning(tmp_path):
+    """Issue 15: transformers' torchvision warning was printed twice by every check run in lab 07."""
+    code = "from helpers.exercise import check; check('lab07', seed=0)"
+    env = {**__import__("os").environ, "DIFFUSION_LABS_MODE": "solutions"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "7/7 passed" in res.stdout
+    assert "torchvision" not in res.stdout + res.stderr
 
 
 # --------------------------------------------------------------------------- real architectures on the meta device

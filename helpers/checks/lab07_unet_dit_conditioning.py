@@ -5,7 +5,7 @@ sizes, the flags of the timestep embedding, random module weights) and compares 
 learner's output with the reference AND with diffusers on the same inputs:
 ``get_timestep_embedding``, ``F.scaled_dot_product_attention`` on split heads, an
 ``Attention`` module's own forward, ``PatchEmbed``'s convolution, PixArt's unpatchify lines,
-``AdaLayerNormZero``. When the output matches what a typical bug returns, the message
+``get_2d_sincos_pos_embed`` and ``PatchEmbed``'s position table, ``AdaLayerNormZero``. When the output matches what a typical bug returns, the message
 names that bug: the ``diagnose`` candidates below are those bugs, computed on the same inputs.
 """
 import math
@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
-from diffusers.models.embeddings import PatchEmbed, get_timestep_embedding
+from diffusers.models.embeddings import PatchEmbed, get_2d_sincos_pos_embed, get_timestep_embedding
 from diffusers.models.normalization import AdaLayerNormZero
 
 from helpers.checks._core import (CheckFailed, assert_close, choice, describe, describe_exception, randint,
@@ -33,6 +33,10 @@ EQ_PATCH = ("(B, C, H, W) -> reshape (B, C, H/p, p, W/p, p) -> permute (B, H/p, 
             "reshape (B, (H/p)(W/p), C p p): tokens row-major over the grid, (C, dy, dx) inside a token")
 EQ_UNPATCH = ("the exact inverse of patchify: reshape (B, H/p, W/p, C, p, p) -> permute (B, C, H/p, p, W/p, p) -> "
               "reshape (B, C, H, W); height and width are the latent's H and W")
+EQ_POS = ("read get_2d_sincos_pos_embed, get_2d_sincos_pos_embed_from_grid and get_1d_sincos_pos_embed_from_grid in "
+          "diffusers/models/embeddings.py: positions r * base_size / (R * interpolation_scale) per axis; a 1-D code of "
+          "width D/2 (sin half, cos half, omega_k = 10000^(-k/(D/4))); the column's code first, then the row's; tokens "
+          "row by row. hint(\"lab07\", \"sincos_pos_embed_2d\") shows more")
 EQ_MOD = "adaLN (DiT, Peebles & Xie 2023): x * (1 + scale) + shift, with (B, D) shift/scale unsqueezed to (B, 1, D)"
 
 TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float64: dict(atol=1e-9, rtol=1e-9)}
@@ -377,6 +381,124 @@ def check_unpatchify(fn, gen):
         back = ref.patchify(_call(name, fn, t.clone(), p, H, W, C, hint=EQ_UNPATCH), p)
         assert_close(f"patchify(unpatchify(random tokens {tuple(t.shape)}, {p}, {H}, {W}, {C})) vs the tokens",
                      back, t, atol=0, rtol=0, hint=EQ_UNPATCH)
+
+
+# --------------------------------------------------------------------------- sincos_pos_embed_2d
+
+U32 = 2.0 ** -24  # float32's unit roundoff
+
+
+def pos_variant(D, grid, base, s, *, bug=None):
+    """The 2-D sin-cos table in float64, written independently of the reference, with one bug on."""
+    R, K = (grid, grid) if isinstance(grid, int) else grid
+
+    def positions(n, other):
+        i = torch.arange(n, dtype=torch.float64)
+        if bug == "no_rescale":
+            return i
+        if bug == "rescale_inverted":
+            return i * (n / base) / s
+        if bug == "interp_multiplied":
+            return i * base / n * s
+        if bug == "one_size":  # both axes rescaled with the row count
+            return i * base / (R * s)
+        return i * base / (n * s)
+
+    Q = D // 4
+    k = torch.arange(Q, dtype=torch.float64)
+    omega = 10000.0 ** (-k / {"omega_half": D / 2, "omega_shift": max(Q - 1, 1)}.get(bug, Q))
+
+    def code(pos):
+        a = pos[:, None] * omega[None, :]
+        if bug == "interleaved":
+            return torch.stack([a.sin(), a.cos()], dim=-1).reshape(len(pos), -1)
+        return torch.cat([a.cos(), a.sin()] if bug == "cos_first" else [a.sin(), a.cos()], dim=1)
+
+    ex, ey = code(positions(K, R)), code(positions(R, K))  # (K, D/2) per column, (R, D/2) per row
+    if bug == "column_major":  # token n = c * R + r
+        return torch.cat([ex[:, None, :].expand(K, R, -1), ey[None, :, :].expand(K, R, -1)], -1).reshape(R * K, D)
+    halves = [ex[None, :, :].expand(R, K, -1), ey[:, None, :].expand(R, K, -1)]  # (R, K, D/2) each
+    if bug == "rows_first":
+        halves.reverse()
+    return torch.cat(halves, -1).reshape(R * K, D)
+
+
+POS_BUGS = [
+    ("rows_first", "the row's code in the first half: diffusers puts the COLUMN's (x, w) code first, then the row's "
+                   "(meshgrid(grid_w, grid_h, indexing=\"xy\"): \"here w goes first\"; on a square grid this is "
+                   "also what tokens in column-major order give: token n = r * K + c, row by row)."),
+    ("column_major", "tokens in column-major order: token n = r * K + c (row r, column c), row by row like patchify "
+                     "and PatchEmbed's flatten."),
+    ("no_rescale", "positions not rescaled: they are r * base_size / (R * interpolation_scale), not r "
+                   "(get_2d_sincos_pos_embed divides arange by grid_size / base_size, then by interpolation_scale)."),
+    ("rescale_inverted", "positions rescaled the wrong way: r / (R / base_size) / interpolation_scale, i.e. "
+                         "r * base_size / (R * interpolation_scale)."),
+    ("interp_multiplied", "interpolation_scale multiplies the positions: diffusers DIVIDES by it."),
+    ("one_size", "both axes rescaled with the same grid size: rows use R, columns use K (grid_size = (R, K))."),
+    ("omega_half", "frequencies spaced over D/2: each 1-D code is D/2 wide with D/4 frequencies, "
+                   "omega_k = 10000^(-k / (D/4)) (get_1d_sincos_pos_embed_from_grid: omega /= embed_dim / 2.0 with "
+                   "its embed_dim = D/2)."),
+    ("omega_shift", "frequencies spaced over D/4 - 1 (a timestep embedding with downscale_freq_shift=1): "
+                    "omega_k = 10000^(-k / (D/4))."),
+    ("cos_first", "cos before sin in a 1-D code: get_1d_sincos_pos_embed_from_grid concatenates [sin, cos]."),
+    ("interleaved", "sin and cos interleaved: each 1-D code is a sin half followed by a cos half."),
+]
+
+
+def _pos_compare(name, got, truth, max_pos, diag, hint):
+    """got vs a float64 truth: float32 or float64 accepted; the tolerance is float32 rounding of
+    angles up to max_pos (a few units in the last place of the angle, plus those of sin/cos)."""
+    if isinstance(got, torch.Tensor) and got.dtype in (torch.float32, torch.float64):
+        got = got.detach().double()
+    elif isinstance(got, torch.Tensor):
+        raise CheckFailed(f"{name}: expected a float32 or float64 tensor, got {describe(got)}\nHint: {hint}")
+    atol = 64 * U32 * (1 + max_pos)
+    assert_close(name, got, truth, atol=atol, rtol=0, diagnose=diag, hint=hint)
+
+
+def check_sincos_pos_embed_2d(fn, gen):
+    """Random widths (multiples of 4) and grids: PatchEmbed's own table (square grid, base_size =
+    the grid, various interpolation scales), a non-square (R, K) grid at another base_size,
+    and PatchEmbed called at a resolution other than its own (it then recomputes the table for
+    the new (R, K) grid with its original base_size). Each compared with a float64 ground
+    truth, the reference and diffusers' get_2d_sincos_pos_embed (or PatchEmbed's table)."""
+    g0 = randint(gen, 3, 8)
+    R1, K1 = choice(gen, [(2, 5), (3, 6), (5, 3), (4, 7), (6, 4)])
+    p = choice(gen, [1, 2])
+    cases = [
+        dict(grid=g0, base=g0, s=choice(gen, [1.0, 2.0, 0.5]), kind="table"),
+        dict(grid=(R1, K1), base=choice(gen, [4, 8, 16]), s=choice(gen, [1.0, 1.5]), kind="plain"),
+        dict(grid=(2 * R1, 2 * K1), base=g0, s=choice(gen, [1.0, 2.0]), kind="resized"),
+        dict(grid=randint(gen, 3, 9), base=choice(gen, [2, 32]), s=choice(gen, [0.75, 1.0]), kind="plain"),
+    ]
+    for c in cases:
+        D = 4 * randint(gen, 2, 16)
+        grid, base, s = c["grid"], c["base"], c["s"]
+        R, K = (grid, grid) if isinstance(grid, int) else grid
+        name = (f"sincos_pos_embed_2d(embed_dim={D}, grid_size={grid}, base_size={base}, "
+                f"interpolation_scale={s})")
+        got = fn(D, grid, base, s)
+        truth = ref.sincos_pos_embed_2d(D, grid, base, s)
+        max_pos = base / s
+        diag = [(label, pos_variant(D, grid, base, s, bug=b)) for b, label in POS_BUGS]
+        _pos_compare(name, got, truth, max_pos, diag, EQ_POS)
+        if c["kind"] == "plain":
+            theirs = get_2d_sincos_pos_embed(D, grid, base_size=base, interpolation_scale=s)
+            _pos_compare(f"{name} vs diffusers' get_2d_sincos_pos_embed", got, theirs.double(), max_pos, [], EQ_POS)
+            continue
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(random_seed(gen))
+            pe = PatchEmbed(height=base * p, width=base * p, patch_size=p, in_channels=2, embed_dim=D,
+                            interpolation_scale=s).eval()
+        if c["kind"] == "table":
+            theirs, what = pe.pos_embed[0], f"PatchEmbed(height=width={base * p}, patch_size={p}).pos_embed"
+        else:
+            z = _rand(gen, (1, 2, R * p, K * p))
+            with torch.no_grad():
+                theirs = (pe(z) - pe.proj(z).flatten(2).transpose(1, 2))[0]
+            what = (f"the table PatchEmbed(height=width={base * p}, patch_size={p}) adds to a latent of "
+                    f"{R * p}x{K * p} (its grid {R}x{K}, its base_size {base})")
+        _pos_compare(f"{name} vs {what}", got, theirs.double(), max_pos, [], EQ_POS)
 
 
 # --------------------------------------------------------------------------- modulate

@@ -21,57 +21,70 @@ Attention (Vaswani et al. 2017, eq. 1, with multiple heads, sec. 3.2.2), as diff
     concatenate the heads back: (B, N, D), then the output projection W_o
 
 The functions below are, in order: the timestep embedding, multi-head attention, one
-diffusers `Attention` module computed from its own weights, patchify / unpatchify, and the
-adaLN modulation. Each equals the matching piece of diffusers.
+diffusers `Attention` module computed from its own weights, patchify / unpatchify, the 2-D
+sin-cos position embedding a DiT adds to its patch tokens, and the adaLN modulation. Each
+equals the matching piece of diffusers.
 """
 
 import math
 
 import torch
 
-__all__ = ["timestep_embedding", "attention", "cross_attention", "patchify", "unpatchify", "modulate"]
+__all__ = ["timestep_embedding", "attention", "cross_attention", "patchify", "unpatchify", "sincos_pos_embed_2d",
+           "modulate"]
 
 
 def timestep_embedding(timesteps, embedding_dim, flip_sin_to_cos=False, downscale_freq_shift=1, scale=1,
                        max_period=10000):
     """Sinusoidal timestep embedding, as `diffusers.models.embeddings.get_timestep_embedding`.
 
-    With half = embedding_dim // 2 and frequencies (Vaswani et al. 2017, sec. 3.5):
+    Notation: D = embedding_dim, h = floor(D / 2) frequencies, P = max_period,
+    s = downscale_freq_shift, a = scale. For frequency index i = 0 .. h-1 (Vaswani et al.
+    2017, sec. 3.5):
 
-        f_i   = exp(-ln(max_period) * i / (half - downscale_freq_shift)),   i = 0 .. half - 1
-        arg_i = scale * t * f_i
-        emb   = [sin(arg_0 .. arg_{half-1}), cos(arg_0 .. arg_{half-1})]      (flip_sin_to_cos=False)
-        emb   = [cos(...), sin(...)]                                          (flip_sin_to_cos=True)
+        f_i       = P^( -i / (h - s) )              (f_0 = 1, decaying geometrically)
+        theta_i   = a * t * f_i                     (one angle per sample and frequency)
+        emb(t)    = ( sin theta_0 .. sin theta_{h-1} | cos theta_0 .. cos theta_{h-1} )
+                    two contiguous HALVES, sin half first; the cos half first when
+                    flip_sin_to_cos is True; one zero column at the end when D is odd.
 
-    then one zero column when embedding_dim is odd. Stable Diffusion's UNet uses
-    flip_sin_to_cos=True, freq_shift=0 (cos first, frequencies from 1 down to
-    max_period^(-(half-1)/half), just above 1/max_period); DDPM's original code is sin first
-    with shift 1 (the slowest frequency exactly 1/max_period). The fastest frequency
-    (f_0 = 1 rad per step) tells neighbouring timesteps apart, the slowest spans the whole
-    range of t; the MLP after it (`TimestepEmbedding`) learns what to do with them.
+    Stable Diffusion's UNet uses flip_sin_to_cos=True, freq_shift=0 (cos first, frequencies
+    from 1 down to P^(-(h-1)/h), just above 1/P); DDPM's original code is sin first with
+    shift 1 (the slowest frequency exactly 1/P). The fastest frequency (1 rad per step)
+    tells neighbouring timesteps apart, the slowest spans the whole range of t; the MLP after
+    it (`TimestepEmbedding`) learns what to do with them. diffusers builds the frequencies in
+    float32 and casts t to float32 before the product.
 
     Args:
         timesteps: (B,) int or float tensor, one timestep per sample (may be fractional).
-        embedding_dim: int, the output width.
+        embedding_dim: an integer D.
         flip_sin_to_cos: bool, cos half first when True.
-        downscale_freq_shift: float, the shift in the exponent's denominator (1 or 0 in practice).
-        scale: float, multiplies the arguments t * f_i (before sin / cos).
-        max_period: float, the slowest period.
+        downscale_freq_shift: a number s (1 or 0 in practice).
+        scale: a number a, multiplies every angle.
+        max_period: a number P, the slowest period.
 
     Returns:
         (B, embedding_dim) float32, on timesteps' device.
     """
     # BEGIN SOLUTION
-    # HINT: half = embedding_dim // 2; exponent = -ln(max_period) * arange(half) / (half - downscale_freq_shift), in float32.
-    # HINT: args = scale * timesteps[:, None].float() * exp(exponent)[None, :]  -> (B, half).
-    # HINT: cat([sin(args), cos(args)], dim=-1); swap the two halves when flip_sin_to_cos; pad one zero column when embedding_dim is odd.
+    # TODO: the sinusoidal embedding of the docstring, exactly as get_timestep_embedding in
+    # TODO: diffusers/models/embeddings.py computes it (its flags, the halves, the odd width).
+    # HINT 1: Open diffusers/models/embeddings.py, function get_timestep_embedding: read from "half_dim =" to
+    # HINT 1: the final padding. The Reading section of the notebook shows those lines (show_source).
+    # HINT 2: Build the h frequencies as exp of a linear ramp (float32, on t's device); take the outer product of
+    # HINT 2: the timesteps with them and multiply by scale; concatenate the sin half and the cos half; swap the
+    # HINT 2: halves for flip_sin_to_cos; pad one zero column when D is odd.
+    # HINT 3: half = embedding_dim // 2; exponent = -ln(max_period) * arange(half) / (half - downscale_freq_shift);
+    # HINT 3: args = scale * timesteps[:, None].float() * exp(exponent)[None, :]; emb = cat([sin(args), cos(args)], -1);
+    # HINT 3: flip: cat([emb[:, half:], emb[:, :half]], -1); odd: F.pad(emb, (0, 1)).
     half = embedding_dim // 2
-    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device)
-    freqs = torch.exp(exponent / (half - downscale_freq_shift))  # (half,)
-    args = scale * (timesteps[:, None].float() * freqs[None, :])  # (B, half)
-    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)  # (B, 2 half)
+    ramp = torch.arange(half, dtype=torch.float32, device=timesteps.device)  # (h,)
+    freqs = torch.exp(-math.log(max_period) * ramp / (half - downscale_freq_shift))  # (h,) from 1 downwards
+    angles = scale * (timesteps.float()[:, None] * freqs[None, :])  # (B, h)
+    halves = [torch.sin(angles), torch.cos(angles)]
     if flip_sin_to_cos:
-        emb = torch.cat([emb[:, half:], emb[:, :half]], dim=-1)
+        halves.reverse()
+    emb = torch.cat(halves, dim=-1)  # (B, 2h)
     if embedding_dim % 2 == 1:
         emb = torch.nn.functional.pad(emb, (0, 1))
     return emb
@@ -83,58 +96,69 @@ def attention(query, key, value, heads):
     eq. 1 and sec. 3.2.2), as diffusers' attention processors compute it between the
     `to_q/to_k/to_v` projections and `to_out`.
 
-        split:   (B, N, D) -> (B, heads, N, d), d = D / heads: head h owns channels
-                 h*d .. (h+1)*d - 1 of every token (a view (B, N, heads, d), then transpose)
-        scores:  S = Q K^T / sqrt(d)                          (B, heads, N, M)
-        weights: softmax over the M keys (the last axis): each query's weights sum to 1
-        out:     weights V                                    (B, heads, N, d)
-        merge:   transpose back and reshape to (B, N, D)
+    Notation: D = heads * d channels per token, N queries, M keys. Head k (k = 0 .. heads-1)
+    owns the CONTIGUOUS channels k*d .. (k+1)*d - 1 of every token:
+
+        Q_k, K_k, V_k = those channels of query, key, value    (N x d, M x d, M x d per sample)
+        A_k  = softmax_rows( Q_k K_k^T / sqrt(d) )              (N x M; each row, one query's
+                                                                 weights over the M keys, sums to 1)
+        O_k  = A_k V_k                                          (N x d)
+        out  = [O_0 | O_1 | ... ]: head k's result back in channels k*d .. (k+1)*d - 1
 
     Equal to `torch.nn.functional.scaled_dot_product_attention` on the split heads (what
     `AttnProcessor2_0` calls) and to `AttnProcessor`'s explicit `get_attention_scores`
-    (scale = d ** -0.5, d the HEAD dim, not D).
+    (scale d^(-1/2), d the HEAD dim, not D).
 
     Args:
         query: (B, N, D) queries (the image tokens).
         key: (B, M, D) keys (image tokens for self-attention, text tokens for cross-attention).
         value: (B, M, D) values, like key.
-        heads: int, number of heads; D must be divisible by it.
+        heads: an integer; D must be divisible by it.
 
     Returns:
         (B, N, D), query's dtype and device.
     """
     # BEGIN SOLUTION
-    # HINT: d = D // heads; q = query.view(B, N, heads, d).transpose(1, 2) -> (B, heads, N, d); same for key and value with M.
-    # HINT: scores = q @ k.transpose(-1, -2) / sqrt(d): d is the HEAD dim. softmax over the LAST axis (the keys).
-    # HINT: out = weights @ v -> (B, heads, N, d); .transpose(1, 2).reshape(B, N, D) to merge the heads.
+    # TODO: multi-head attention of the docstring, as AttnProcessor2_0.__call__ in
+    # TODO: diffusers/models/attention_processor.py does it between to_q/to_k/to_v and to_out.
+    # HINT 1: In diffusers/models/attention_processor.py, class AttnProcessor2_0, __call__: read the lines from
+    # HINT 1: "head_dim = inner_dim // attn.heads" to the reshape after F.scaled_dot_product_attention.
+    # HINT 2: Split the last axis of each input into (heads, d) and bring the head axis in front of the tokens;
+    # HINT 2: score every query against every key, scale by 1/sqrt(d), softmax over the keys, weight the values;
+    # HINT 2: move the head axis back behind the tokens and merge (heads, d) into D.
+    # HINT 3: q = query.view(B, N, heads, d).transpose(1, 2) (same for key, value with M);
+    # HINT 3: w = (q @ k.transpose(-1, -2) / sqrt(d)).softmax(-1); out = (w @ v).transpose(1, 2).reshape(B, N, D).
     B, N, D = query.shape
-    M = key.shape[1]
-    d = D // heads
-    q = query.reshape(B, N, heads, d).transpose(1, 2)  # (B, heads, N, d)
-    k = key.reshape(B, M, heads, d).transpose(1, 2)  # (B, heads, M, d)
-    v = value.reshape(B, M, heads, d).transpose(1, 2)  # (B, heads, M, d)
-    scores = q @ k.transpose(-1, -2) / math.sqrt(d)  # (B, heads, N, M)
-    weights = scores.softmax(dim=-1)
-    out = weights @ v  # (B, heads, N, d)
-    return out.transpose(1, 2).reshape(B, N, D)
+    d = D // heads  # the head dim
+
+    def split(x):  # (B, L, D) -> (B, heads, L, d)
+        return x.unflatten(-1, (heads, d)).permute(0, 2, 1, 3)
+
+    q, k, v = split(query), split(key), split(value)
+    scores = torch.einsum("bhnd,bhmd->bhnm", q, k) * d**-0.5  # (B, heads, N, M)
+    weights = torch.softmax(scores, dim=-1)  # over the M keys
+    out = torch.einsum("bhnm,bhmd->bhnd", weights, v)  # (B, heads, N, d)
+    return out.permute(0, 2, 1, 3).flatten(2)  # (B, N, D)
     # END SOLUTION
 
 
 def cross_attention(attn_module, hidden_states, encoder_hidden_states=None):
     """One diffusers `Attention` module (the `attn1` / `attn2` of a UNet or PixArt block),
-    computed from its own weights with `attention` above:
+    computed from its own weights with `attention` above.
 
-        Q = to_q(hidden_states)                                    (B, N, inner)
-        K = to_k(encoder_hidden_states), V = to_v(encoder_hidden_states)  (B, M, inner)
-            (encoder_hidden_states None: self-attention, K and V from hidden_states too)
-        out = to_out[1](to_out[0](attention(Q, K, V, attn_module.heads)))  (B, N, query_dim)
+    Notation: X the image tokens (B, N, query_dim), Y the text tokens (B, M,
+    cross_attention_dim), or Y = X when encoder_hidden_states is None (self-attention).
+    W_q, W_k, W_v, W_o the module's four linear layers (`to_q`, `to_k`, `to_v`, `to_out[0]`):
 
-    `to_out[0]` is the output projection, `to_out[1]` a Dropout (identity in eval mode).
-    In a UNet's `attn2` the queries are the latent pixels of one resolution (N = h * w) and
-    the keys the prompt's L token states (width `cross_attention_dim`, 768 for SD 1.5):
-    every pixel reads a weighted average of the text tokens (Rombach et al. 2022, sec. 3.3).
-    Only the modules used in SD and PixArt blocks are covered: no group norm, no
-    norm_cross, no residual connection inside the module, rescale_output_factor = 1.
+        out = Dropout( W_o( MultiHead(X W_q, Y W_k, Y W_v) ) )     (B, N, query_dim)
+
+    with MultiHead your `attention` over `attn_module.heads` heads, and the Dropout
+    `to_out[1]` (the identity in eval mode). In a UNet's `attn2` the queries are the latent
+    pixels of one resolution (N = h * w) and the keys the prompt's L token states (width
+    `cross_attention_dim`, 768 for SD 1.5): every pixel reads a weighted average of the text
+    tokens (Rombach et al. 2022, sec. 3.3). Only the modules used in SD and PixArt blocks are
+    covered: no group norm, no norm_cross, no residual connection inside the module,
+    rescale_output_factor = 1.
 
     Args:
         attn_module: a `diffusers.models.attention_processor.Attention`.
@@ -145,102 +169,197 @@ def cross_attention(attn_module, hidden_states, encoder_hidden_states=None):
         (B, N, query_dim), equal to `attn_module(hidden_states, encoder_hidden_states)`.
     """
     # BEGIN SOLUTION
-    # HINT: context = hidden_states if encoder_hidden_states is None else encoder_hidden_states.
-    # HINT: queries ALWAYS come from hidden_states (the image); keys and values from the context (the text).
-    # HINT: attention(q, k, v, attn_module.heads), then attn_module.to_out[0] (linear) and to_out[1] (dropout).
-    context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-    q = attn_module.to_q(hidden_states)  # (B, N, inner)
-    k = attn_module.to_k(context)  # (B, M, inner)
-    v = attn_module.to_v(context)  # (B, M, inner)
-    out = attention(q, k, v, attn_module.heads)  # (B, N, inner)
-    return attn_module.to_out[1](attn_module.to_out[0](out))
+    # TODO: the module's forward from its own layers and your attention, as AttnProcessor2_0.__call__
+    # TODO: (diffusers/models/attention_processor.py) runs it for SD's and PixArt's blocks.
+    # HINT 1: In diffusers/models/attention_processor.py, AttnProcessor2_0.__call__: read where the query, the
+    # HINT 1: keys and the values come from ("if encoder_hidden_states is None"), and the two to_out lines at the end.
+    # HINT 2: Choose the context (the text, or the image itself when none is given); project the image to queries
+    # HINT 2: and the context to keys and values; run your attention with the module's head count; apply the
+    # HINT 2: output linear layer, then the dropout.
+    # HINT 3: ctx = encoder_hidden_states or hidden_states; out = attention(to_q(hidden_states), to_k(ctx),
+    # HINT 3: to_v(ctx), attn_module.heads); return to_out[1](to_out[0](out)).
+    context = encoder_hidden_states if encoder_hidden_states is not None else hidden_states
+    projected = [attn_module.to_q(hidden_states), attn_module.to_k(context), attn_module.to_v(context)]
+    mixed = attention(*projected, attn_module.heads)  # (B, N, inner)
+    linear, dropout = attn_module.to_out[0], attn_module.to_out[1]
+    return dropout(linear(mixed))
     # END SOLUTION
 
 
 def patchify(latents, patch_size):
     """Cut a latent into p x p patches, one token per patch, as a DiT's patch embedding sees it.
 
-        (B, C, H, W) -> (B, H/p, p, W/p, p) per channel -> tokens (B, (H/p)(W/p), C*p*p)
+    Notation: latent z of shape (B, C, H, W), patch size p, a grid of R = H/p rows and
+    K = W/p columns of patches. Token number n = r*K + c (row-major: row r, column c) holds
+    the C*p*p values of the patch z[:, :, r*p:(r+1)*p, c*p:(c+1)*p], ordered channel first,
+    then row inside the patch, then column inside the patch:
 
-    Token order is row-major over the patch grid: token i*(W/p) + j is the patch in row i,
-    column j (that is `PatchEmbed`'s `conv(x).flatten(2).transpose(1, 2)`). Inside a token the
-    values are ordered (C, p, p), channel first, then row, then column, the order of a
-    Conv2d weight (D, C, p, p): so `patchify(x, p) @ W.reshape(D, -1).T + b` IS diffusers'
-    `PatchEmbed.proj` (a Conv2d with kernel = stride = p), flattened to tokens.
+        token[b, r*K + c, ch*p*p + u*p + v] = z[b, ch, r*p + u, c*p + v]
+
+    That is the order of a Conv2d weight (D, C, p, p), so a linear layer on these tokens
+    with that weight flattened to (D, C*p*p) is diffusers' `PatchEmbed.proj` (a Conv2d with
+    kernel = stride = p), whose output `PatchEmbed` flattens to tokens in the same row-major order.
 
     Args:
         latents: (B, C, H, W), H and W divisible by patch_size.
-        patch_size: int p.
+        patch_size: an integer p.
 
     Returns:
         (B, (H/p) * (W/p), C * p * p), same dtype and device.
     """
     # BEGIN SOLUTION
-    # HINT: x.reshape(B, C, H/p, p, W/p, p): axes (B, C, row, dy, col, dx).
-    # HINT: permute to (B, row, col, C, dy, dx) so the grid axes come first, row before col; then reshape to (B, rows*cols, C*p*p).
+    # TODO: the token layout of the docstring's index equation, the layout PatchEmbed.forward
+    # TODO: (diffusers/models/embeddings.py) produces with its convolution and flatten.
+    # HINT 1: diffusers/models/embeddings.py, class PatchEmbed: __init__ builds proj (kernel = stride = p) and
+    # HINT 1: forward flattens its output ("BCHW -> BNC"). Your tokens must line up with that conv's weight layout.
+    # HINT 2: Give the height and the width each two axes (patch index, position inside the patch) with one reshape;
+    # HINT 2: reorder the axes so both patch indices come first (row before column), then channel, then the two
+    # HINT 2: inside-patch positions; merge into (tokens, values).
+    # HINT 3: x.reshape(B, C, H/p, p, W/p, p) -> permute(0, 2, 4, 1, 3, 5) -> reshape(B, (H/p)*(W/p), C*p*p).
     B, C, H, W = latents.shape
     p = patch_size
-    x = latents.reshape(B, C, H // p, p, W // p, p)  # (B, C, rows, dy, cols, dx)
-    x = x.permute(0, 2, 4, 1, 3, 5)  # (B, rows, cols, C, dy, dx)
-    return x.reshape(B, (H // p) * (W // p), C * p * p)
+    grid = latents.unflatten(3, (W // p, p)).unflatten(2, (H // p, p))  # (B, C, R, p, K, p)
+    grid = grid.permute(0, 2, 4, 1, 3, 5)  # (B, R, K, C, p, p)
+    return grid.flatten(3).flatten(1, 2)  # (B, R*K, C*p*p)
     # END SOLUTION
 
 
 def unpatchify(tokens, patch_size, height, width, channels):
     """The exact inverse of `patchify`: tokens (B, (H/p)(W/p), C*p*p) -> (B, C, H, W).
 
-    `height` and `width` are the LATENT's H and W (not the patch grid's). diffusers'
-    transformers end with the same rearrangement of their `proj_out` tokens, e.g.
-    `PixArtTransformer2DModel`: reshape (B, H/p, W/p, p, p, C), einsum "nhwpqc->nchpwq";
-    there the values inside a token are ordered (p, p, C), the layout of proj_out's
-    weights. Which inner order a model uses is a convention fixed by its trained weights;
-    ours is patchify's (C, p, p), so unpatchify(patchify(x)) == x exactly.
+    `height` and `width` are the LATENT's H and W (not the patch grid's). The index equation
+    is patchify's, read the other way:
+
+        z[b, ch, r*p + u, c*p + v] = token[b, r*K + c, ch*p*p + u*p + v],   K = W/p
+
+    diffusers' transformers end with the same rearrangement of their `proj_out` tokens,
+    e.g. `PixArtTransformer2DModel`'s "nhwpqc->nchpwq"; there the values inside a token are
+    ordered (p, p, C), the layout of proj_out's weights. Which inner order a model uses is a
+    convention fixed by its trained weights; ours is patchify's (C, p, p), so unpatchify
+    undoes patchify exactly.
 
     Args:
         tokens: (B, (height/p) * (width/p), channels * p * p).
-        patch_size: int p.
-        height, width: int, the latent's H and W, divisible by p.
-        channels: int C.
+        patch_size: an integer p.
+        height, width: integers, the latent's H and W, divisible by p.
+        channels: an integer C.
 
     Returns:
         (B, C, H, W), same dtype and device.
     """
     # BEGIN SOLUTION
-    # HINT: reshape to (B, rows, cols, C, p, p), permute back to (B, C, rows, p, cols, p), reshape to (B, C, H, W).
-    B = tokens.shape[0]
+    # TODO: undo patchify (its index equation read backwards); compare the end of
+    # TODO: PixArtTransformer2DModel.forward (diffusers/models/transformers/pixart_transformer_2d.py).
+    # HINT 1: diffusers/models/transformers/pixart_transformer_2d.py, forward, after "# unpatchify": a reshape to
+    # HINT 1: six axes, an einsum that reorders them, a reshape to the image. Its inner order is (p, p, C), yours (C, p, p).
+    # HINT 2: Split the token axis into (rows, columns) and the value axis into (C, p, p); reorder so that channel
+    # HINT 2: comes first and each patch index sits just before its inside-patch position; merge to (H, W).
+    # HINT 3: reshape(B, H/p, W/p, C, p, p) -> permute(0, 3, 1, 4, 2, 5) -> reshape(B, C, H, W).
     p = patch_size
-    x = tokens.reshape(B, height // p, width // p, channels, p, p)  # (B, rows, cols, C, dy, dx)
-    x = x.permute(0, 3, 1, 4, 2, 5)  # (B, C, rows, dy, cols, dx)
-    return x.reshape(B, channels, height, width)
+    rows, cols = height // p, width // p
+    grid = tokens.unflatten(2, (channels, p, p)).unflatten(1, (rows, cols))  # (B, R, K, C, p, p)
+    grid = grid.permute(0, 3, 1, 4, 2, 5)  # (B, C, R, p, K, p)
+    return grid.flatten(4, 5).flatten(2, 3)  # (B, C, H, W)
+    # END SOLUTION
+
+
+def sincos_pos_embed_2d(embed_dim, grid_size, base_size=16, interpolation_scale=1.0):
+    """The fixed 2-D sin-cos position embedding of the patch tokens, as
+    `diffusers.models.embeddings.get_2d_sincos_pos_embed` (DiT, PixArt, SD3's PatchEmbed).
+
+    Attention is blind to order (permuting the tokens permutes its output), so a DiT adds to
+    every patch token a vector that encodes where its patch sits: `PatchEmbed.forward` returns
+    `proj(latent)` as tokens PLUS this table. Notation: D = embed_dim (divisible by 4), a grid
+    of R rows and K columns of patches (grid_size = R = K when it is one integer, or (R, K)),
+    b = base_size, s = interpolation_scale.
+
+    1. Positions, in units of a base_size-wide grid (PixArt's resolution trick):
+           y_r = r * b / (R * s),  r = 0 .. R-1        x_c = c * b / (K * s),  c = 0 .. K-1
+       A grid of base_size patches gets positions 0, 1, 2, ...; a grid twice as fine gets
+       0, 0.5, 1, ...: the same range, so a model trained at one resolution sees familiar
+       positions at another (and s > 1 shrinks the range further).
+    2. A 1-D sin-cos code of width D/2 (the timestep embedding's form, sin half first,
+       with Q = D/4 frequencies omega_k = 10000^(-k/Q), k = 0 .. Q-1):
+           e(pos) = ( sin(pos omega_0) .. sin(pos omega_{Q-1}) | cos(pos omega_0) .. cos(pos omega_{Q-1}) )
+    3. Token n = r*K + c (row-major, as `patchify`) gets
+           emb[n] = ( e(x_c) | e(y_r) )        (D values: the COLUMN's code first, then the row's)
+       diffusers builds the grid with `meshgrid(grid_w, grid_h, indexing="xy")` ("here w goes
+       first") and encodes its first plane, the column coordinate, in the first half.
+
+    diffusers computes the positions in float32 and the codes in float64, and PatchEmbed
+    stores the table as float32 (1, R*K, D).
+
+    Args:
+        embed_dim: an integer D, divisible by 4.
+        grid_size: an integer (a square grid), or a pair of integers (R, K) = (rows, columns).
+        base_size: a number b, the grid size whose positions are 0, 1, 2, ... (PatchEmbed
+            passes height // patch_size of the size the model was built for).
+        interpolation_scale: a number s > 0.
+
+    Returns:
+        (R * K, D) float tensor (float32 or float64: the check compares values), rows of the
+        grid one after the other.
+    """
+    # BEGIN SOLUTION
+    # TODO: the table of the docstring, equal to get_2d_sincos_pos_embed in diffusers/models/embeddings.py
+    # TODO: (read it with get_2d_sincos_pos_embed_from_grid and get_1d_sincos_pos_embed_from_grid below it).
+    # HINT 1: diffusers/models/embeddings.py: get_2d_sincos_pos_embed (the grid and its rescaling by base_size and
+    # HINT 1: interpolation_scale, the "xy" meshgrid), get_2d_sincos_pos_embed_from_grid (which half encodes which
+    # HINT 1: plane of the grid), get_1d_sincos_pos_embed_from_grid (omega). PatchEmbed.__init__ shows the call.
+    # HINT 2: Turn grid_size into (rows, columns). Make the rows' and the columns' positions, each rescaled so the
+    # HINT 2: grid spans base_size / interpolation_scale. Write a 1-D code of width D/2 (D/4 frequencies, sin half
+    # HINT 2: then cos half; it is your timestep_embedding with downscale_freq_shift=0). Give every token the
+    # HINT 2: code of its column, then the code of its row, tokens in row-major order.
+    # HINT 3: y = arange(R) / (R / base_size) / interpolation_scale (x likewise with K);
+    # HINT 3: omega = 1 / 10000 ** (arange(D // 4) / (D / 4)); e(pos) = cat([sin(outer(pos, omega)), cos(...)], 1);
+    # HINT 3: emb = cat([e(x)[None, :, :].expand(R, K, -1), e(y)[:, None, :].expand(R, K, -1)], -1).reshape(R * K, D).
+    if isinstance(grid_size, int):
+        grid_size = (grid_size, grid_size)
+    rows, cols = (int(n) for n in grid_size)
+    quarter = embed_dim // 4
+    omega = 10000.0 ** (-torch.arange(quarter, dtype=torch.float64) / quarter)  # (D/4,) from 1 downwards
+
+    def code(n):  # the 1-D code of n positions spread over base_size / interpolation_scale: (n, D/2)
+        pos = torch.arange(n, dtype=torch.float64) * base_size / (n * interpolation_scale)
+        angles = torch.outer(pos, omega)  # (n, D/4)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    by_col = code(cols)[None, :, :].expand(rows, cols, -1)  # (R, K, D/2): the column's code
+    by_row = code(rows)[:, None, :].expand(rows, cols, -1)  # (R, K, D/2): the row's code
+    return torch.cat([by_col, by_row], dim=-1).reshape(rows * cols, embed_dim)  # (R*K, D) row-major
     # END SOLUTION
 
 
 def modulate(x, shift, scale):
     """adaLN modulation (Peebles & Xie 2023, DiT, sec. 3.2 and their `modulate`):
 
-        out = x * (1 + scale) + shift
+        out = (1 + gamma) ⊙ x + beta,    gamma = scale, beta = shift  (per sample and channel)
 
     applied to the LayerNorm output (a LayerNorm WITHOUT its own affine weights): the
     timestep (and class or pooled text) embedding sets a per-sample, per-channel scale and
-    shift. The "1 +" makes scale = shift = 0 the identity, which is how DiT initialises it
+    shift. The "1 +" makes gamma = beta = 0 the identity, which is how DiT initialises it
     (adaLN-Zero: the modulation MLP's last layer is zeroed, plus gates zeroed, so every block
-    starts as the identity). diffusers: `AdaLayerNormZero.forward` (DiT),
-    `norm_hidden_states * (1 + scale_msa) + shift_msa` in `BasicTransformerBlock` for
-    PixArt's "ada_norm_single".
+    starts as the identity). diffusers: `AdaLayerNormZero.forward` (DiT), and the
+    "ada_norm_single" branch of `BasicTransformerBlock.forward` (PixArt).
 
     Args:
         x: (B, N, D) normalised tokens.
-        shift: (B, D) one shift per sample and channel (broadcast over the N tokens), or
-            (B, 1, D) / (B, N, D) already broadcastable.
+        shift: (B, D) one value per sample and channel, the same for all N tokens, or
+            (B, 1, D) / (B, N, D), already broadcastable against x.
         scale: the same shape as shift.
 
     Returns:
         (B, N, D), x's shape, dtype and device.
     """
     # BEGIN SOLUTION
-    # HINT: a (B, D) shift/scale must be unsqueezed to (B, 1, D) to broadcast over the tokens (x is (B, N, D)).
-    # HINT: out = x * (1 + scale) + shift: with scale = 0 and shift = 0 the block is the identity.
-    if shift.ndim == x.ndim - 1:
-        shift, scale = shift.unsqueeze(1), scale.unsqueeze(1)  # (B, 1, D)
-    return x * (1 + scale) + shift
+    # TODO: adaLN's modulation of the docstring, as AdaLayerNormZero.forward in diffusers/models/normalization.py
+    # TODO: applies it (and BasicTransformerBlock.forward in diffusers/models/attention.py for PixArt).
+    # HINT 1: diffusers/models/normalization.py, class AdaLayerNormZero, forward: the last line before the return;
+    # HINT 1: note how it indexes scale_msa and shift_msa so that a (B, D) vector meets (B, N, D) tokens.
+    # HINT 2: If shift and scale have one axis fewer than x, give them a token axis of length 1 (after the batch);
+    # HINT 2: then scale x by one plus scale and add shift.
+    # HINT 3: shift[:, None] and scale[:, None] when they are (B, D); out = x * (1 + scale) + shift.
+    if shift.dim() < x.dim():
+        shift, scale = shift[:, None, :], scale[:, None, :]  # (B, 1, D): the same for every token
+    return torch.addcmul(x + shift, x, scale)  # x + x * scale + shift
     # END SOLUTION
