@@ -40,20 +40,23 @@ features): training starts from the pretrained model and moves away from it smoo
 Sec. 3.1-3.2).
 
 The functions below are, in order: the zero convolution, one ControlNet-conditioned UNet call
-(equal to the call inside `StableDiffusionControlNetPipeline.__call__`), and the control image
-in the format the pipeline's `prepare_image` produces.
+(equal to the call inside `StableDiffusionControlNetPipeline.__call__`), the control image in
+the format the pipeline's `prepare_image` produces, the per-step on/off weights the pipeline
+builds from `control_guidance_start` / `control_guidance_end` (`controlnet_keep`), and the
+per-residual scales of guess mode (`ControlNetModel.forward`).
 """
 
 import torch
 from torch import nn
 
-__all__ = ["zero_conv", "controlnet_unet_step", "make_control_image"]
+__all__ = ["zero_conv", "controlnet_unet_step", "make_control_image", "controlnet_keep", "guess_mode_scales"]
 
 
 def zero_conv(channels):
-    """The "zero convolution" of ControlNet (paper Sec. 3.1): a 1x1 nn.Conv2d(channels, channels)
-    whose weight and bias are initialised to zero, as diffusers'
-    `zero_module(nn.Conv2d(channels, channels, kernel_size=1))` in `ControlNetModel.__init__`.
+    """The "zero convolution" of ControlNet (paper Sec. 3.1): Z(x) = W x + b applied at every pixel
+    (a 1x1 convolution, `channels` in and out, with a bias), with W = 0 and b = 0 at
+    initialisation, exactly as diffusers builds each `controlnet_down_blocks[i]` and
+    `controlnet_mid_block` in `ControlNetModel.__init__` (through its helper `zero_module`).
 
     Its output is zero for every input at initialisation, yet it is trainable: the gradient of
     a loss L with respect to its weight is sum over pixels of dL/dy * x^T, which is not zero
@@ -66,25 +69,26 @@ def zero_conv(channels):
         nn.Conv2d with in_channels = out_channels = channels, kernel_size (1, 1), a bias,
         weight (channels, channels, 1, 1) and bias (channels,) all zeros, requires_grad True.
     """
-    # TODO: nn.Conv2d(channels, channels, kernel_size=1): 1x1, the same number of channels in and out, with a bias.
-    # TODO: PyTorch initialises weight and bias randomly: set both to zero (nn.init.zeros_), keep them trainable.
+    # TODO: build the zero conv of ControlNet (paper Sec. 3.1) the way ControlNetModel.__init__ does
+    # TODO: (diffusers/models/controlnets/controlnet.py: its controlnet_down_blocks, and zero_module).
+    # Stuck? hint("lab09", "zero_conv") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab09): zero_conv")
 
 
 def controlnet_unet_step(unet, controlnet, latents, timestep, text_embeddings, control_image,
                          conditioning_scale=1.0):
     """The noise prediction of one denoising step with a ControlNet, as the loop of
-    `StableDiffusionControlNetPipeline.__call__` computes it (guess_mode off):
+    `StableDiffusionControlNetPipeline.__call__` computes it (guess_mode off, one ControlNet):
 
-        down, mid = controlnet(latents, t, encoder_hidden_states=text_embeddings,
-                               controlnet_cond=control)          # residuals, each through its zero conv
-        down_i = s * down_i,  mid = s * mid                      # s = conditioning_scale, ALL of them
-        eps = unet(latents, t, encoder_hidden_states=text_embeddings,
-                   down_block_additional_residuals=down,         # added to the skip connections
-                   mid_block_additional_residual=mid).sample     # added to the mid block's output
+        (r_0 .. r_{N-1}, r_mid) = ControlNet(latents, t, text, c)   each r through its zero conv
+        eps = UNet(latents, t, text; skip_i + s r_i for every i, mid + s r_mid)
 
-    (the pipeline passes `conditioning_scale=s` to the ControlNet, whose forward multiplies every
-    residual; multiplying them here is the same computation).
+    s multiplies ALL the residuals, down and mid. The ControlNet sees the same latents, timestep
+    and text embeddings as the UNet; the UNet takes the residuals through the two keyword
+    arguments of `UNet2DConditionModel.forward` made for them (read its docstring: both must be
+    given), as lists/tensors in the order the ControlNet returns them. The pipeline passes s
+    to the ControlNet as its `conditioning_scale`; multiplying the residuals yourself is the
+    same computation.
 
     Classifier-free guidance: like the pipeline's `latent_model_input`, `latents` and
     `text_embeddings` may hold the doubled batch [unconditional; conditional] of 2B rows for a
@@ -105,10 +109,10 @@ def controlnet_unet_step(unet, controlnet, latents, timestep, text_embeddings, c
     Returns:
         (N, C, h, w) the UNet's output (the noise prediction, before guidance is combined).
     """
-    # TODO: Under guidance latents has 2B rows and control_image B: repeat it as torch.cat([control_image] * (N // B)) (uncond half, then cond half), not repeat_interleave.
-    # TODO: down, mid = controlnet(latents, timestep, encoder_hidden_states=text_embeddings, controlnet_cond=..., return_dict=False)
-    # TODO: Multiply EVERY down residual AND the mid residual by conditioning_scale.
-    # TODO: unet(..., down_block_additional_residuals=down, mid_block_additional_residual=mid).sample: the lists in the order the ControlNet returns them.
+    # TODO: one ControlNet-conditioned UNet call, as the denoising loop of StableDiffusionControlNetPipeline.__call__
+    # TODO: (diffusers/pipelines/controlnet/pipeline_controlnet.py, "# controlnet(s) inference" to "# predict the
+    # TODO: noise residual"); the control image doubled for the guidance batch as its prepare_image does.
+    # Stuck? hint("lab09", "controlnet_unet_step") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab09): controlnet_unet_step")
 
 
@@ -119,8 +123,8 @@ def make_control_image(mask):
     prompt, before the guidance doubling):
 
         PIL "L" -> RGB (do_convert_rgb): the grey value copied to 3 channels
-        uint8 / 255 -> [0, 1], and NO normalisation to [-1, 1] (the control processor is
-        built with do_normalize=False, unlike the VAE's image processor)
+        8-bit levels v -> v / 255 in [0, 1], and NO normalisation to [-1, 1] (the control
+        processor is built with do_normalize=False, unlike the VAE's image processor)
         -> float32 (B, 3, H, W), channels first
 
     A tensor with one channel is NOT converted by the pipeline (`prepare_image` passes it on
@@ -133,7 +137,76 @@ def make_control_image(mask):
     Returns:
         (B, 3, H, W) float32 in [0, 1], on mask's device: white (1) where the map is on.
     """
-    # TODO: (B, H, W) -> (B, 1, H, W); uint8 means 0..255: divide by 255; bool and float: to float32 as they are.
-    # TODO: Keep [0, 1]: the pipeline's control_image_processor has do_normalize=False (no 2x - 1).
-    # TODO: Three identical channels (RGB of a grey image): expand or repeat along dim 1.
+    # TODO: the control image StableDiffusionControlNetPipeline.prepare_image makes from grey PIL maps
+    # TODO: (pipeline_controlnet.py: __init__'s control_image_processor, prepare_image; diffusers/image_processor.py).
+    # Stuck? hint("lab09", "make_control_image") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab09): make_control_image")
+
+
+def controlnet_keep(num_steps, control_guidance_start=0.0, control_guidance_end=1.0, num_controlnets=1):
+    """The per-step on/off weights of the ControlNet(s), exactly as
+    `StableDiffusionControlNetPipeline.__call__` builds its list `controlnet_keep` (section
+    "# 7.2 Create tensor stating which controlnets to keep", after "# align format for control
+    guidance" and the checks of `check_inputs`). At step i the pipeline calls each ControlNet
+    with conditioning_scale = s * keep[i] (its own s for each of several ControlNets).
+
+    The window [start, end] is a fraction of the N sampling steps, counted from the noisiest.
+    Step i (0-based) covers the fractions [i / N, (i + 1) / N] and is kept (weight 1.0) when
+    that interval lies inside the window:
+
+        keep_i = 1.0   if   i / N >= start   and   (i + 1) / N <= end,   else 0.0
+
+    (a tie counts as inside; the pipeline compares the Python floats i / N and (i + 1) / N
+    with start and end). Several ControlNets (a `MultiControlNetModel`) have one window each:
+
+    - start and end both numbers: every ControlNet gets that window;
+    - one a list (or tuple) and the other a number: the number is repeated to the list's length;
+    - both lists: pair them up, entry by entry.
+
+    Invalid windows raise ValueError, as `check_inputs` does: lists of different lengths; with
+    num_controlnets > 1, lists whose length is not num_controlnets; any start >= end, start < 0,
+    or end > 1. With one ControlNet (num_controlnets = 1) and lists, the pipeline keeps
+    only each step's first weight (from the first pair).
+
+    Args:
+        num_steps: an integer N >= 1, the number of denoising steps (`len(timesteps)`).
+        control_guidance_start: a number in [0, 1), or a list/tuple of them (one per ControlNet).
+        control_guidance_end: a number in (0, 1], or a list/tuple of them.
+        num_controlnets: an integer K >= 1, how many ControlNets the pipeline holds.
+
+    Returns:
+        a list of N entries. K = 1: each entry a number, 1.0 or 0.0. K > 1: each entry a list of
+        K numbers (1.0 or 0.0), one per ControlNet, in order.
+    """
+    # TODO: the list controlnet_keep of StableDiffusionControlNetPipeline.__call__
+    # TODO: (diffusers/pipelines/controlnet/pipeline_controlnet.py: "# align format for control guidance",
+    # TODO: "# 7.2 Create tensor stating which controlnets to keep", and the window checks in check_inputs).
+    # Stuck? hint("lab09", "controlnet_keep") in the notebook shows the next hint.
+    raise NotImplementedError("TODO(lab09): controlnet_keep")
+
+
+def guess_mode_scales(num_down, conditioning_scale=1.0):
+    """The factors guess mode puts on the ControlNet's residuals, as `ControlNetModel.forward`
+    computes them ("# 6. scaling", guess_mode on, global_pool_conditions off), instead of the
+    single conditioning scale s of the normal mode.
+
+    Guess mode (ControlNet paper Sec. 4, "without prompts") weights the residuals from the
+    shallowest to the deepest by a geometric progression from 0.1 to 1, times s: with
+    M = num_down + 1 factors in all,
+
+        f_k = s * 10 ** (-1 + k / (M - 1)),   k = 0 .. M - 1    (f_0 = 0.1 s, f_{M-1} = s)
+
+    f_0 .. f_{M-2} multiply the down residuals r_0 .. r_{N-1} in order (the first comes from
+    conv_in), and the LAST factor f_{M-1} = s multiplies the mid residual.
+
+    Args:
+        num_down: an integer N >= 1, the number of down residuals (6 for tiny-sd, 12 for SD 1.5).
+        conditioning_scale: a number s.
+
+    Returns:
+        (num_down + 1,) float32 tensor on the CPU: the N down factors in order, then the mid one.
+    """
+    # TODO: the guess-mode factors of ControlNetModel.forward, step "# 6. scaling"
+    # TODO: (diffusers/models/controlnets/controlnet.py); f_k as in the docstring.
+    # Stuck? hint("lab09", "guess_mode_scales") in the notebook shows the next hint.
+    raise NotImplementedError("TODO(lab09): guess_mode_scales")

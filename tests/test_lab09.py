@@ -12,7 +12,7 @@ from helpers.checks._core import CheckFailed
 from helpers.solutions import lab09_controlnet as ref
 
 SEEDS = [0, 1, 2, 7, 2024]
-NAMES = ["zero_conv", "controlnet_unet_step", "make_control_image"]
+NAMES = ["zero_conv", "controlnet_unet_step", "make_control_image", "controlnet_keep", "guess_mode_scales"]
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -227,6 +227,177 @@ def test_make_control_image_bugs(bug, phrase):
 def test_make_control_image_variant_passes():
     for seed in SEEDS:
         run("make_control_image", img_variant(None), seed)
+
+
+# --------------------------------------------------------------------------- the control branch is large
+
+@pytest.mark.parametrize("seed", range(12))
+def test_control_image_in_the_wrong_rows_changes_the_output_far_beyond_tolerance(seed):
+    """Issue 15: repeat_interleave instead of doubling the control image slipped by a hair (3 of 384
+    values, 2e-5 against atol 1e-5 at seed 5): the check's conditioning embedding now makes the
+    map matter, so on every seed the wrong rows move the output by far more than the tolerance."""
+    from helpers.checks._core import make_generator
+    gen = make_generator(seed, "controlnet_unet_step", "test")
+    unet, cn, d = checks._models(gen)
+    x, emb = torch.randn(4, 4, 4, 4, generator=gen), torch.randn(4, 5, d, generator=gen)
+    image = checks._masks(gen, 2, 32).expand(-1, 3, -1, -1).contiguous()
+    right = checks._pipeline_call(unet, cn, x, 500, emb, image, 0.5)
+    wrong = checks._pipeline_call(unet, cn, x, 500, emb, image, 0.5, interleave=True)
+    assert (right - wrong).abs().max().item() > 1000 * (checks.TOL["atol"] + checks.TOL["rtol"] * right.abs().max().item())
+
+
+def test_interleave_fails_on_more_seeds():
+    fails("controlnet_unet_step", step_variant("interleave"), "repeat_interleave", seeds=(3, 4, 5))
+
+
+# --------------------------------------------------------------------------- controlnet_keep
+
+def test_reference_keep_equals_the_pipelines_own_lines():
+    for n, s, e, k in [(10, 0.0, 1.0, 1), (10, 0.3, 0.7, 1), (7, [0.0, 0.5], 1.0, 2), (5, 0.2, [0.8, 0.6, 1.0], 3)]:
+        assert ref.controlnet_keep(n, s, e, k) == checks._diffusers_keep(n, s, e, k)
+
+
+def test_keep_seen_by_a_real_pipeline_run(tiny_pipe):
+    """The conditioning_scale the pipeline gives the ControlNet at each step is s * keep[i]."""
+    seen = []
+    h = tiny_pipe.controlnet.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["conditioning_scale"]),
+                                                       with_kwargs=True)
+    try:
+        tiny_pipe(["a red circle"], image=torch.zeros(1, 3, 64, 64), num_inference_steps=5, guidance_scale=1.0,
+                  controlnet_conditioning_scale=0.5, control_guidance_start=0.2, control_guidance_end=0.8,
+                  generator=torch.Generator().manual_seed(0), output_type="latent")
+    finally:
+        h.remove()
+    steps = len(seen)  # PNDM may add a step
+    assert seen == [0.5 * w for w in ref.controlnet_keep(steps, 0.2, 0.8)]
+
+
+def keep_variant(form):
+    """Equivalent textbook forms (must pass) and typical bugs (must fail)."""
+    import math
+
+    import numpy as np
+
+    def fn(n, start=0.0, end=1.0, k=1):
+        many = (list, tuple)
+        if not isinstance(start, many) and not isinstance(end, many):
+            starts, ends = [start] * (k if form != "no_repeat" else 1), [end] * (k if form != "no_repeat" else 1)
+        else:
+            m = len(start) if isinstance(start, many) else len(end)
+            starts = list(start) if isinstance(start, many) else [start] * m
+            ends = list(end) if isinstance(end, many) else [end] * m
+        if form != "no_checks":
+            if len(starts) != len(ends) or (k > 1 and len(starts) != k and form != "no_repeat"):
+                raise ValueError("lengths")
+            if any(s >= e or s < 0 or e > 1 for s, e in zip(starts, ends)):
+                raise ValueError("window")
+        rows = []
+        for i in range(n):
+            row = []
+            for s, e in zip(starts, ends):
+                if form == "index":  # first and last kept step from the bounds
+                    on = math.ceil(s * n) <= i and i + 1 <= math.floor(e * n)
+                elif form == "multiply":
+                    on = i >= s * n and i + 1 <= e * n
+                elif form == "strict_start":
+                    on = i / n > s and (i + 1) / n <= e
+                elif form == "strict_end":
+                    on = i / n >= s and (i + 1) / n < e
+                elif form == "end_by_start":
+                    on = i / n >= s and i / n <= e
+                elif form == "inverted":
+                    on = not (i / n >= s and (i + 1) / n <= e)
+                else:
+                    on = i / n >= s and (i + 1) / n <= e
+                row.append(1.0 if on else 0.0)
+            rows.append(row)
+        if form == "numpy":  # vectorised, float64
+            i = np.arange(n)[:, None]
+            rows = ((i / n >= np.array(starts)) & ((i + 1) / n <= np.array(ends))).astype(np.float64).tolist()
+        if form == "torch32":  # vectorised in float32, as a tensor per step
+            i = torch.arange(n, dtype=torch.float32)[:, None]
+            t = ((i / n >= torch.tensor(starts)) & ((i + 1) / n <= torch.tensor(ends))).float()
+            return [r[0] for r in t] if k == 1 else list(t)
+        if form == "always_lists":
+            return rows
+        if form == "no_repeat" and k > 1 and len(starts) == 1:
+            return [r[0] for r in rows]
+        return [r[0] for r in rows] if k == 1 else rows
+    return fn
+
+
+@pytest.mark.parametrize("form", [None, "index", "multiply", "numpy", "torch32"])
+def test_keep_equivalent_forms_pass_30_seeds(form):
+    for seed in range(30):
+        run("controlnet_keep", keep_variant(form), seed)
+
+
+@pytest.mark.parametrize("bug,phrase", [
+    ("strict_start", "starts exactly at control_guidance_start is dropped"),
+    ("strict_end", "ends exactly at control_guidance_end is dropped"),
+    ("end_by_start", "judged by where the step starts"),
+    ("inverted", "inverted"),
+    ("always_lists", "a list per step for ONE ControlNet"),
+    ("no_checks", "invalid window accepted"),
+])
+def test_keep_bugs(bug, phrase):
+    fails("controlnet_keep", keep_variant(bug), phrase, seeds=(0, 1, 2))
+
+
+def test_keep_lone_number_not_repeated_fails():
+    with pytest.raises(CheckFailed):
+        for seed in range(5):
+            run("controlnet_keep", keep_variant("no_repeat"), seed)
+
+
+# --------------------------------------------------------------------------- guess_mode_scales
+
+def guess_variant(form):
+    import math
+
+    import numpy as np
+
+    def fn(n, s=1.0):
+        m = n + 1
+        if form == "pow":
+            return 10 ** torch.linspace(-1, 0, m) * s
+        if form == "numpy":
+            return torch.tensor(np.logspace(-1, 0, m) * s, dtype=torch.float32)
+        if form == "exp":
+            return torch.exp(torch.linspace(math.log(0.1), 0.0, m, dtype=torch.float64)).float() * s
+        if form == "list_of_floats":
+            return [s * 10 ** (-1 + k / n) for k in range(m)]
+        if form == "linspace":
+            return torch.linspace(0.1, 1.0, m) * s
+        if form == "reversed":
+            return torch.logspace(-1, 0, m).flip(0) * s
+        if form == "no_scale":
+            return torch.logspace(-1, 0, m)
+        if form == "no_mid":
+            return torch.logspace(-1, 0, n) * s
+        return torch.logspace(-1, 0, m) * s
+    return fn
+
+
+@pytest.mark.parametrize("form", ["pow", "numpy", "exp"])
+def test_guess_equivalent_forms_pass_30_seeds(form):
+    from helpers.checks._core import make_generator
+    for seed in range(30):  # the numeric cases (the model-backed case runs in the test below)
+        gen = make_generator(seed, "guess_mode_scales", "test")
+        for _ in range(4):
+            checks._guess_case(guess_variant(form), checks.randint(gen, 1, 14), checks.uniform(gen, 0.01, 3.0))
+    run("guess_mode_scales", guess_variant(form), 0)
+
+
+@pytest.mark.parametrize("bug,phrase", [
+    ("linspace", "linear scale"),
+    ("reversed", "reversed"),
+    ("no_scale", "conditioning_scale not applied"),
+    ("no_mid", "one per down residual only"),
+    ("list_of_floats", "expected a torch.Tensor"),
+])
+def test_guess_bugs(bug, phrase):
+    fails("guess_mode_scales", guess_variant(bug), phrase, seeds=(0, 1))
 
 
 # --------------------------------------------------------------------------- hard-coded answers, machinery

@@ -11,7 +11,12 @@ reference solution AND with diffusers on the same inputs:
   ``StableDiffusionControlNetPipeline.__call__`` calls them (``conditioning_scale`` passed to
   the ControlNet, the control image doubled by ``torch.cat`` for the guidance batch);
 - ``make_control_image``: ``StableDiffusionControlNetPipeline.prepare_image`` on the same maps
-  given as grey-scale PIL images, and ``helpers.zoo.control_image``.
+  given as grey-scale PIL images, and ``helpers.zoo.control_image``;
+- ``controlnet_keep``: the lines of the installed ``StableDiffusionControlNetPipeline.__call__``
+  that build ``controlnet_keep`` (read with ``inspect`` and run on the same random windows), and
+  ``check_inputs``' ValueErrors;
+- ``guess_mode_scales``: ``torch.logspace`` as ``ControlNetModel.forward`` uses it, and the
+  forward itself (its residuals with ``guess_mode=True`` against ``guess_mode=False``).
 
 When the output matches what a typical bug returns, the message names that bug (the
 ``diagnose`` candidates below).
@@ -21,7 +26,8 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from helpers.checks._core import CheckFailed, assert_close, choice, describe, describe_exception, randint, require
+from helpers.checks._core import (CheckFailed, as_number, as_numbers, assert_close, choice, describe,
+                                  describe_exception, randint, require, uniform)
 from helpers.solutions import lab09_controlnet as ref
 
 LAB = "lab09"
@@ -104,6 +110,13 @@ def _models(gen):
             for conv in [*cn.controlnet_down_blocks, cn.controlnet_mid_block, cn.controlnet_cond_embedding.conv_out]:
                 conv.weight.normal_(0, 0.3)
                 conv.bias.normal_(0, 0.1)
+            # the conditioning embedding with PyTorch's default init barely depends on the map (its
+            # biases dominate: two different maps changed the UNet's output by 4e-5), so a map given
+            # to the wrong row slipped through; with gain 2 it changes the output by 0.2 or more
+            for conv in cn.controlnet_cond_embedding.modules():
+                if isinstance(conv, nn.Conv2d):
+                    conv.weight.normal_(0, 2.0 / conv.weight[0].numel() ** 0.5)
+                    conv.bias.normal_(0, 0.1)
     return unet, cn, d
 
 
@@ -113,6 +126,8 @@ def _masks(gen, b, hw):
     for i in range(b):
         y0, x0 = randint(gen, 0, hw // 2), randint(gen, 0, hw // 2)
         m[i, :, y0:y0 + randint(gen, 4, hw // 2), x0:x0 + randint(gen, 4, hw // 2)] = 1
+        if i and torch.equal(m[i], m[i - 1]):  # two equal maps would hide a map given to the wrong row
+            m[i] = 1 - m[i]
     return m
 
 
@@ -285,3 +300,253 @@ def check_make_control_image(fn, gen):
     m = (masks.float() / 255)[:, None]
     assert_close("make_control_image(mask) against helpers.zoo.control_image(mask)", fn(m), control_image(m),
                  atol=0, rtol=0, hint=EQ_IMAGE)
+
+
+# --------------------------------------------------------------------------- controlnet_keep
+
+EQ_KEEP = ("StableDiffusionControlNetPipeline.__call__ ('# align format for control guidance', '# 7.2 Create tensor "
+           "stating which controlnets to keep'): step i of N keeps a ControlNet (1.0) when i / N >= start and "
+           "(i + 1) / N <= end, else 0.0; a lone number is repeated to the other list's length (to K when both "
+           "are numbers); K = 1 gives one number per step, K > 1 a list of K")
+
+
+def _diffusers_keep(num_steps, start, end, k):
+    """``controlnet_keep`` computed by the installed diffusers' own lines: the two blocks of
+    ``StableDiffusionControlNetPipeline.__call__`` that align the windows and build the list,
+    read with ``inspect`` and run on these inputs (a ControlNetModel, or a MultiControlNetModel
+    of k nets, stands in for ``controlnet``: only its type and ``len(nets)`` are read)."""
+    import inspect
+    import textwrap
+
+    from diffusers import ControlNetModel
+    from diffusers.pipelines.controlnet import pipeline_controlnet as module
+
+    src = inspect.getsource(module.StableDiffusionControlNetPipeline.__call__)
+
+    def block(first, last, upto_last_line):
+        i = src.rindex("\n", 0, src.index(first)) + 1
+        j = src.index(last, i)
+        j = src.index("\n", j) + 1 if upto_last_line else src.rindex("\n", 0, j) + 1
+        return textwrap.dedent(src[i:j])
+
+    code = (block("# align format for control guidance", "# 1. Check inputs", False)
+            + block("controlnet_keep = []", "controlnet_keep.append(", True))
+    if k == 1:
+        net = ControlNetModel.__new__(ControlNetModel)
+    else:
+        net = module.MultiControlNetModel.__new__(module.MultiControlNetModel)
+        object.__setattr__(net, "nets", [None] * k)
+    scope = dict(vars(module), controlnet=net, timesteps=list(range(num_steps)),
+                 control_guidance_start=list(start) if isinstance(start, (list, tuple)) else start,
+                 control_guidance_end=list(end) if isinstance(end, (list, tuple)) else end)
+    exec(compile(code, "<diffusers StableDiffusionControlNetPipeline.__call__>", "exec"), scope)
+    return scope["controlnet_keep"]
+
+
+def _fraction(gen, n, low, high):
+    """A window bound: mostly a step boundary k / N (where a tie decides), drawn only where every
+    float form of the comparison agrees (k / N * N == k, in float32 too), else a random number."""
+    import numpy as np
+
+    if choice(gen, (True, True, False)):
+        ks = [k for k in range(low, high + 1)
+              if (k / n) * n == k and np.float32(k) / np.float32(n) == np.float32(k / n)]
+        if ks:
+            return choice(gen, ks) / n
+    return round(uniform(gen, low / n, high / n), 6)
+
+
+def _window(gen, n):
+    s = _fraction(gen, n, 0, n - 1) if choice(gen, (True, True, False)) else 0.0
+    e = _fraction(gen, n, 0, n) if choice(gen, (True, True, False)) else 1.0
+    if e < s:  # a valid window: start < end (bounds kept as drawn: no new rounding at a tie)
+        s, e = e, s
+    if e == s:
+        e = 1.0 if s < 1.0 else e
+    if e <= s:
+        s, e = 0.0, 1.0
+    return s, e
+
+
+def _keep_bugs(n, starts, ends, k):
+    """What typical bugs return, on the aligned windows."""
+    def make(rule):
+        rows = [[1.0 if rule(i, s, e) else 0.0 for s, e in zip(starts, ends)] for i in range(n)]
+        return [r[0] if k == 1 else r for r in rows]
+    return [
+        ("a step that starts exactly at control_guidance_start is dropped: the pipeline keeps step i when "
+         "i / N >= start (a tie counts as inside).", make(lambda i, s, e: i / n > s and (i + 1) / n <= e)),
+        ("a step that ends exactly at control_guidance_end is dropped: the pipeline keeps step i when "
+         "(i + 1) / N <= end (a tie counts as inside).", make(lambda i, s, e: i / n >= s and (i + 1) / n < e)),
+        ("the window's end is judged by where the step starts (i / N <= end): the pipeline requires the whole "
+         "step inside, (i + 1) / N <= end.", make(lambda i, s, e: i / n >= s and i / n <= e)),
+        ("the window's start is judged by where the step ends ((i + 1) / N >= start): the pipeline requires "
+         "i / N >= start.", make(lambda i, s, e: (i + 1) / n >= s and (i + 1) / n <= e)),
+        ("the weights are inverted: 1.0 means the ControlNet is ON for that step.",
+         make(lambda i, s, e: not (i / n >= s and (i + 1) / n <= e))),
+        ("steps counted from 1 (i + 1 and i + 2 over N): step i (0-based) covers [i / N, (i + 1) / N].",
+         make(lambda i, s, e: (i + 1) / n >= s and (i + 2) / n <= e)),
+    ]
+
+
+def _keep_str(rows):
+    if rows and isinstance(rows[0], list):
+        return "[" + ", ".join("".join(str(int(v)) for v in r) for r in rows) + "] (per step: one digit per ControlNet)"
+    return "".join(str(int(v)) for v in rows) + " (one digit per step)"
+
+
+def _keep_case(fn, n, start, end, k):
+    name = f"controlnet_keep({n}, {start!r}, {end!r}, num_controlnets={k})"
+    expected = _diffusers_keep(n, start, end, k)
+    mine = ref.controlnet_keep(n, start, end, k)
+    assert mine == expected, f"the reference disagrees with diffusers on {name}"  # the check's own sanity
+    got = fn(n, start, end, k)
+    require(isinstance(got, (list, tuple)) or (isinstance(got, torch.Tensor) and got.ndim >= 1),
+            f"{name}: expected a list of {n} entries (one per step), got {describe(got)}.")
+    require(len(got) == n, f"{name}: expected {n} entries (one per step), got {len(got)}.")
+    if k == 1:
+        if isinstance(got[0], (list, tuple)):
+            raise CheckFailed(f"Likely bug: a list per step for ONE ControlNet.\n{name}: entry 0 is {got[0]!r}; with "
+                              f"one ControlNet the pipeline keeps keeps[0], a number per step.\nHint: {EQ_KEEP}.")
+        values = list(as_numbers(name, got, n))
+    else:
+        values = []
+        for i, row in enumerate(got):
+            if not isinstance(row, (list, tuple, torch.Tensor)) or (isinstance(row, torch.Tensor) and row.ndim != 1):
+                raise CheckFailed(f"Likely bug: one number per step for {k} ControlNets.\n{name}: entry {i} is "
+                                  f"{describe(row)}; with several ControlNets each step holds a list of {k} weights, "
+                                  f"one per ControlNet.\nHint: {EQ_KEEP}.")
+            values.append(list(as_numbers(f"{name}, entry {i}", row, k)))
+    if values != expected:
+        bug = next((hint for hint, cand in _keep_bugs(n, *_aligned(start, end, k), k) if cand == values), None)
+        first = next(i for i, (a, b) in enumerate(zip(values, expected)) if a != b)
+        raise CheckFailed((f"Likely bug: {bug}\n" if bug else "")
+                          + f"{name}:\n  got      {_keep_str(values)}\n  expected {_keep_str(expected)}\n"
+                          f"  first difference at step {first}: got {values[first]!r}, expected {expected[first]!r} "
+                          f"(step {first} covers [{first}/{n}, {first + 1}/{n}] of the steps).\nHint: {EQ_KEEP}.")
+
+
+def _aligned(start, end, k):
+    many = (list, tuple)
+    if isinstance(start, many) and not isinstance(end, many):
+        return list(start), [end] * len(start)
+    if isinstance(end, many) and not isinstance(start, many):
+        return [start] * len(end), list(end)
+    if not isinstance(start, many):
+        return [start] * k, [end] * k
+    return list(start), list(end)
+
+
+def _keep_raises(fn, n, start, end, k, why):
+    name = f"controlnet_keep({n}, {start!r}, {end!r}, num_controlnets={k})"
+    try:
+        got = fn(n, start, end, k)
+    except ValueError:
+        return
+    except NotImplementedError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the learner's own error, reported as such
+        raise CheckFailed(f"{name} raised {describe_exception(exc)}\nexpected ValueError: {why} (as the pipeline's "
+                          f"check_inputs).") from exc
+    raise CheckFailed(f"Likely bug: an invalid window accepted.\n{name} returned {_short(got)}; expected ValueError: "
+                      f"{why} (as the pipeline's check_inputs).")
+
+
+def _short(x):
+    text = repr(x)
+    return text if len(text) <= 200 else text[:200] + " ..."
+
+
+def check_controlnet_keep(fn, gen):
+    _keep_case(fn, 10, 0.0, 1.0, 1)  # the default: every step
+    _keep_case(fn, 10, 0.0, 0.5, 1)  # the lab's halves
+    _keep_case(fn, 10, 0.5, 1.0, 1)
+    for _ in range(6):  # one ControlNet, random windows (step boundaries included)
+        n = randint(gen, 1, 30)
+        _keep_case(fn, n, *_window(gen, n), 1)
+    for _ in range(4):  # several ControlNets: lists, and a lone number repeated
+        n, k = randint(gen, 2, 25), randint(gen, 2, 3)
+        windows = [_window(gen, n) for _ in range(k)]
+        starts, ends = [w[0] for w in windows], [w[1] for w in windows]
+        form = choice(gen, ("lists", "tuple start", "number start", "number end", "numbers"))
+        if form == "tuple start":
+            starts = tuple(starts)
+        elif form == "number start":
+            starts = min(starts)  # below every end: each window had start < end
+        elif form == "number end":
+            ends = max(ends)
+        elif form == "numbers":
+            starts, ends = windows[0]
+        _keep_case(fn, n, starts, ends, k)
+    n = randint(gen, 3, 20)  # one ControlNet given lists of one window
+    s, e = _window(gen, n)
+    _keep_case(fn, n, [s], [e], 1)
+    # invalid windows: check_inputs' ValueErrors
+    n = randint(gen, 2, 20)
+    _keep_raises(fn, n, 0.6, 0.4, 1, "start >= end")
+    _keep_raises(fn, n, 0.5, 0.5, 1, "start >= end")
+    _keep_raises(fn, n, -0.1, 0.5, 1, "start < 0")
+    _keep_raises(fn, n, 0.0, 1.2, 1, "end > 1")
+    _keep_raises(fn, n, [0.0, 0.2], [1.0, 0.8, 0.9], 3, "start and end lists of different lengths")
+    _keep_raises(fn, n, [0.0, 0.2, 0.1], [1.0, 0.8, 0.9], 2, "3 windows for 2 ControlNets")
+
+
+# --------------------------------------------------------------------------- guess_mode_scales
+
+EQ_GUESS = ("ControlNetModel.forward, '# 6. scaling' with guess_mode: torch.logspace(-1, 0, N + 1) * "
+            "conditioning_scale (float32): 0.1 s for the first down residual up to s for the mid one, evenly "
+            "spaced in log scale; the first N go with the down residuals, the last with the mid one")
+
+
+def _guess_bugs(n, s):
+    import math
+    m = n + 1
+    return [("evenly spaced in linear scale (linspace from 0.1 to 1): the factors are evenly spaced in LOG "
+             "scale, 10 ** linspace(-1, 0, N + 1).", torch.linspace(0.1, 1.0, m) * s),
+            ("reversed: the first (shallowest) down residual gets 0.1 s and the mid one s.",
+             torch.logspace(-1, 0, m).flip(0) * s),
+            ("conditioning_scale not applied: multiply every factor by s.", torch.logspace(-1, 0, m)),
+            ("natural log scale (base e): the factors go from 10^-1 to 10^0 (torch.logspace's base is 10).",
+             torch.logspace(-1, 0, m, base=math.e) * s),
+            ("the exponents run from 0 to 1: from 10^-1 (0.1) to 10^0 (1), times s.", torch.logspace(0, 1, m) * s)]
+
+
+def _guess_case(fn, n, s):
+    name = f"guess_mode_scales({n}, conditioning_scale={s:g})"
+    got = fn(n, s)
+    expected = torch.logspace(-1, 0, n + 1) * s  # (N + 1,), what ControlNetModel.forward computes
+    if isinstance(got, torch.Tensor) and got.shape == (n,):
+        raise CheckFailed(f"Likely bug: {n} factors, one per down residual only.\n{name}: expected shape ({n + 1},): "
+                          f"the {n} down factors AND the mid one (the last), N + 1 points in the logspace.\n"
+                          f"Hint: {EQ_GUESS}.")
+    truth = torch.logspace(-1, 0, n + 1, dtype=torch.float64) * s  # float64 ground truth
+    tol = dict(atol=1e-7 * max(abs(s), 1e-3), rtol=1e-6)  # float32 rounding of values up to |s|
+    assert_close(name + " against the float64 ground truth", got, truth.float(), **tol, hint=EQ_GUESS,
+                 diagnose=_guess_bugs(n, s))
+    assert_close(name + " against diffusers' torch.logspace", got, expected, **tol, hint=EQ_GUESS)
+    assert_close(name + " (against the reference)", got, ref.guess_mode_scales(n, s), **tol, hint=EQ_GUESS)
+
+
+def check_guess_mode_scales(fn, gen):
+    for _ in range(4):
+        _guess_case(fn, randint(gen, 1, 14), choice(gen, (1.0, round(uniform(gen, 0.1, 2.0), 3))))
+    _guess_case(fn, 12, 1.0)  # SD 1.5's twelve down residuals
+    # ControlNetModel.forward itself: its guess-mode residuals are the normal ones times the factors
+    unet, cn, d = _models(gen)
+    x = torch.randn(2, 4, 4, 4, generator=gen)
+    emb = torch.randn(2, 5, d, generator=gen)
+    image = _masks(gen, 2, 32).expand(-1, 3, -1, -1).contiguous()
+    s = round(uniform(gen, 0.3, 1.7), 3)
+    with torch.no_grad():
+        plain = cn(x, 10, encoder_hidden_states=emb, controlnet_cond=image, conditioning_scale=1.0, return_dict=False)
+        guess = cn(x, 10, encoder_hidden_states=emb, controlnet_cond=image, conditioning_scale=s, guess_mode=True,
+                   return_dict=False)
+    residuals, guessed = [*plain[0], plain[1]], [*guess[0], guess[1]]
+    got = fn(len(plain[0]), s)
+    factors = as_numbers(f"guess_mode_scales({len(plain[0])}, {s:g})", got, len(residuals))
+    for i, (r, gr) in enumerate(zip(residuals, guessed)):
+        which = "the mid residual" if i == len(residuals) - 1 else f"down residual {i}"
+        top = gr.abs().max().item()
+        assert_close(f"ControlNetModel(..., conditioning_scale={s:g}, guess_mode=True): {which} against the normal "
+                     f"one times your factor {factors[i]:.7g}", r * factors[i], gr, atol=1e-6 * max(top, 1.0),
+                     rtol=1e-5, hint=EQ_GUESS)
