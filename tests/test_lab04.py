@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer
+from diffusers.guiders.adaptive_projected_guidance import normalized_guidance as diffusers_apg
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg as diffusers_rescale
 
 from helpers.checks import lab04_cfg as checks
@@ -12,7 +14,7 @@ from helpers.checks._core import CheckFailed, make_generator
 from helpers.solutions import lab04_cfg as ref
 
 SEEDS = [0, 1, 2, 7, 123]
-NAMES = ["classifier_free_guidance", "rescale_noise_cfg", "guided_noise_pred"]
+NAMES = ["classifier_free_guidance", "rescale_noise_cfg", "guided_noise_pred", "normalized_guidance"]
 
 
 run, fails = checker(checks)  # tests/labtools.py
@@ -231,6 +233,184 @@ def test_guided_message_names_the_call_and_index():
         run("guided_noise_pred", _guided(order="uncond-first", split="swapped"))
     msg = str(info.value)
     assert msg.startswith("Likely bug:") and "guided_noise_pred(unet, latents" in msg and "first at index" in msg
+
+
+# --------------------------------------------------------------------------- normalized_guidance (APG)
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(2, 4, 8, 8), (3, 5), (2, 4, 3, 8, 8)])
+@pytest.mark.parametrize("eta,r,beta", [(1.0, 0.0, None), (0.0, 0.0, None), (0.3, 3.0, None), (0.0, 0.0, -0.5),
+                                        (0.2, 4.0, 0.6)])
+def test_reference_apg_equals_diffusers_bit_for_bit(dtype, shape, eta, r, beta):
+    g = torch.Generator().manual_seed(len(shape))
+    mine, theirs = (MomentumBuffer(beta), MomentumBuffer(beta)) if beta is not None else (None, None)
+    for _ in range(3):
+        c = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+        u = (c + 0.5 * torch.randn(shape, generator=g, dtype=torch.float64)).to(dtype)
+        got = ref.normalized_guidance(c, u, 7.5, eta, r, momentum_buffer=mine)
+        assert torch.equal(got, diffusers_apg(c, u, 7.5, theirs, eta, r))
+    if beta is not None:
+        assert torch.equal(mine.running_average, theirs.running_average)
+
+
+def test_reference_apg_at_eta_one_is_cfg():
+    g = torch.Generator().manual_seed(0)
+    c, u = torch.randn(3, 4, 8, 8, generator=g, dtype=torch.float64), torch.randn(3, 4, 8, 8, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(ref.normalized_guidance(c, u, 6.0), ref.classifier_free_guidance(u, c, 6.0))
+
+
+def _dims(x):
+    return list(range(1, x.ndim))
+
+
+def apg_float32_coefficient(c, u, w, eta=1.0, r=0.0, momentum_buffer=None):
+    """Everything in the inputs' dtype, the projection as <d, c> / <c, c> c, the result regrouped,
+    the buffer's state written directly (what MomentumBuffer.update does)."""
+    d = c - u
+    if momentum_buffer is not None:
+        momentum_buffer.running_average = d + momentum_buffer.momentum * momentum_buffer.running_average
+        d = momentum_buffer.running_average
+    if r > 0:
+        d = d * torch.clamp(r / torch.linalg.vector_norm(d, dim=_dims(d), keepdim=True), max=1.0)
+    par = (d * c).sum(_dims(c), keepdim=True) / (c * c).sum(_dims(c), keepdim=True) * c
+    return u + w * d - w * (1 - eta) * par
+
+
+def apg_flattened(c, u, w, eta=1.0, r=0.0, momentum_buffer=None):
+    """Per-sample rows of a (B, n) matrix, the threshold with torch.where, the CFG line written as
+    (1 - w) u + w c."""
+    B = c.shape[0]
+    d = (c - u).reshape(B, -1)
+    if momentum_buffer is not None:
+        momentum_buffer.update(d.view_as(c))
+        d = momentum_buffer.running_average.reshape(B, -1)
+    if r > 0:
+        n = d.norm(dim=1, keepdim=True)
+        d = torch.where(n > r, d * (r / n), d)
+    e = torch.nn.functional.normalize(c.reshape(B, -1), dim=1)
+    par = (d * e).sum(1, keepdim=True) * e
+    cfg = ((1 - w) * u.reshape(B, -1) + w * (u.reshape(B, -1) + d))
+    return (cfg - w * (1 - eta) * par).reshape(c.shape)
+
+
+def apg_float64_everything(c, u, w, eta=1.0, r=0.0, momentum_buffer=None):
+    """All of it in float64, cast back once at the end."""
+    c64, u64 = c.double(), u.double()
+    d = c64 - u64
+    if momentum_buffer is not None:
+        momentum_buffer.update(d)
+        d = momentum_buffer.running_average
+    if r > 0:
+        d = d * torch.minimum(torch.ones_like(d), r / d.norm(p=2, dim=_dims(d), keepdim=True))
+    e = c64 / c64.norm(p=2, dim=_dims(c64), keepdim=True)
+    par = (d * e).sum(_dims(d), keepdim=True) * e
+    return (u64 + w * ((d - par) + eta * par)).to(c.dtype)
+
+
+@pytest.mark.parametrize("fn", [ref.normalized_guidance, apg_float32_coefficient, apg_flattened, apg_float64_everything])
+def test_apg_equivalent_forms_pass_on_40_seeds(fn):
+    for seed in range(40):
+        run("normalized_guidance", fn, seed)
+
+
+def _apg_bug(onto="cond", dims="sample", eta_on="par", base="uncond", threshold="min", momentum="right",
+             normalise=True, parts="both"):
+    def fn(c, u, w, eta=1.0, r=0.0, momentum_buffer=None):
+        dd = {"sample": _dims(c), "all": list(range(c.ndim)), "spatial": list(range(2, c.ndim))}[dims]
+        norm = lambda x: torch.linalg.vector_norm(x, dim=dd, keepdim=True)  # noqa: E731
+        d = c - u
+        if threshold == "before_momentum" and r > 0:
+            d = d * torch.clamp(r / norm(d), max=1.0)
+        if momentum_buffer is not None and momentum != "ignored":
+            if momentum == "ema":
+                b = momentum_buffer.momentum
+                momentum_buffer.running_average = b * momentum_buffer.running_average + (1 - b) * d
+            elif momentum == "twice":
+                momentum_buffer.update(d)
+                momentum_buffer.update(d)
+            elif momentum != "never_updated":
+                momentum_buffer.update(d)
+            if momentum != "not_used" and momentum != "never_updated":
+                d = momentum_buffer.running_average
+        if r > 0 and threshold in ("min", "always"):
+            k = r / norm(d)
+            d = d * (k if threshold == "always" else torch.clamp(k, max=1.0))
+        v = (u if onto == "uncond" else c).double()
+        e = v / norm(v) if normalise else v
+        par = ((d.double() * e).sum(dd, keepdim=True) * e).to(d.dtype)
+        perp = d - par
+        upd = {"both": perp + eta * par if eta_on == "par" else eta * perp + par, "par_only": eta * par,
+               "cfg": d}[parts]
+        if threshold == "on_update" and r > 0:
+            upd = upd * torch.clamp(r / norm(upd), max=1.0)
+        if base == "cond":
+            return c + w * upd
+        if base == "paper":
+            return c + (w - 1) * upd
+        return u + w * upd
+    return fn
+
+
+@pytest.mark.parametrize("fn,phrase", [
+    (_apg_bug(onto="uncond"), "projected onto eps_uncond"),
+    (_apg_bug(normalise=False), "without normalising it"),
+    (_apg_bug(dims="all"), "over the whole batch"),
+    (_apg_bug(dims="spatial"), "one norm per channel"),
+    (_apg_bug(eta_on="perp"), "eta weights the wrong part"),
+    (_apg_bug(parts="par_only"), "orthogonal part is missing"),
+    (_apg_bug(parts="cfg"), "returned plain CFG"),
+    (_apg_bug(base="cond"), "you started from eps_c"),
+    (_apg_bug(base="paper"), "paper's form"),
+])
+def test_apg_bugs(fn, phrase):
+    fails("normalized_guidance", fn, phrase)
+
+
+@pytest.mark.parametrize("fn,phrase", [
+    (_apg_bug(threshold="none"), "norm_threshold ignored"),
+    (_apg_bug(threshold="always"), "only SHRINKS"),
+    (_apg_bug(threshold="on_update"), "applied to the final update"),
+])
+def test_apg_threshold_bugs(fn, phrase):
+    """The threshold case of the check (some samples shrunk, some not) catches these on every seed."""
+    fails("normalized_guidance", fn, phrase, seeds=range(6))
+
+
+@pytest.mark.parametrize("fn,phrase", [
+    (_apg_bug(momentum="ignored"), "never updated"),
+    (_apg_bug(momentum="never_updated"), "never updated"),
+    (_apg_bug(momentum="not_used"), "the momentum is not applied"),
+    (_apg_bug(momentum="ema"), "exponential moving average"),
+    (_apg_bug(momentum="twice"), "TWO updates"),
+    (_apg_bug(threshold="before_momentum"), "diffusers averages first"),
+])
+def test_apg_momentum_bugs(fn, phrase):
+    fails("normalized_guidance", fn, phrase, seeds=range(6))
+
+
+def test_apg_frobenius_norm_error_is_explained():
+    def fn(c, u, w, eta=1.0, r=0.0, momentum_buffer=None):
+        e = c / c.norm(dim=_dims(c), keepdim=True)  # 'fro': at most two dims
+        d = c - u
+        par = (d * e).sum(_dims(c), keepdim=True) * e
+        return u + w * (d - par + eta * par)
+    fails("normalized_guidance", fn, "Frobenius MATRIX norm")
+
+
+def test_apg_in_place_and_dtype_are_caught():
+    def in_place(c, u, w, eta=1.0, r=0.0, momentum_buffer=None):
+        return ref.normalized_guidance(c, u.sub_(0).add_(0.0 * u) if False else u.mul_(1.0), w, eta, r, momentum_buffer)
+
+    def float64_out(c, u, w, eta=1.0, r=0.0, momentum_buffer=None):
+        return ref.normalized_guidance(c.double(), u.double(), w, eta, r, momentum_buffer)
+
+    def writes_input(c, u, w, eta=1.0, r=0.0, momentum_buffer=None):
+        out = ref.normalized_guidance(c, u, w, eta, r, momentum_buffer)
+        u.copy_(out)
+        return out
+
+    fails("normalized_guidance", writes_input, "in place")
+    fails("normalized_guidance", float64_out, "wrong dtype")
 
 
 # --------------------------------------------------------------------------- hard-coded answers

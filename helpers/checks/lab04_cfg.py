@@ -9,6 +9,8 @@ below are those bugs, computed on the same inputs).
 """
 import torch
 from diffusers import UNet2DConditionModel
+from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer
+from diffusers.guiders.adaptive_projected_guidance import normalized_guidance as diffusers_apg
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg as diffusers_rescale
 
 from helpers.checks._core import (CheckFailed, assert_close, choice, describe, describe_exception, randint, randn,
@@ -390,3 +392,212 @@ def check_guided_noise_pred(fn, gen):
                 f"[uncond, cond] (prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])), and "
                 f"callbacks, IP-Adapter image embeddings and ControlNet residuals rely on that order.\n{name}: "
                 f"your numbers are right because you also split in that order.\nHint: {BATCH_HINT}")
+
+
+# --------------------------------------------------------------------------- normalized_guidance (APG)
+
+# Tolerance: |got - truth| <= TOL_APG[dtype] * scale, scale = max |truth| + |w| * max |d| of the case,
+# truth computed in float64 from the same (rounded) inputs. A float32 implementation that projects
+# in float32, or rounds in another order, stays within a few dozen ulps of the values involved.
+TOL_APG = {torch.float32: 64 * torch.finfo(torch.float32).eps, torch.float64: 64 * torch.finfo(torch.float64).eps}
+
+APG_EQ = ("per sample, norms and inner products over every dim but the batch one: d = eps_c - eps_u; "
+          "[momentum: buffer.update(d), d = buffer.running_average]; [r > 0: d = d * min(1, r / ||d||)]; "
+          "e = eps_c / ||eps_c||; d_par = <d, e> e; d_perp = d - d_par; out = eps_u + w * (d_perp + eta * d_par) "
+          "(Sadat et al. 2024, APG; diffusers' normalized_guidance in diffusers/guiders/"
+          "adaptive_projected_guidance.py).")
+
+
+def _norm(x, dims):
+    return torch.linalg.vector_norm(x, dim=dims, keepdim=True)
+
+
+def _apg64(c, u, w, eta, r, running=0, beta=None, variant="right"):
+    """APG in float64 on float64 inputs: (output, new running average). ``variant`` names a typical
+    bug; "right" is the reference formula. ``running``/``beta``: the momentum buffer's state."""
+    nd = c.ndim
+    dims = {"all_dims": list(range(nd)), "spatial_dims": list(range(2, nd)),
+            "channel_dim": [1]}.get(variant, list(range(1, nd)))
+    d = c - u
+    new_running = running
+    if beta is not None and variant != "no_momentum":
+        if variant == "ema_momentum":
+            new_running = beta * running + (1 - beta) * d
+        else:
+            new_running = d + beta * running
+        d = new_running
+    if beta is not None and variant == "threshold_before_momentum" and r > 0:
+        d0 = c - u
+        d0 = d0 * torch.clamp(r / _norm(d0, dims), max=1.0)
+        new_running = d0 + beta * running
+        d = new_running
+    elif r > 0 and variant not in ("no_threshold", "threshold_on_update"):
+        k = r / _norm(d, dims)
+        d = d * (k if variant == "threshold_always" else torch.clamp(k, max=1.0))
+    onto = u if variant == "onto_uncond" else c
+    if variant == "not_normalised":
+        par = (d * onto).sum(dim=dims, keepdim=True) * onto
+    else:
+        e = onto / _norm(onto, dims)
+        par = (d * e).sum(dim=dims, keepdim=True) * e
+    perp = d - par
+    upd = {"eta_swapped": eta * perp + par, "no_perp": eta * par, "plain_cfg": d}.get(variant, perp + eta * par)
+    if variant == "threshold_on_update" and r > 0:
+        upd = upd * torch.clamp(r / _norm(upd, dims), max=1.0)
+    if variant == "original":
+        return c + w * upd, new_running
+    if variant == "paper_form":
+        return c + (w - 1) * upd, new_running
+    return u + w * upd, new_running
+
+
+_APG_BUGS = [
+    ("onto_uncond", "you projected onto eps_uncond; APG splits the update into the parts parallel and orthogonal "
+                    "to the CONDITIONAL prediction (v1 = normalize(pred_cond) in diffusers)."),
+    ("not_normalised", "you projected onto eps_c without normalising it: <d, eps_c> eps_c is ||eps_c||^2 times too "
+                       "long. Use the unit vector e = eps_c / ||eps_c|| (torch.nn.functional.normalize, per sample)."),
+    ("all_dims", "norms over the wrong dimensions: you took one norm / inner product over the whole batch. Each "
+                 "sample gets its own: dim = every dim but the batch one, keepdim=True."),
+    ("spatial_dims", "norms over the wrong dimensions: you took one norm per channel (spatial dims only). diffusers' "
+                     "default (norm_dim=None) uses every dim but the batch one, channels included."),
+    ("channel_dim", "norms over the wrong dimensions: you took the norm over the channels only (dim=1). diffusers' "
+                    "default (norm_dim=None) uses every dim but the batch one."),
+    ("eta_swapped", "eta weights the wrong part: you returned eta * d_perp + d_par. eta down-weights the PARALLEL "
+                    "part: d_perp + eta * d_par."),
+    ("no_perp", "the orthogonal part is missing: the update is d_perp + eta * d_par, not eta * d_par alone."),
+    ("plain_cfg", "you returned plain CFG, eps_u + w * d: the projection is missing (eta must weight the part of d "
+                  "parallel to eps_c)."),
+    ("original", "you started from eps_c (use_original_formulation=True). diffusers' default starts from eps_u: "
+                 "eps_u + w * (d_perp + eta * d_par)."),
+    ("paper_form", "you used the paper's form eps_c + (w - 1) * (...); diffusers' normalized_guidance (default "
+                   "use_original_formulation=False) is eps_u + w * (d_perp + eta * d_par)."),
+    ("no_threshold", "norm_threshold ignored: with r > 0 each sample's d is shrunk to norm r where it is longer: "
+                     "d * min(1, r / ||d||)."),
+    ("threshold_always", "the threshold rescales every sample to norm r; it only SHRINKS those longer than r: "
+                         "d * min(1, r / ||d||) (torch.minimum with 1, as diffusers)."),
+    ("threshold_on_update", "the threshold is applied to the final update; diffusers applies it to d, before the "
+                            "projection: d * min(1, r / ||d||), then split d."),
+    ("no_momentum", "the momentum is not applied: you used the raw d = pred_cond - pred_uncond. With a buffer, d is "
+                    "the buffer's running average after this call's update (momentum_buffer.update(d), then "
+                    "d = momentum_buffer.running_average)."),
+    ("ema_momentum", "momentum as an exponential moving average (beta * m + (1 - beta) * d); diffusers' "
+                     "MomentumBuffer.update is m <- d + beta * m (no 1 - beta)."),
+    ("threshold_before_momentum", "order: you thresholded d before the momentum; diffusers averages first "
+                                  "(momentum_buffer.update(d)), then thresholds the running average."),
+]
+
+
+def _apg_predictions(gen, shape, dtype, sizes):
+    """(eps_c, eps_u) with eps_u = lam * eps_c + noise per sample, so d = eps_c - eps_u has a large part
+    parallel to eps_c (eta's effect is large), and per-sample sizes ``sizes`` (B,) (a norm threshold
+    between them shrinks some samples by a large factor and leaves the others alone)."""
+    size = sizes.reshape(-1, *[1] * (len(shape) - 1))  # (B, 1, ..., 1)
+    lam = uniform(gen, 0.3, 0.7)
+    c = randn(gen, shape, torch.float64) * size
+    u = lam * c + 0.6 * randn(gen, shape, torch.float64) * size
+    return c.to(dtype), u.to(dtype)
+
+
+def _which_apg_bug(got, outs, scale, dtype):
+    """The label of the typical bug whose output ``got`` matches, each judged within rounding noise
+    of its OWN magnitude (a bug may return values far larger than the right ones), or None."""
+    if not isinstance(got, torch.Tensor) or not got.is_floating_point():
+        return None
+    g = got.detach().double().cpu()
+    for variant, label in _APG_BUGS:
+        cand = outs[variant][0]
+        if cand.shape != g.shape:
+            continue
+        tol = 4 * TOL_APG[dtype] * (scale + float(cand.abs().max()))
+        if float((g - cand).abs().max()) <= tol and float((cand - outs["right"][0]).abs().max()) > tol:
+            return label
+    return None
+
+
+def _check_buffer(name, state, previous, expected, d, beta, r, scale, dtype):
+    """The learner's buffer after the call must hold d + beta * previous (one MomentumBuffer.update)."""
+    if _running_close(state, expected, scale, dtype):
+        return
+    if isinstance(state, int) and state == 0:
+        what = "still 0: the buffer was never updated"
+    elif _running_close(state, d + beta * expected, scale, dtype):
+        what = "what TWO updates give: update it once per call"
+    elif r > 0 and _running_close(state, d * torch.clamp(r / _norm(d, list(range(1, d.ndim))), max=1.0) + beta * previous,
+                                  scale, dtype):
+        what = ("the thresholded d plus momentum: diffusers averages first (momentum_buffer.update(d) with the raw "
+                "d), then thresholds the running average")
+    elif _running_close(state, beta * previous + (1 - beta) * d, scale, dtype):
+        what = ("beta * m + (1 - beta) * d, an exponential moving average; diffusers' MomentumBuffer.update is "
+                "m <- d + beta * m (no 1 - beta)")
+    else:
+        what = f"{describe(state)}, not d + momentum * (its previous value)"
+    raise CheckFailed(f"Likely bug: momentum: after your call the buffer's running_average is {what}.\n{name}: "
+                      f"update the buffer once per call with d = pred_cond - pred_uncond (momentum_buffer.update(d), "
+                      f"as diffusers) and use its new running_average as d.\nHint: {APG_EQ}")
+
+
+def _running_close(got, expected, scale, dtype):
+    if isinstance(expected, int):
+        return isinstance(got, int) and got == expected
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+        return False
+    return float((got.double() - expected).abs().max()) <= 10 * TOL_APG[dtype] * scale
+
+
+def check_normalized_guidance(fn, gen):
+    """Random ranks 2..5, w > 1, eta in [0, 1) (never 1, where the projection vanishes), float32 and
+    float64: no extras; a norm threshold between the samples' norms (some shrunk, some not); and a
+    3-step run with that threshold and a momentum buffer (diffusers' MomentumBuffer, beta < 0 or > 0), the learner's
+    buffer and diffusers' each fed their own function's calls. Each output compared with a float64
+    ground truth (tolerance scaled to the values) and with diffusers' normalized_guidance."""
+    eta = lambda: round(choice(gen, [0.0, uniform(gen, 0.05, 0.9)]), 3)  # noqa: E731
+    cases = [  # (rank, dtype, eta, threshold?, momentum beta or None, steps)
+        (randint(gen, 3, 5), torch.float32, eta(), False, None, 1),
+        (randint(gen, 2, 5), torch.float64, eta(), False, None, 1),
+        (randint(gen, 3, 5), torch.float32, eta(), True, None, 1),
+        (randint(gen, 3, 5), torch.float32, eta(), True, round(choice(gen, [-0.75, -0.5, -0.25, 0.5]) + uniform(gen, -0.05, 0.05), 3), 3),
+    ]
+    for rank, dtype, e, use_r, beta, steps in cases:
+        shape = _shape(gen, rank)
+        w = _scale(gen)
+        sizes = torch.linspace(0.5, 3.0, shape[0], dtype=torch.float64)[torch.randperm(shape[0], generator=gen)]
+        trajectory = [_apg_predictions(gen, shape, dtype, sizes) for _ in range(steps)]
+        r = 0.0
+        if use_r:  # between the shortest and the longest sample's ||d|| (first step): some shrunk, some not
+            norms = (trajectory[0][0] - trajectory[0][1]).double().flatten(1).norm(dim=1)
+            r = round(float((norms.min() * norms.max()).sqrt()), 4)
+        mine = MomentumBuffer(beta) if beta is not None else None
+        theirs = MomentumBuffer(beta) if beta is not None else None
+        running = {v: 0 for v, _ in _APG_BUGS} | {"right": 0}
+        for step, (c, u) in enumerate(trajectory):
+            c_in, u_in = c.clone(), u.clone()
+            extras = (f", momentum_buffer=MomentumBuffer(momentum={beta}) at step {step + 1} of {steps}"
+                      if beta is not None else "")
+            name = (f"normalized_guidance(pred_cond <{dtype} (B, ...) = {shape}>, pred_uncond, guidance_scale={w}, "
+                    f"eta={e}, norm_threshold={r}{extras})")
+            try:
+                got = fn(c_in, u_in, w, e, r, momentum_buffer=mine) if mine is not None else fn(c_in, u_in, w, e, r)
+            except RuntimeError as exc:
+                if "matrix_norm" not in str(exc):
+                    raise
+                raise CheckFailed(
+                    f"Likely bug: x.norm(dim=dims) with more than two dims: without p, Tensor.norm computes the "
+                    f"Frobenius MATRIX norm, which takes at most two dims. Use x.norm(p=2, dim=dims, keepdim=True) "
+                    f"(as diffusers) or torch.linalg.vector_norm.\n{name} raised {describe_exception(exc)}") from exc
+            require_unchanged(name, (c, u), (c_in, u_in))
+            c64, u64 = c.double(), u.double()
+            outs = {v: _apg64(c64, u64, w, e, r, running[v], beta, v) for v in running}
+            truth, new_running = outs["right"]
+            d_max = float((new_running if beta is not None else c64 - u64).abs().max())
+            scale = float(truth.abs().max()) + abs(w) * d_max
+            tol = TOL_APG[dtype] * scale
+            if mine is not None:
+                _check_buffer(name, mine.running_average, running["right"], new_running, c64 - u64, beta, r,
+                              scale, dtype)
+            bug = _which_apg_bug(got, outs, scale, dtype)
+            diagnose = [(bug, got.detach().clone())] if bug else None  # matched below, on its own scale
+            assert_close(name, got, truth.to(dtype), atol=tol, rtol=0.0, diagnose=diagnose, hint=APG_EQ)
+            with torch.no_grad():
+                theirs_out = diffusers_apg(c, u, w, theirs, e, r)
+            assert_close(f"{name} vs diffusers' normalized_guidance", got, theirs_out, atol=2 * tol, rtol=0.0)
+            running = {v: outs[v][1] for v in running}

@@ -5,8 +5,8 @@ Notation (Ho & Salimans 2022, "Classifier-Free Diffusion Guidance"; diffusers' n
     x_t          the noisy latents at timestep t                     `latents`   (B, C, H, W)
     c            the text condition (the prompt's embedding)          `prompt_embeds`   (B, L, D)
     0            the "null" condition (the empty prompt's embedding)  `negative_prompt_embeds`
-    eps(x_t, c)  the conditional noise prediction                     `noise_pred_text`
-    eps(x_t, 0)  the unconditional noise prediction                   `noise_pred_uncond`
+    eps(x_t, c)  the conditional noise prediction                     `noise_pred_text` / `pred_cond`
+    eps(x_t, 0)  the unconditional noise prediction                   `noise_pred_uncond` / `pred_uncond`
     w            the guidance scale                                   `guidance_scale`
 
 One denoiser, trained with the caption dropped (replaced by "") 10% of the time, gives both
@@ -20,34 +20,44 @@ paper's w' = 6.5, and `guidance_scale = 1` is the plain conditional model (no gu
 (Saharia et al. 2022, eq. 2) uses diffusers' convention.
 
 The functions below are, in order: the guidance line itself, the rescale of Lin et al. 2023
-that tames its over-exposure, and one guided UNet call with the batch [uncond, cond] exactly as
-the pipeline builds it. Each equals the matching lines of diffusers on the same inputs.
+that tames its over-exposure, one guided UNet call with the batch [uncond, cond] exactly as
+the pipeline builds it, and adaptive projected guidance (Sadat et al. 2024), which diffusers
+ships as a "guider". Each equals the matching lines of diffusers on the same inputs.
+
+Return values: every function returns a tensor of the inputs' shape, dtype and device.
 """
 
 import torch
 
-__all__ = ["classifier_free_guidance", "rescale_noise_cfg", "guided_noise_pred"]
+__all__ = ["classifier_free_guidance", "rescale_noise_cfg", "guided_noise_pred", "normalized_guidance"]
 
 
 def classifier_free_guidance(noise_pred_uncond, noise_pred_text, guidance_scale):
-    """eps_cfg = eps_uncond + w * (eps_text - eps_uncond), as `StableDiffusionPipeline.__call__`.
+    """Ho & Salimans 2022, eq. 6, in diffusers' convention, as `StableDiffusionPipeline.__call__`.
 
-    Ho & Salimans 2022, eq. 6, in diffusers' convention (w = 1: no guidance, the conditional
-    prediction itself; w = 0: the unconditional one; w > 1: extrapolate past the conditional
-    prediction, away from the unconditional one). The paper's (1 + w') eps_c - w' eps_u is the
-    same line with w = 1 + w'.
+        eps_cfg = eps_u + w (eps_c - eps_u)
+
+    w = 1: no guidance, eps_c itself; w = 0: eps_u itself; w > 1: extrapolate past eps_c, away
+    from eps_u. The paper's (1 + w') eps_c - w' eps_u is the same line with w = 1 + w'. Do not
+    change the inputs in place (the pipeline still needs them).
 
     Args:
-        noise_pred_uncond: (B, ...) eps(x_t, 0), the prediction for the empty (or negative) prompt.
-        noise_pred_text: (B, ...) eps(x_t, c), the prediction for the prompt; same shape.
-        guidance_scale: w, a Python float.
+        noise_pred_uncond: (B, ...) eps_u = eps(x_t, 0), the prediction for the empty (or negative) prompt.
+        noise_pred_text: (B, ...) eps_c = eps(x_t, c), the prediction for the prompt; same shape.
+        guidance_scale: w, a number.
 
     Returns:
         (B, ...) the guided prediction, same shape, dtype and device as the inputs.
     """
     # BEGIN SOLUTION
-    # HINT: Start from the unconditional prediction and move w times the difference (text - uncond) towards the text one.
-    # HINT: Check your line at w = 1 (must return noise_pred_text) and at w = 0 (must return noise_pred_uncond).
+    # TODO: the guided prediction of Ho & Salimans eq. 6 in diffusers' convention, as the
+    # TODO: "perform guidance" lines of StableDiffusionPipeline.__call__ (step 7 of
+    # TODO: diffusers/pipelines/stable_diffusion/pipeline_stable_diffusion.py).
+    # HINT 1: In pipeline_stable_diffusion.py search for "perform guidance" inside __call__: one line
+    # HINT 1: combines noise_pred_uncond, noise_pred_text and self.guidance_scale.
+    # HINT 2: Start from the unconditional prediction and move w times the difference (text minus uncond)
+    # HINT 2: towards the text one. Test it by hand: w = 1 must give eps_c, w = 0 must give eps_u.
+    # HINT 3: eps_u + w * (eps_c - eps_u), built as a new tensor (no add_ / mul_ on the inputs).
     return noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)  # (B, ...)
     # END SOLUTION
 
@@ -57,29 +67,37 @@ def rescale_noise_cfg(noise_cfg, noise_pred_text, guidance_rescale=0.0):
     `rescale_noise_cfg` (pipelines/stable_diffusion/pipeline_stable_diffusion.py).
 
     Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", sec. 3.4
-    (the paper states it for its own v-prediction model; diffusers applies the same lines to
-    whatever the UNet predicts, eps here): a large w inflates the std of the guided prediction
-    above that of any real one, which over-exposes the image. Per sample (std over every dim
-    but the batch one):
+    (the paper states it for its own v-prediction model; diffusers applies the same
+    lines to whatever the UNet predicts, eps here): a large w inflates the std of the guided
+    prediction above that of any real one, which over-exposes the image. Per sample b, with
+    sigma(.) the standard deviation over ALL the sample's values (every dim but the batch one):
 
-        eps_rescaled = eps_cfg * std(eps_text) / std(eps_cfg)
-        out          = phi * eps_rescaled + (1 - phi) * eps_cfg          phi = guidance_rescale
+        eps_rescaled[b] = eps_cfg[b] * sigma(eps_c[b]) / sigma(eps_cfg[b])
+        out[b]          = phi * eps_rescaled[b] + (1 - phi) * eps_cfg[b]        phi = guidance_rescale
 
     phi = 0 returns eps_cfg unchanged; phi = 1 returns the fully rescaled one (the paper
-    recommends phi = 0.7: fully rescaled images look plain). `torch.std` (unbiased) as diffusers;
-    the correction cancels in the ratio anyway.
+    recommends phi = 0.7: fully rescaled images look plain). Any rank >= 2. diffusers uses the
+    unbiased std (divisor n - 1); the biased one (divisor n) gives the same result, because the
+    correction cancels in the ratio of two stds over the same number of values.
 
     Args:
         noise_cfg: (B, ...) eps_cfg, the output of classifier_free_guidance.
-        noise_pred_text: (B, ...) eps_text, the conditional prediction; same shape.
-        guidance_rescale: phi in [0, 1], a Python float.
+        noise_pred_text: (B, ...) eps_c, the conditional prediction; same shape.
+        guidance_rescale: phi in [0, 1], a number.
 
     Returns:
         (B, ...) same shape, dtype and device as noise_cfg.
     """
     # BEGIN SOLUTION
-    # HINT: One std per sample: .std(dim=list(range(1, x.ndim)), keepdim=True) gives (B, 1, ..., 1).
-    # HINT: Rescale noise_cfg by std_text / std_cfg, then blend: phi * rescaled + (1 - phi) * noise_cfg.
+    # TODO: Lin et al. 2023 sec. 3.4, as diffusers' rescale_noise_cfg in
+    # TODO: diffusers/pipelines/stable_diffusion/pipeline_stable_diffusion.py (above the pipeline class).
+    # HINT 1: Open pipeline_stable_diffusion.py and read rescale_noise_cfg near the top: four lines after
+    # HINT 1: the docstring. Note the dims its std runs over and the keepdim.
+    # HINT 2: Compute one standard deviation per sample (over every dim but the batch one, kept as size-1
+    # HINT 2: dims so it broadcasts) for the text prediction and for the guided one; scale the guided
+    # HINT 2: prediction by their ratio; blend the result with the unscaled guided prediction.
+    # HINT 3: dims = list(range(1, x.ndim)); std_t = noise_pred_text.std(dim=dims, keepdim=True), same for
+    # HINT 3: noise_cfg; rescaled = noise_cfg * std_t / std_cfg; return phi * rescaled + (1 - phi) * noise_cfg.
     dims = list(range(1, noise_pred_text.ndim))  # every dim but the batch one
     std_text = noise_pred_text.std(dim=dims, keepdim=True)  # (B, 1, ..., 1)
     std_cfg = noise_cfg.std(dim=dims, keepdim=True)  # (B, 1, ..., 1)
@@ -91,14 +109,14 @@ def rescale_noise_cfg(noise_cfg, noise_pred_text, guidance_rescale=0.0):
 def guided_noise_pred(unet, latents, timestep, text_embeddings, uncond_embeddings, guidance_scale,
                       guidance_rescale=0.0):
     """One CFG step's noise prediction with ONE UNet forward on the batch [uncond, cond], as
-    `StableDiffusionPipeline.__call__` (steps 3 and 7 of its source):
+    `StableDiffusionPipeline.__call__` (steps 3 and 7 of its source).
 
-        prompt_embeds      = cat([negative_prompt_embeds, prompt_embeds])   # (2B, L, D), uncond first
-        latent_model_input = cat([latents] * 2)                             # (2B, C, H, W)
-        noise_pred         = unet(latent_model_input, t, encoder_hidden_states=prompt_embeds).sample
-        noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)            # (B, ...) each
-        noise_pred = classifier_free_guidance(noise_pred_uncond, noise_pred_text, w)
-        if guidance_rescale > 0: noise_pred = rescale_noise_cfg(noise_pred, noise_pred_text, phi)
+    The UNet is called once, on 2B samples: the first B pair x_t with the unconditional
+    embeddings, the last B pair the same x_t with the text embeddings (unconditional FIRST, the
+    pipeline's order; callbacks, IP-Adapter and ControlNet rely on it). The first half of its
+    output is eps_u, the second eps_c; then eps = classifier_free_guidance(eps_u, eps_c, w), and,
+    when phi = guidance_rescale > 0, eps = rescale_noise_cfg(eps, eps_c, phi). Call your two
+    functions above by name.
 
     The result equals two separate forwards (uncond, then cond) up to float rounding: every
     layer of the UNet treats the samples of a batch independently. One forward of 2B is
@@ -109,29 +127,113 @@ def guided_noise_pred(unet, latents, timestep, text_embeddings, uncond_embedding
             encoder_hidden_states=...)` returning an object with `.sample`).
         latents: (B, C, H, W) x_t, already passed through `scheduler.scale_model_input`.
         timestep: the timestep t: a Python int, a 0-d tensor (what the pipeline passes: the
-            UNet broadcasts it to the batch) or a (B,) tensor, one per sample (then it must be
-            repeated to (2B,) in the same [uncond, cond] order).
+            UNet broadcasts it to the batch) or a (B,) tensor, one per sample (then the UNet
+            needs one per sample of the doubled batch, (2B,), in the same [uncond, cond] order).
         text_embeddings: (B, L, D) the prompt's text-encoder output.
         uncond_embeddings: (B, L, D) the empty prompt's (or the negative prompt's) output.
-        guidance_scale: w, a Python float (diffusers' convention).
-        guidance_rescale: phi, a Python float; 0 (the default) skips the rescale.
+        guidance_scale: w, a number (diffusers' convention).
+        guidance_rescale: phi, a number; 0 (the default) skips the rescale.
 
     Returns:
         (B, C, H, W) the guided noise prediction.
     """
     # BEGIN SOLUTION
-    # HINT: Batch [uncond, cond] (uncond FIRST, like the pipeline): torch.cat for the embeddings AND for the latents.
-    # HINT: A (B,) timestep must become (2B,) in the same order (torch.cat([t, t])); an int or 0-d tensor can go as is.
-    # HINT: Split the output with .chunk(2) in the order you built the batch, then call classifier_free_guidance (and rescale_noise_cfg when guidance_rescale > 0).
+    # TODO: one guided prediction with ONE UNet call on the doubled batch, as steps 3 ("For classifier
+    # TODO: free guidance, we need to do two forward passes") and 7 ("expand the latents ...", "perform
+    # TODO: guidance") of StableDiffusionPipeline.__call__ in pipeline_stable_diffusion.py.
+    # HINT 1: In __call__, read where prompt_embeds is concatenated with negative_prompt_embeds (step 3) and
+    # HINT 1: the denoising loop (step 7): latent_model_input, the unet call, the chunk, the guidance line,
+    # HINT 1: and the guidance_rescale branch. UNet2DConditionModel.get_time_embed shows how t is broadcast.
+    # HINT 2: Stack the latents twice and the embeddings as [uncond, text]; for a (B,) timestep build (2B,)
+    # HINT 2: timesteps in the same order (an int or 0-d tensor can go as is); call the UNet once and take
+    # HINT 2: .sample; split it into two halves in the order you built the batch; guide; rescale if phi > 0.
+    # HINT 3: x2 = torch.cat([latents, latents]); emb = torch.cat([uncond_embeddings, text_embeddings]);
+    # HINT 3: t2 = torch.cat([t, t]) for a 1-D t; out = unet(x2, t2, encoder_hidden_states=emb).sample;
+    # HINT 3: eps_u, eps_c = out.chunk(2); eps = classifier_free_guidance(eps_u, eps_c, w), then
+    # HINT 3: rescale_noise_cfg(eps, eps_c, phi) when phi > 0.
     latent_model_input = torch.cat([latents] * 2)  # (2B, C, H, W)
     prompt_embeds = torch.cat([uncond_embeddings, text_embeddings])  # (2B, L, D), uncond first
     t = timestep
     if isinstance(t, torch.Tensor) and t.ndim == 1:
-        t = torch.cat([t, t])  # (2B,), same [uncond, cond] order as the batch
+        t = t.repeat(2)  # (2B,), same [uncond, cond] order as the batch
     noise_pred = unet(latent_model_input, t, encoder_hidden_states=prompt_embeds).sample  # (2B, C, H, W)
-    noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)  # (B, C, H, W) each
-    noise_pred = classifier_free_guidance(noise_pred_uncond, noise_pred_text, guidance_scale)
+    eps_uncond, eps_text = noise_pred.chunk(2)  # (B, C, H, W) each
+    guided = classifier_free_guidance(eps_uncond, eps_text, guidance_scale)
     if guidance_rescale > 0.0:
-        noise_pred = rescale_noise_cfg(noise_pred, noise_pred_text, guidance_rescale)
-    return noise_pred  # (B, C, H, W)
+        guided = rescale_noise_cfg(guided, eps_text, guidance_rescale)
+    return guided  # (B, C, H, W)
+    # END SOLUTION
+
+
+def normalized_guidance(pred_cond, pred_uncond, guidance_scale, eta=1.0, norm_threshold=0.0, momentum_buffer=None):
+    """Adaptive projected guidance (APG; Sadat et al. 2024, "Eliminating Oversaturation and
+    Artifacts of High Guidance Scales in Diffusion Models", arXiv 2410.02416), as diffusers'
+    `normalized_guidance` in diffusers/guiders/adaptive_projected_guidance.py with its defaults
+    `use_original_formulation=False` and `norm_dim=None`.
+
+    CFG's update is split into a part parallel to the conditional prediction, which the paper
+    finds causes the over-saturation, and an orthogonal part, which improves quality; the
+    parallel part is down-weighted by eta. Per sample b, with <u, v> the inner product and ||u||
+    the L2 norm over ALL the sample's values (every dim but the batch one):
+
+        d[b]      = eps_c[b] - eps_u[b]                                   CFG's update direction
+        momentum (only when momentum_buffer is given; beta = its `momentum`):
+                    the buffer's running average becomes m <- d + beta * m, and d is replaced
+                    by that new running average (the buffer must be updated exactly once per call)
+        threshold (only when r = norm_threshold > 0):
+                    d[b] <- d[b] * min(1, r / ||d[b]||)
+        e[b]      = eps_c[b] / ||eps_c[b]||                               unit vector along eps_c
+        d_par[b]  = <d[b], e[b]> e[b],   d_perp[b] = d[b] - d_par[b]
+        out[b]    = eps_u[b] + w * (d_perp[b] + eta * d_par[b])           (diffusers' convention)
+
+    eta = 1 with no momentum and no threshold is plain CFG. diffusers computes the projection
+    (e, d_par, d_perp) in float64 and casts d_par and d_perp back to d's dtype before combining
+    them; the check accepts any order of rounding (it compares with a float64 ground truth, with
+    a tolerance scaled to the values' size).
+
+    Args:
+        pred_cond: (B, ...) eps_c, the conditional prediction, any rank >= 2.
+        pred_uncond: (B, ...) eps_u, the unconditional prediction; same shape and dtype.
+        guidance_scale: w, a number (diffusers' convention: w = 1 returns eps_c when eta = 1).
+        eta: a number, the weight of the parallel component (the paper uses 0).
+        norm_threshold: r, a number; 0 (the default) switches the threshold off.
+        momentum_buffer: None, or diffusers' `MomentumBuffer` (diffusers/guiders/
+            adaptive_projected_guidance.py): an object with a number `momentum`, a
+            `running_average` (0 before the first update) and an `update(value)` method.
+
+    Returns:
+        (B, ...) the guided prediction, same shape, dtype and device as pred_cond. The inputs
+        are not changed in place.
+    """
+    # BEGIN SOLUTION
+    # TODO: APG (Sadat et al. 2024, arXiv 2410.02416) exactly as normalized_guidance in
+    # TODO: diffusers/guiders/adaptive_projected_guidance.py (its defaults: use_original_formulation=False,
+    # TODO: norm_dim=None), momentum buffer included.
+    # HINT 1: Open diffusers/guiders/adaptive_projected_guidance.py and read normalized_guidance at the end
+    # HINT 1: of the file (and MomentumBuffer.update just above it): which dims the norms run over when
+    # HINT 1: norm_dim is None, the order momentum -> threshold -> projection, and the dtype it projects in.
+    # HINT 2: Take the difference cond - uncond. If a buffer is given, feed the difference to it and use its
+    # HINT 2: running average instead. If norm_threshold > 0, shrink each sample whose norm exceeds it to that
+    # HINT 2: norm. Normalise pred_cond per sample, project the difference onto it (inner product times the
+    # HINT 2: unit vector), subtract to get the orthogonal part. Start from pred_uncond and add w times
+    # HINT 2: (orthogonal + eta * parallel).
+    # HINT 3: dims = list(range(1, d.ndim)); momentum_buffer.update(d); d = momentum_buffer.running_average;
+    # HINT 3: d = d * torch.clamp(r / d.norm(p=2, dim=dims, keepdim=True), max=1.0) (p=2: the default 'fro'
+    # HINT 3: norm refuses more than two dims);
+    # HINT 3: e = torch.nn.functional.normalize(pred_cond.double(), dim=dims);
+    # HINT 3: par = (d.double() * e).sum(dim=dims, keepdim=True) * e; perp = d.double() - par;
+    # HINT 3: return pred_uncond + w * (perp.to(d.dtype) + eta * par.to(d.dtype)).
+    dims = list(range(1, pred_cond.ndim))  # every dim but the batch one
+    update = pred_cond - pred_uncond  # (B, ...) CFG's direction
+    if momentum_buffer is not None:
+        momentum_buffer.update(update)  # running average <- update + momentum * running average
+        update = momentum_buffer.running_average
+    if norm_threshold > 0:
+        update_norm = update.norm(p=2, dim=dims, keepdim=True)  # (B, 1, ..., 1)
+        update = update * torch.minimum(torch.ones_like(update), norm_threshold / update_norm)
+    unit = torch.nn.functional.normalize(pred_cond.double(), dim=dims)  # (B, ...) float64, unit norm per sample
+    along = (update.double() * unit).sum(dim=dims, keepdim=True) * unit  # projection on pred_cond
+    across = update.double() - along  # the orthogonal rest
+    along, across = along.to(update.dtype), across.to(update.dtype)  # diffusers casts back before mixing
+    return pred_uncond + guidance_scale * (across + eta * along)  # (B, ...)
     # END SOLUTION
