@@ -113,24 +113,24 @@ def ddpm_step(model_output, timestep, prev_timestep, sample, alphas_cumprod, var
               prediction_type="epsilon"):
     """One DDPM reverse step x_t -> x_t', as `DDPMScheduler(clip_sample=False).step`.
 
-    Ho et al. 2020 (DDPM), eq. 6-7: the forward posterior q(x_t' | x_t, x_0) is Gaussian with
+    Ho et al. 2020 (DDPM), eq. 6-7: the forward posterior q(x_t' | x_t, x_0) is a Gaussian
+    N(mu~(x_t, x_0), beta~_t I) whose mean is a weighted sum of x_0 and x_t and whose variance
+    beta~_t is a fixed number; both weights and beta~_t are functions of abar_t, abar_t' and the
+    jump's alpha_t, beta_t (read them in eq. 7, or in `DDPMScheduler.step`'s step 4).
 
-        mu(x_t, x_0)  = c_0 x_0 + c_t x_t,
-            c_0 = sqrt(abar_t') beta_t / (1 - abar_t),   c_t = sqrt(alpha_t) (1 - abar_t') / (1 - abar_t)
-        beta_tilde_t  = (1 - abar_t') / (1 - abar_t) beta_t                       (a VARIANCE)
+    Conventions (diffusers'): abar_t' = alphas_cumprod[prev_timestep], and 1 when
+    prev_timestep < 0 (diffusers' `self.one`); alpha_t = abar_t / abar_t' and
+    beta_t = 1 - alpha_t belong to the jump from t to t' (prev_timestep), not to a single
+    training step. The sampler replaces x_0 by the model's x_0_hat (`pred_original_sample`)
+    and draws
 
-    where abar_t' = alphas_cumprod[prev_timestep] (1 when prev_timestep < 0, like diffusers'
-    `self.one`), alpha_t = abar_t / abar_t' and beta_t = 1 - alpha_t are those of the jump from
-    t to t' (prev_timestep), not of a single training step. The sampler replaces x_0 by the
-    model's x_0_hat (`pred_original_sample`) and draws
+        x_t' = mu~ + sqrt(beta~_t) z,   z = variance_noise      for t > 0
+        x_t' = mu~                                              for t = 0 (no noise at the end)
 
-        x_t' = mu + sqrt(beta_tilde_t) z,   z = variance_noise      for t > 0
-        x_t' = mu                                                   for t = 0 (no noise at the end)
-
-    ("fixed_small", diffusers' default variance_type; DDPM's sigma_t^2 = beta_tilde_t). No
+    ("fixed_small", diffusers' default variance_type; DDPM's sigma_t^2 = beta~_t). No
     clipping of x_0_hat: this is diffusers with clip_sample=False, Stable Diffusion's setting
     (latents are not confined to [-1, 1]). Like diffusers, the schedule's scalars stay float32
-    (alphas_cumprod's dtype) and beta_tilde_t is clamped at 1e-20.
+    (alphas_cumprod's dtype) and beta~_t is clamped below at 1e-20.
 
     Args:
         model_output: (B, ...) the network's output at timestep t (eps_hat, x_0_hat or v_hat).
@@ -156,19 +156,20 @@ def ddpm_variance(t, prev_t, alphas_cumprod, variance_type, predicted_variance=N
     """What `DDPMScheduler._get_variance` returns for the step t -> t' = prev_t, for each
     `variance_type` diffusers supports.
 
-    With abar_t' = alphas_cumprod[prev_t] (1 when prev_t < 0), the jump's beta_t = 1 - abar_t / abar_t'
-    and the posterior variance beta_tilde_t = (1 - abar_t') / (1 - abar_t) beta_t (DDPM eq. 7),
-    clamped below at 1e-20 (diffusers takes logs of it), the quantity returned is, by type:
+    The jump's abar_t', alpha_t and beta_t follow `ddpm_step`'s conventions, and beta~_t is
+    DDPM eq. 7's posterior variance. The six types are two choices of the reverse step's
+    noise, each in two forms, and a learned one:
 
-    - "fixed_small": beta_tilde_t, a VARIANCE (DDPM's sigma_t^2 = beta_tilde_t; diffusers' default).
-    - "fixed_small_log": a STANDARD DEVIATION, sqrt(beta_tilde_t), which diffusers computes as
-      exp(log(beta_tilde_t) / 2) (RL-diffuser's variant; `step` multiplies the noise by it directly).
-    - "fixed_large": beta_t (DDPM's other choice, sigma_t^2 = beta_t; Sec. 3.2).
-    - "fixed_large_log": the LOG-variance log(beta_t) (GLIDE's "max_log").
-    - "learned": the model's own output predicted_variance, unchanged.
-    - "learned_range": a LOG-variance interpolated between the two fixed ones (Nichol & Dhariwal
-      2021, "Improved DDPM", eq. 15): f log(beta_t) + (1 - f) log(beta_tilde_t), where f is the
-      model's output predicted_variance mapped linearly from [-1, 1] onto [0, 1].
+    - "fixed_small": DDPM's sigma_t^2 = beta~_t (diffusers' default);
+    - "fixed_small_log": the same choice, in the form of RL-diffuser's variant;
+    - "fixed_large": DDPM's other choice, sigma_t^2 = beta_t (Sec. 3.2);
+    - "fixed_large_log": the same choice, in the form of GLIDE's "max_log";
+    - "learned": the model predicts it (predicted_variance);
+    - "learned_range": Nichol & Dhariwal 2021 ("Improved DDPM"), eq. 15: between the two fixed
+      choices, the model's output in [-1, 1] deciding where.
+
+    What diffusers returns for each (a variance, a standard deviation or a log-variance, and
+    with which clamp) is this exercise: read it in `_get_variance`, and how `step` uses it.
 
     Args:
         t: an integer timestep in 0 .. T-1.

@@ -33,17 +33,14 @@ TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5),
        torch.float64: dict(atol=1e-6, rtol=1e-6),  # the schedule itself is float32
        torch.float16: dict(atol=2e-2, rtol=2e-2)}
 
-EQ_X0 = ("x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (DDPM eq. 4) solved for x_0: "
-         "'epsilon': x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) (eq. 15); 'sample': x_0 = model_output; "
-         "'v_prediction': x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v (Salimans & Ho 2022)")
-EQ_V = "v = sqrt(abar_t) * eps - sqrt(1 - abar_t) * x_0 (Salimans & Ho 2022, Sec. 4), `sample` being x_0"
-EQ_STEP = ("DDPM eq. 7: mean = sqrt(abar_prev) beta_t / (1 - abar_t) x0_hat + sqrt(alpha_t) (1 - abar_prev) / "
-           "(1 - abar_t) x_t, variance = (1 - abar_prev) / (1 - abar_t) beta_t, with abar_prev = "
-           "alphas_cumprod[prev_timestep] (1 if prev_timestep < 0), alpha_t = abar_t / abar_prev, beta_t = 1 - alpha_t; "
-           "x_prev = mean + sqrt(variance) * variance_noise, and no noise when t = 0")
-RESHAPE_HINT = ("abar_t = alphas_cumprod[timesteps] has shape (B,); reshape it to (B, 1, ..., 1), one 1 per "
-                "dimension after the batch one (abar_t.reshape(-1, *[1] * (x.ndim - 1))), so it broadcasts "
-                "for samples of ANY rank.")
+EQ_X0 = ("DDPM eq. 4 solved for x_0, one form per prediction type (eq. 15 for 'epsilon'; Salimans & Ho "
+         "2022 for 'v_prediction'), as step 2 of DDPMScheduler.step")
+EQ_V = "Salimans & Ho 2022, Sec. 4: v from x_0 and eps, as DDPMScheduler.get_velocity (`sample` being x_0)"
+EQ_STEP = ("DDPM eq. 6-7 with this jump's alpha_t and beta_t (abar_prev = 1 when prev_timestep < 0), as "
+           "DDPMScheduler.step's steps 1, 4, 5 and 6; no noise when t = 0")
+RESHAPE_HINT = ("one abar_t per sample has shape (B,); give it one trailing size-1 dimension per dimension of "
+                "the samples after the batch one, so it broadcasts for samples of ANY rank (as "
+                "DDPMScheduler.add_noise does).")
 
 
 # --------------------------------------------------------------------------- random inputs
@@ -623,10 +620,9 @@ def check_ddpm_step(fn, gen):
 # --------------------------------------------------------------------------- ddpm_variance
 
 VARIANCE_TYPES = ref.VARIANCE_TYPES
-EQ_VAR = ("DDPMScheduler._get_variance: beta_t = 1 - abar_t / abar_prev (abar_prev = 1 when prev_t < 0), "
-          "var = max((1 - abar_prev) / (1 - abar_t) * beta_t, 1e-20); fixed_small: var; fixed_small_log: "
-          "exp(0.5 log var) (a standard deviation); fixed_large: beta_t; fixed_large_log: log beta_t; learned: "
-          "predicted_variance; learned_range: f log beta_t + (1 - f) log var with f = (predicted_variance + 1) / 2")
+EQ_VAR = ("DDPMScheduler._get_variance: the jump's beta_t and DDPM eq. 7's posterior variance, clamped as "
+          "there, then one branch per type: what each returns (a variance, a standard deviation or a "
+          "log-variance) is written in that branch")
 
 
 def _variance64(t, prev, abar, vtype, pv, *, wrap=False, one_step=False, no_clamp=False, frac_raw=False,
