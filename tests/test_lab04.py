@@ -60,6 +60,28 @@ def test_reference_guided_equals_two_forwards_and_scale_one_is_conditional():
         torch.testing.assert_close(ref.guided_noise_pred(unet, x, t, text, uncond, 3.0), per, atol=1e-4, rtol=1e-4)
 
 
+def test_checks_compare_with_the_pipelines_own_rescale_code():
+    """The checks import diffusers' rescale_noise_cfg from guider_utils (no pipeline import, no
+    transformers warning); it is the pipeline's function, line for line."""
+    import inspect
+
+    from diffusers.guiders.guider_utils import rescale_noise_cfg as guider_copy
+
+    body = lambda f: inspect.getsource(f).split('"""')[-1]  # noqa: E731
+    assert body(guider_copy) == body(diffusers_rescale)
+    assert checks.diffusers_rescale is guider_copy
+
+
+def test_importing_the_checks_prints_no_transformers_warning():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import helpers.checks.lab04_cfg"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "torchvision" not in out.stderr + out.stdout
+
+
 def test_checks_leave_global_random_state_alone():
     state = torch.random.get_rng_state()
     run("guided_noise_pred", ref.guided_noise_pred)

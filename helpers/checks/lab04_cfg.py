@@ -11,7 +11,9 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer
 from diffusers.guiders.adaptive_projected_guidance import normalized_guidance as diffusers_apg
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg as diffusers_rescale
+# diffusers' rescale_noise_cfg, from guider_utils: the same code as the pipeline's copy (a test compares
+# their source), without importing the pipeline module, whose transformers imports print a torchvision warning.
+from diffusers.guiders.guider_utils import rescale_noise_cfg as diffusers_rescale
 
 from helpers.checks._core import (CheckFailed, assert_close, choice, describe, describe_exception, randint, randn,
                                   require_unchanged, uniform)
