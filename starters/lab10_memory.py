@@ -28,14 +28,19 @@ number of latent pixels, so quadratic in the image AREA (fourth power of the sid
 `scaled_dot_product_attention` (`AttnProcessor2_0`) uses fused kernels (FlashAttention, Dao et
 al. 2022; memory-efficient attention, Rabe & Staats 2021) that never hold the whole matrix.
 
-The functions below, in order: the bytes of one attention matrix, sliced attention, the bytes
-of a model's weights, the latent shape of an image, and an analytic model of a pipeline's peak
+Return types: "an integer" may come as a Python int, a NumPy integer, a one-element tensor or
+an integral float (4.0); "a tuple of three integers" also as a list or a torch.Size. The
+checks judge values, not types.
+
+The functions below, in order: the bytes of one attention matrix, sliced attention, the
+feed-forward chunking of diffusers' transformer blocks, the bytes of a model's weights, the latent shape of an image, and an analytic model of a pipeline's peak
 memory built from them.
 """
 
 import torch
 
-__all__ = ["attention_scores_bytes", "sliced_attention", "param_bytes", "latent_shape", "estimate_peak_memory"]
+__all__ = ["attention_scores_bytes", "sliced_attention", "chunked_feed_forward", "param_bytes", "latent_shape",
+           "estimate_peak_memory"]
 
 # How many full-resolution feature maps of the VAE decoder's widest full-resolution layer are
 # alive at once at its peak: in the last up block's first ResnetBlock2D, the block's input
@@ -50,9 +55,9 @@ def attention_scores_bytes(batch, heads, query_len, key_len, dtype):
 
     The classic processor reshapes (B, H, L, D) to (B * H, L, D) (`head_to_batch_dim`) and calls
     `torch.baddbmm(empty(B * H, Lq, Lk), query, key.transpose(-1, -2))`: one score per
-    (batch, head, query token, key token), each of `bytes(dtype)` bytes:
+    (batch, head, query token, key token), each of bytes(dtype) bytes:
 
-        bytes = batch * heads * query_len * key_len * bytes(dtype)
+        bytes = B · H · Lq · Lk · bytes(dtype)
 
     Args:
         batch: int, the batch the attention layer sees (2 x images with classifier-free guidance).
@@ -62,10 +67,11 @@ def attention_scores_bytes(batch, heads, query_len, key_len, dtype):
         dtype: torch.dtype of the scores (the activations' dtype): float32, float16, bfloat16, ...
 
     Returns:
-        int, the number of bytes.
+        an integer, the number of bytes.
     """
-    # TODO: One score per (batch, head, query, key): batch * heads * query_len * key_len elements.
-    # TODO: Bytes per element: dtype.itemsize (float32 4, float16 2, bfloat16 2, float8 1); return a Python int.
+    # TODO: the bytes of the (B * H, Lq, Lk) score tensor Attention.get_attention_scores allocates
+    # TODO: (diffusers/models/attention_processor.py), for any dtype.
+    # Stuck? hint("lab10", "attention_scores_bytes") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab10): attention_scores_bytes")
 
 
@@ -92,11 +98,52 @@ def sliced_attention(query, key, value, slice_size):
     Returns:
         (B, H, Lq, Dv), same dtype and device as query.
     """
-    # TODO: Flatten (B, H) into B * H rows, like diffusers' head_to_batch_dim: q = query.reshape(B * H, Lq, D); same for key and value.
-    # TODO: out = torch.empty(B * H, Lq, Dv); for start in range(0, B * H, slice_size): work on rows start:start + slice_size only (the last slice may be shorter).
-    # TODO: Per slice: scores = (q_s * D ** -0.5) @ k_s.transpose(-1, -2); probs = scores.softmax(dim=-1) (over the KEYS); out_s = probs @ v_s.
-    # TODO: Never slice the key axis (each chunk would get its own softmax) or the head dimension (partial dot products); reshape out to (B, H, Lq, Dv).
+    # TODO: Vaswani et al. 2017, eq. 1, as diffusers' SlicedAttnProcessor.__call__ computes it
+    # TODO: (diffusers/models/attention_processor.py): slice_size (batch, head) pairs at a time, in the
+    # TODO: inputs' dtype. The check also watches the largest tensor your function creates.
+    # Stuck? hint("lab10", "sliced_attention") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab10): sliced_attention")
+
+
+def chunked_feed_forward(ff, hidden_states, chunk_dim, chunk_size):
+    """A transformer block's feed-forward applied chunk by chunk, like diffusers'
+    `_chunked_feed_forward` (diffusers/models/attention.py), the function behind
+    `BasicTransformerBlock.set_chunk_feed_forward` and `unet.enable_forward_chunking`.
+
+    A feed-forward network acts on every token (and every batch element) independently,
+
+        FF(x)[b, l, :] = W_2 act(W_1 x[b, l, :])      (Vaswani et al. 2017, eq. 2; GEGLU in SD)
+
+    so it may be applied to slices of the batch axis or of the token axis separately and the
+    pieces put back together: the result is the same, but the wide hidden activation (4 to 8
+    times the model width in SD's GEGLU) exists for one chunk at a time instead of the whole
+    (B, L) grid.
+
+    Conventions (those of diffusers): `chunk_size` is the LENGTH of each chunk along
+    `chunk_dim` (not the number of chunks); the length of `hidden_states` along `chunk_dim`
+    must be a multiple of it; `ff` is called once per chunk, in order, on a tensor of the same
+    number of dimensions whose length along `chunk_dim` is `chunk_size`; the outputs are joined
+    along `chunk_dim`.
+
+    Args:
+        ff: a torch.nn.Module acting on the last axis (diffusers' FeedForward, any module that
+            maps (..., dim) to (..., dim_out) position by position).
+        hidden_states: (B, L, dim) tensor (any number of leading axes allowed).
+        chunk_dim: int, the axis to chunk: 0 (batch) or 1 (tokens) in diffusers.
+        chunk_size: int >= 1, the length of each chunk along chunk_dim.
+
+    Returns:
+        tensor of the shape, dtype and device of ff(hidden_states): (B, L, dim_out).
+
+    Raises:
+        ValueError: when the length of hidden_states along chunk_dim is not a multiple of chunk_size
+            (diffusers raises it too, naming `enable_forward_chunking`).
+    """
+    # TODO: diffusers' _chunked_feed_forward (diffusers/models/attention.py): the same result as
+    # TODO: ff(hidden_states), computed chunk_size positions along chunk_dim at a time; ValueError when
+    # TODO: they do not divide evenly. The check counts your calls of ff and the shape of each input.
+    # Stuck? hint("lab10", "chunked_feed_forward") in the notebook shows the next hint.
+    raise NotImplementedError("TODO(lab10): chunked_feed_forward")
 
 
 def param_bytes(model, dtype=None):
@@ -116,10 +163,11 @@ def param_bytes(model, dtype=None):
             None for the dtypes they have now (mixed dtypes allowed).
 
     Returns:
-        int, the number of bytes.
+        an integer, the number of bytes.
     """
-    # TODO: Iterate model.parameters(): it yields each parameter once (shared ones too) and no buffers; do not use state_dict().
-    # TODO: Count p.numel() elements (not tensors); bytes per element dtype.itemsize, or p.element_size() when dtype is None.
+    # TODO: the bytes of the model's parameters (each shared one once, no buffers), in `dtype` or as
+    # TODO: stored; compare diffusers' ModelMixin.num_parameters (diffusers/models/modeling_utils.py).
+    # Stuck? hint("lab10", "param_bytes") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab10): param_bytes")
 
 
@@ -136,9 +184,11 @@ def latent_shape(height, width, vae_scale_factor=8, channels=4):
         channels: int, latent channels (4 for SD 1.x/2.x/SDXL, 16 for SD3 and FLUX).
 
     Returns:
-        tuple of 3 ints (channels, height // f, width // f), rows before columns.
+        a tuple of three integers (channels, rows, columns) = (C, floor(height / f), floor(width / f)).
     """
-    # TODO: Channels first, then rows (height), then columns (width), like a (C, H, W) tensor; divide the pixels by f with // (ints).
+    # TODO: the latent's (C, rows, columns) as StableDiffusionPipeline.prepare_latents shapes it
+    # TODO: (diffusers/pipelines/stable_diffusion/pipeline_stable_diffusion.py), without the batch.
+    # Stuck? hint("lab10", "latent_shape") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab10): latent_shape")
 
 
@@ -151,17 +201,19 @@ def estimate_peak_memory(n_params, height, width, heads, vae_channels, *, dtype=
     larger of the two activation terms adds to the weights:
 
         weights     = n_params * bytes(dtype)                 every component resident
-        attention   = the denoiser's largest self-attention:
-                      Lq = Lk = L = (h // attn_downsample) * (w // attn_downsample) + text_tokens
-                      with (h, w) the latent's rows and columns (`latent_shape`) and
-                      B' = batch_size * (2 if cfg else 1),
-                      "classic": 2 * attention_scores_bytes(B', heads, L, L, dtype)
-                                 (`get_attention_scores`: the scores and their softmax coexist)
-                      "sliced":  2 * attention_scores_bytes(1, min(slice_size, B' * heads), L, L, dtype)
+        attention   = the denoiser's largest self-attention, of Lq = Lk = L tokens:
+                      L = floor(h / d) · floor(w / d) + T,   d = attn_downsample, T = text_tokens,
+                      (h, w) the latent's rows and columns (from `latent_shape`); its batch B' is
+                      the number of images, doubled under classifier-free guidance (cfg=True);
+                      "classic": two score matrices of B' · heads rows (`get_attention_scores`:
+                                 the scores and their softmax coexist), each of
+                                 attention_scores_bytes(...) bytes
+                      "sliced":  two score matrices of one slice: slice_size (batch, head) pairs,
+                                 or all B' · heads of them if there are fewer
                       "sdpa":    0 (fused kernels never hold the (L, L) matrix)
-        vae_decoder = VAE_LIVE_TENSORS * batch_size * vae_channels * height * width * bytes(vae_dtype)
+        vae_decoder = VAE_LIVE_TENSORS · batch_size · vae_channels · height · width · bytes(vae_dtype)
                       (the widest full-resolution feature maps of the decoder's last up block)
-        peak        = weights + max(attention, vae_decoder)
+        peak        = weights + the larger of attention and vae_decoder
 
     What it leaves out (so it UNDER-estimates a little): the denoiser's other activations
     (hidden states, feed-forward, convolutions, small next to the scores at high resolution and
@@ -191,14 +243,13 @@ def estimate_peak_memory(n_params, height, width, heads, vae_channels, *, dtype=
         slice_size: int, (batch, head) pairs per slice for "sliced".
 
     Returns:
-        dict of ints, bytes: {"weights", "attention", "vae_decoder", "peak"}.
+        dict {"weights", "attention", "vae_decoder", "peak"} of integers, bytes.
 
     Raises:
         ValueError: for an unknown `attention`.
     """
-    # TODO: weights = n_params * dtype.itemsize; the VAE term uses (vae_dtype or dtype).itemsize.
-    # TODO: (h, w) = latent_shape(height, width, vae_scale_factor)[1:]; L = (h // attn_downsample) * (w // attn_downsample) + text_tokens.
-    # TODO: The denoiser's batch doubles with CFG; "classic" holds scores AND probabilities: 2 * attention_scores_bytes(B', heads, L, L, dtype).
-    # TODO: "sliced": only min(slice_size, B' * heads) (batch, head) pairs at once; "sdpa": 0; anything else: ValueError.
-    # TODO: peak = weights + max(attention, vae_decoder): the loop and the decode do not overlap in time.
+    # TODO: the three terms and the peak of the docstring, built on your attention_scores_bytes and
+    # TODO: latent_shape; the switches it models are read in diffusers' AttnProcessor,
+    # TODO: SlicedAttnProcessor (diffusers/models/attention_processor.py) and the pipeline's __call__.
+    # Stuck? hint("lab10", "estimate_peak_memory") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab10): estimate_peak_memory")

@@ -15,7 +15,8 @@ from helpers.checks._core import CheckFailed
 from helpers.solutions import lab10_memory as ref
 
 SEEDS = [0, 1, 2, 3, 7, 123, 2024]
-NAMES = ["attention_scores_bytes", "sliced_attention", "param_bytes", "latent_shape", "estimate_peak_memory"]
+NAMES = ["attention_scores_bytes", "sliced_attention", "chunked_feed_forward", "param_bytes", "latent_shape",
+         "estimate_peak_memory"]
 
 
 run, fails = checker(checks)  # tests/labtools.py
@@ -141,7 +142,6 @@ def scores_variant(bug):
     ("bits", "bits, not bytes"),
     ("q_squared", "used query_len twice"),
     ("no_heads", "heads missing"),
-    ("float", "expected a Python int"),
     ("mib", "MiB"),
 ])
 def test_attention_scores_bytes_bugs(bug, phrase):
@@ -149,10 +149,16 @@ def test_attention_scores_bytes_bugs(bug, phrase):
 
 
 def test_attention_scores_bytes_correct_variant_passes():
+    """The return-type rule: an integer may come as an int, an integral float or a one-element tensor."""
     alt = lambda b, h, q, k, dtype: b * h * q * k * torch.finfo(dtype).bits // 8  # noqa: E731
+    as_tensor = lambda b, h, q, k, dtype: torch.tensor(b * h * q * k * dtype.itemsize)  # noqa: E731
     for seed in SEEDS:
-        run("attention_scores_bytes", scores_variant(None), seed)
-        run("attention_scores_bytes", alt, seed)
+        for fn in (scores_variant(None), alt, scores_variant("float"), as_tensor):
+            run("attention_scores_bytes", fn, seed)
+
+
+def test_attention_scores_bytes_fraction_fails():
+    fails("attention_scores_bytes", lambda b, h, q, k, dtype: b * h * q * k * dtype.itemsize + 0.5, "a fraction")
 
 
 # --------------------------------------------------------------------------- planted bugs: sliced_attention
@@ -198,6 +204,8 @@ def sliced_variant(bug):
             s = slice(i, i + slice_size)
             if bug == "sdpa_slices":
                 out[s] = F.scaled_dot_product_attention(q[s], k[s], v[s])
+            elif bug == "float32_always":  # a .float() inside: float64 inputs lose their precision
+                out[s] = _softmax_attn(q[s].float(), k[s].float(), v[s].float(), scale, dim).to(query.dtype)
             elif bug == "float32":
                 up = torch.promote_types(query.dtype, torch.float32)  # bfloat16 -> float32, float64 stays
                 out[s] = _softmax_attn(q[s].to(up), k[s].to(up), v[s].to(up), scale, dim).to(query.dtype)
@@ -221,6 +229,7 @@ def sliced_variant(bug):
     ("full_scores", "scores of all B * H (batch, head) pairs at once"),
     ("sdpa_whole", "scores of all B * H (batch, head) pairs at once"),
     ("batch_only", "sliced the batch axis only"),
+    ("float32_always", "computed in float32"),
 ])
 def test_sliced_attention_bugs(bug, phrase):
     fails("sliced_attention", sliced_variant(bug), phrase)
@@ -237,6 +246,131 @@ def test_sliced_attention_in_place_edit_fails():
         q.mul_(1.0 + 1e-3)
         return ref.sliced_attention(q, k, v, s)
     fails("sliced_attention", fn, "in place")
+
+
+# --------------------------------------------------------------------------- planted bugs: chunked_feed_forward
+
+def ff_variant(bug):
+    """Feed-forward chunking written independently of the reference, with one bug switched on."""
+    def fn(ff, hidden_states, chunk_dim, chunk_size):
+        n = hidden_states.shape[chunk_dim]
+        if n % chunk_size and bug != "no_error":
+            raise ValueError("not divisible")
+        if bug == "whole":  # the output is right, nothing is chunked
+            return ff(hidden_states)
+        if bug == "whole_then_split":
+            return torch.cat(ff(hidden_states).split(chunk_size, dim=chunk_dim), dim=chunk_dim)
+        if bug == "count_as_size":  # torch.chunk given the length
+            return torch.cat([ff(p) for p in hidden_states.chunk(chunk_size, dim=chunk_dim)], dim=chunk_dim)
+        if bug == "wrong_axis":  # the right number of chunks, cut along the other axis (a hard-coded dim)
+            other = 1 - chunk_dim
+            return torch.cat([ff(p) for p in hidden_states.chunk(n // chunk_size, dim=other)], dim=other)
+        if bug == "cat_wrong_axis":
+            return torch.cat([ff(p) for p in hidden_states.split(chunk_size, dim=chunk_dim)], dim=1 - chunk_dim)
+        if bug == "stack":
+            return torch.stack([ff(p) for p in hidden_states.split(chunk_size, dim=chunk_dim)])
+        if bug == "last_only":
+            out = None
+            for p in hidden_states.split(chunk_size, dim=chunk_dim):
+                out = ff(p)
+            return out
+        if bug == "indexing":  # x[i] drops the axis (chunk_size 1 only), then stacks back
+            return torch.stack([ff(hidden_states.select(chunk_dim, i)) for i in range(n)], dim=chunk_dim)
+        if bug == "feature_chunks":  # cuts the model width: a Linear then sees too few features
+            return torch.cat([ff(p) for p in hidden_states.split(chunk_size, dim=-1)], dim=-1)
+        if bug == "narrow":  # correct: a preallocated output filled chunk by chunk
+            first = ff(hidden_states.narrow(chunk_dim, 0, chunk_size))
+            shape = list(first.shape)
+            shape[chunk_dim] = n
+            out = first.new_empty(shape)
+            out.narrow(chunk_dim, 0, chunk_size).copy_(first)
+            for start in range(chunk_size, n, chunk_size):
+                out.narrow(chunk_dim, start, chunk_size).copy_(ff(hidden_states.narrow(chunk_dim, start, chunk_size)))
+            return out
+        if bug == "index_slices":  # correct: explicit slices, outputs in a list
+            idx = [slice(None)] * hidden_states.ndim
+            outs = []
+            for start in range(0, n, chunk_size):
+                idx[chunk_dim] = slice(start, start + chunk_size)
+                outs.append(ff(hidden_states[tuple(idx)]))
+            return torch.cat(outs, dim=chunk_dim)
+        return torch.cat([ff(p) for p in hidden_states.split(chunk_size, dim=chunk_dim)], dim=chunk_dim)  # correct
+    return fn
+
+
+def test_chunked_feed_forward_equals_diffusers_in_a_transformer_block():
+    """BasicTransformerBlock with set_chunk_feed_forward calls _chunked_feed_forward; the reference
+    gives what it gives, and what the block's ff gives unchunked."""
+    from diffusers.models.attention import BasicTransformerBlock, _chunked_feed_forward
+
+    torch.manual_seed(0)
+    block = BasicTransformerBlock(dim=32, num_attention_heads=4, attention_head_dim=8).eval()
+    x = torch.randn(2, 24, 32)
+    with torch.no_grad():
+        for dim, size in ((1, 6), (1, 24), (0, 1)):
+            torch.testing.assert_close(ref.chunked_feed_forward(block.ff, x, dim, size),
+                                       _chunked_feed_forward(block.ff, x, dim, size), atol=0, rtol=0)
+            torch.testing.assert_close(ref.chunked_feed_forward(block.ff, x, dim, size), block.ff(x),
+                                       atol=1e-6, rtol=1e-5)
+        with pytest.raises(ValueError):
+            ref.chunked_feed_forward(block.ff, x, 1, 5)
+
+
+def test_chunked_feed_forward_lowers_the_measured_peak():
+    """The profiler's CPU peak of the chunked feed-forward is far below the unchunked one's."""
+    from diffusers.models.attention import FeedForward
+
+    from helpers.memory import measure_peak
+
+    ff = FeedForward(32, mult=4).eval()
+    x = torch.randn(2, 4096, 32)
+    full = measure_peak(lambda: ff(x), "cpu").extra
+    chunked = measure_peak(lambda: ref.chunked_feed_forward(ff, x, 1, 256), "cpu").extra
+    assert chunked < 0.4 * full
+
+
+@pytest.mark.parametrize("bug,phrase", [
+    ("whole", "called once, on the whole hidden_states"),
+    ("whole_then_split", "called once, on the whole hidden_states"),
+    ("count_as_size", "not the number of chunks"),
+    ("wrong_axis", "chunked along the wrong axis"),
+    ("cat_wrong_axis", "joined along the wrong axis"),
+    ("stack", "stacked"),
+    ("last_only", "only one chunk's output"),
+    ("no_error", "expected a ValueError"),
+])
+def test_chunked_feed_forward_bugs(bug, phrase):
+    fails("chunked_feed_forward", ff_variant(bug), phrase)
+
+
+def test_chunked_feed_forward_feature_chunks_fail():
+    """Cutting the model width makes the first Linear see too few features: an error, never a pass."""
+    with pytest.raises((CheckFailed, RuntimeError)):
+        run("chunked_feed_forward", ff_variant("feature_chunks"), 0)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread is fastest, and far faster than several on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_chunked_feed_forward_equivalent_forms_pass_on_40_seeds(one_thread):
+    """torch.split, torch.chunk (the reference), narrow into a preallocated output, explicit
+    index slices: every seed of the check accepts each of them."""
+    for seed in range(40):
+        for fn in (ref.chunked_feed_forward, ff_variant(None), ff_variant("narrow"), ff_variant("index_slices")):
+            run("chunked_feed_forward", fn, seed)
+
+
+def test_chunked_feed_forward_in_place_edit_fails():
+    def fn(ff, x, dim, size):
+        x.mul_(1.0 + 1e-3)
+        return ref.chunked_feed_forward(ff, x, dim, size)
+    fails("chunked_feed_forward", fn, "in place")
 
 
 # --------------------------------------------------------------------------- planted bugs: param_bytes
@@ -284,6 +418,14 @@ def test_param_bytes_correct_variant_passes():
 
 # --------------------------------------------------------------------------- planted bugs: latent_shape
 
+def test_sliced_attention_float32_message_shows_the_digits():
+    """The float32 diagnosis prints an error that tells got from expected (never 'got 0.246626,
+    expected 0.246626')."""
+    with pytest.raises(CheckFailed) as info:
+        run("sliced_attention", sliced_variant("float32_always"), 0)
+    assert "computed in float32" in str(info.value) and "e-0" in str(info.value)
+
+
 def latent_variant(bug):
     def fn(height, width, vae_scale_factor=8, channels=4):
         f = vae_scale_factor
@@ -292,6 +434,9 @@ def latent_variant(bug):
                 "ceil": (channels, math.ceil(height / f), math.ceil(width / f)),
                 "no_channels": (height // f, width // f), "float": (channels, height / f, width / f),
                 "exponent": (channels, height // 2**f, width // 2**f), "list": [channels, height // f, width // f],
+                "size": torch.Size([channels, height // f, width // f]),
+                "integral_floats": (float(channels), float(height // f), float(width // f)),
+                "string": f"{channels}x{height // f}x{width // f}",
                 None: (channels, height // f, width // f)}[bug]
     return fn
 
@@ -304,15 +449,17 @@ def latent_variant(bug):
     ("no_channels", "channels missing"),
     ("float", "float division"),
     ("exponent", "as an exponent"),
-    ("list", "expected a tuple of 3 ints"),
+    ("string", "expected a tuple of 3 numbers"),
 ])
 def test_latent_shape_bugs(bug, phrase):
     fails("latent_shape", latent_variant(bug), phrase)
 
 
 def test_latent_shape_correct_variant_passes():
+    """The return-type rule: a tuple of integers may come as a list, a torch.Size or integral floats."""
     for seed in SEEDS:
-        run("latent_shape", latent_variant(None), seed)
+        for form in (None, "list", "size", "integral_floats"):
+            run("latent_shape", latent_variant(form), seed)
 
 
 # --------------------------------------------------------------------------- planted bugs: estimate_peak_memory
@@ -339,18 +486,23 @@ def estimate_variant(bug):
         if attention == "classic":
             attn = copies * batch * heads * L * L * nbytes(dtype)
         elif attention == "sliced":
-            pairs = batch * heads if bug == "slice_ignored" else min(slice_size, batch * heads)
+            pairs = batch * heads if bug == "slice_ignored" else (slice_size if bug == "no_cap"
+                                                                  else min(slice_size, batch * heads))
             attn = copies * pairs * L * L * nbytes(dtype)
         vae = 3 * (1 if bug == "vae_batch" else batch_size) * vae_channels * height * width * \
             nbytes(dtype if bug == "vae_dtype" else (vae_dtype or dtype))
         weights = n_params * nbytes(dtype)
         peak = weights + attn + vae if bug == "sum" else weights + max(attn, vae)
-        return {"weights": weights, "attention": attn, "vae_decoder": vae, "peak": peak}
+        out = {"weights": weights, "attention": attn, "vae_decoder": vae, "peak": peak}
+        if bug == "floats":  # correct: integral floats (n_params * 2.0, ...)
+            out = {key: float(value) for key, value in out.items()}
+        return out
     return fn
 
 
 @pytest.mark.parametrize("bug,phrase", [
     ("bf16", "bytes per element wrong for bfloat16"),
+    ("no_cap", "a slice cannot hold more pairs than exist"),
     ("pixels", "tokens counted in PIXELS"),
     ("no_downsample", "attn_downsample ignored"),
     ("no_text", "text_tokens ignored"),
@@ -369,6 +521,7 @@ def test_estimate_peak_memory_bugs(bug, phrase):
 def test_estimate_peak_memory_correct_variant_passes():
     for seed in SEEDS:
         run("estimate_peak_memory", estimate_variant(None), seed)
+        run("estimate_peak_memory", estimate_variant("floats"), seed)
 
 
 # --------------------------------------------------------------------------- hard-coded answers, machinery

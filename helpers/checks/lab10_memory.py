@@ -9,15 +9,18 @@ checked for memory: the largest tensor it creates (every operator's output, seen
 ``TorchDispatchMode``) may not exceed one slice's scores. When a wrong result matches what a
 typical bug returns, the message names that bug.
 """
+import copy
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.models.attention import FeedForward, _chunked_feed_forward
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from helpers.checks._core import CheckFailed, assert_close, choice, describe, randint, require_unchanged
+from helpers.checks._core import (CheckFailed, as_number, as_numbers, assert_close, choice, describe, randint,
+                                  require_unchanged)
 from helpers.solutions import lab10_memory as ref
 
 LAB = "lab10"
@@ -47,11 +50,12 @@ def _lead(labels):
 
 
 def _int_result(name, got, expected, bugs, hint):
-    """got must be the int `expected`; if it equals a bug's value, name the bug."""
-    if isinstance(got, bool) or not isinstance(got, int):
-        extra = (" (an integral float: return int(...), or use // instead of /)"
-                 if isinstance(got, float) and float(got).is_integer() else "")
-        raise CheckFailed(f"{name}: expected a Python int (bytes), got {describe(got)}{extra}.\nHint: {hint}")
+    """got must be the integer `expected` (by the course's return-type rule: an int, a NumPy
+    integer, a one-element tensor or an integral float); if it equals a bug's value, name the bug."""
+    try:
+        got = as_number(name, got, integer=True)
+    except CheckFailed as e:
+        raise CheckFailed(f"{e}\nHint: {hint}") from None
     if got == expected:
         return
     lead = _lead([label for label, value in bugs if value == got and value != expected])
@@ -224,6 +228,16 @@ def _sliced_case(fn, gen, B, H, Lq, Lk, D, Dv, s, dtype, diagnose=True):
                           f"Hint: {ATTN_EQ}")
     exact = _attn64(q, k, v)
     tol = TOL[dtype]
+    if (dtype == torch.float64 and isinstance(got, torch.Tensor) and got.shape == exact.shape
+            and got.dtype == dtype and not torch.allclose(got, exact, **tol)
+            and torch.allclose(got, exact, **TOL[torch.float32])):
+        err = float((got - exact).abs().max())
+        raise CheckFailed(f"Likely bug: computed in float32 (a .float(), a float32 buffer or a float32 constant "
+                          f"tensor on the way): the inputs are float64, and so must every intermediate be; the "
+                          f"error, {err:.3g}, is float32's rounding (float64's would be about 1e-15).\n{name}: "
+                          f"max abs error {err:.3g} against float64 math, allowed {tol['atol']:g} + "
+                          f"{tol['rtol']:g} |expected|.\nHint: keep the inputs' dtype throughout (torch.empty(..., "
+                          f"dtype=query.dtype)). {ATTN_EQ}")
     bugs = [(label, cand.to(dtype)) for label, cand in _sliced_bugs(q, k, v, s)] if diagnose else None
     assert_close(name, got, exact.to(dtype), **tol, diagnose=bugs, hint=ATTN_EQ)
     sdpa = F.scaled_dot_product_attention(q, k, v)
@@ -294,6 +308,141 @@ def check_sliced_attention(fn, gen):
     _sliced_case(fn, gen, 2, randint(gen, 2, 3), 12, 12, 8, 8, randint(gen, 2, 3), torch.bfloat16, diagnose=False)
     # 5. memory.
     _memory_case(fn, gen)
+
+
+# --------------------------------------------------------------------------- chunked_feed_forward
+
+FF_EQ = ("diffusers' _chunked_feed_forward (diffusers/models/attention.py): ValueError unless "
+         "hidden_states.shape[chunk_dim] is a multiple of chunk_size; cut hidden_states into pieces of chunk_size "
+         "positions along chunk_dim, call ff on each piece in order, concatenate the outputs along chunk_dim.")
+
+
+class _RecordingFF(torch.nn.Module):
+    """Wraps a feed-forward and records the shape of every input it is called with."""
+
+    def __init__(self, ff):
+        super().__init__()
+        self.ff = ff
+        self.calls = []
+
+    def forward(self, x, *args, **kwargs):
+        self.calls.append(tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__)
+        return self.ff(x, *args, **kwargs)
+
+
+def _ff_calls_bug(calls, shape, chunk_dim, chunk_size):
+    """Why the recorded calls of ff are not diffusers' (None when they are)."""
+    n = shape[chunk_dim]
+    want = tuple(chunk_size if d == chunk_dim else x for d, x in enumerate(shape))
+    if calls == [want] * (n // chunk_size):
+        return None
+    seen = sorted(set(map(str, calls)))
+    said = (f"ff was called {len(calls)} time(s), on inputs of shape {', '.join(seen[:4])}"
+            f"{' ...' if len(seen) > 4 else ''}; diffusers calls it {n // chunk_size} times, each on {want}.")
+    if calls == [tuple(shape)]:
+        why = ("ff was called once, on the whole hidden_states: nothing was chunked, so the wide hidden activation "
+               "of every position exists at once (the output is right, the memory is not saved).")
+    elif calls and all(isinstance(c, tuple) and len(c) == len(shape) and c[chunk_dim] == n // chunk_size
+                       for c in calls) and n // chunk_size != chunk_size:
+        why = (f"chunk_size is the LENGTH of each chunk ({chunk_size} positions), not the number of chunks: "
+               f"torch.chunk takes a number of chunks (n // chunk_size = {n // chunk_size}), torch.split a length.")
+    elif calls and all(isinstance(c, tuple) and len(c) == len(shape) and c[chunk_dim] == n for c in calls) \
+            and len(calls) > 1:
+        why = (f"chunked along the wrong axis: the pieces must be cut along chunk_dim = {chunk_dim} "
+               f"(0: batch, 1: tokens); you cut another axis.")
+    elif calls and all(isinstance(c, tuple) and len(c) == len(shape) - 1 for c in calls):
+        why = "the pieces lost an axis (indexing x[i] instead of slicing x[i:i + chunk_size]): keep every axis."
+    else:
+        why = "ff was not called on chunk_size positions along chunk_dim, once per chunk."
+    return f"Likely bug: {why}\n{said}"
+
+
+def _ff_case(fn, gen, dim, dim_out, mult, act, shape, chunk_dim, chunk_size, dtype=torch.float32):
+    with torch.random.fork_rng(devices=[]):  # the weights come from gen, not the global RNG
+        torch.manual_seed(randint(gen, 0, 2**31 - 1))
+        ff = FeedForward(dim, dim_out=dim_out, mult=mult, activation_fn=act).eval()
+    ff = ff.to(dtype)
+    x = (torch.randn(*shape, dim, generator=gen, dtype=torch.float64) * 2).to(dtype)
+    full = tuple(x.shape)
+    name = (f"chunked_feed_forward(FeedForward({dim}, dim_out={dim_out}, mult={mult}, activation_fn={act!r}), "
+            f"hidden_states {full} [{dtype}], chunk_dim={chunk_dim}, chunk_size={chunk_size})")
+    rec = _RecordingFF(ff)
+    before = x.clone()
+    with torch.no_grad():
+        got = fn(rec, x, chunk_dim, chunk_size)
+        require_unchanged(name, [before], [x], "hidden_states")
+        ref_out = ref.chunked_feed_forward(ff, x, chunk_dim, chunk_size)
+        theirs = _chunked_feed_forward(ff, x, chunk_dim, chunk_size)
+        exact = copy.deepcopy(ff).double()(x.double())  # float64 ground truth
+    out_shape = full[:-1] + (dim_out,)
+    if isinstance(got, torch.Tensor) and tuple(got.shape) != out_shape:
+        k = full[chunk_dim] // chunk_size
+        piece = tuple(chunk_size if d == chunk_dim else s for d, s in enumerate(out_shape))
+        other = 1 - chunk_dim if chunk_dim in (0, 1) else 0
+        if tuple(got.shape) == tuple(k * s if d == other else s for d, s in enumerate(piece)):
+            raise CheckFailed(f"Likely bug: outputs joined along the wrong axis: concatenate along chunk_dim = "
+                              f"{chunk_dim}, the axis you cut.\n{name}: expected shape {out_shape}, got "
+                              f"{tuple(got.shape)}.\nHint: {FF_EQ}")
+        if tuple(got.shape) == (k,) + piece:
+            raise CheckFailed(f"Likely bug: outputs stacked (a new axis) instead of concatenated along chunk_dim."
+                              f"\n{name}: expected shape {out_shape}, got {tuple(got.shape)}.\nHint: {FF_EQ}")
+        if tuple(got.shape) == piece:
+            raise CheckFailed(f"Likely bug: only one chunk's output returned (the last one overwrote the others?): "
+                              f"keep every output and concatenate them.\n{name}: expected shape {out_shape}, got "
+                              f"{tuple(got.shape)}.\nHint: {FF_EQ}")
+    # float32 rounding of a matmul with K terms: a few eps * sqrt(K) * the size of the terms; a batch of
+    # different length may take another blocking, so the tolerance is relative to the output's magnitude.
+    scale = float(exact.abs().max())
+    eps = torch.finfo(dtype).eps
+    tol = dict(atol=64 * eps * (dim * mult) ** 0.5 * max(scale, 1.0), rtol=16 * eps)
+    assert _close_to(exact, ref_out.double(), tol) and _close_to(exact, theirs.double(), tol), name
+    assert_close(name, got, exact.to(dtype), **tol, hint=FF_EQ)
+    assert_close(f"{name} vs diffusers' _chunked_feed_forward", got, theirs, **tol)
+    bug = _ff_calls_bug(rec.calls, full, chunk_dim, chunk_size)
+    if bug:
+        raise CheckFailed(f"{bug}\n{name}\nHint: {FF_EQ}")
+
+
+def _close_to(a, b, tol):
+    return bool(((a - b).abs() <= tol["atol"] + tol["rtol"] * a.abs()).all())
+
+
+def check_chunked_feed_forward(fn, gen):
+    """diffusers' FeedForward with random width, output width, multiplier and activation
+    (GEGLU as in SD, GELU), chunked along the tokens (chunk_dim=1) and along the batch
+    (chunk_dim=0), chunk sizes that divide the axis with several chunks (never as many chunks
+    as positions per chunk, so a number of chunks cannot pass for a length), and one chunk of
+    everything; each output against float64 math and diffusers' `_chunked_feed_forward` on
+    the same inputs, then the calls of ff (count, input shapes) against diffusers'; finally a
+    ValueError when chunk_size does not divide the axis."""
+    def config():
+        dim = randint(gen, 4, 24)
+        return dict(dim=dim, dim_out=choice(gen, (dim, randint(gen, 3, 20))), mult=choice(gen, (2, 4)),
+                    act=choice(gen, ("geglu", "gelu", "gelu-approximate")))
+
+    # tokens: L = k * c with k != c, both > 1
+    c = randint(gen, 2, 5)
+    k = choice(gen, [x for x in (2, 3, 4, 6) if x != c])
+    _ff_case(fn, gen, **config(), shape=(randint(gen, 2, 3), k * c), chunk_dim=1, chunk_size=c)
+    # batch: B = k * c, chunk_size 1 or 2 (diffusers' chunk_dim=0 default)
+    c = choice(gen, (1, 2))
+    k = choice(gen, [x for x in (2, 3, 4) if x != c])
+    _ff_case(fn, gen, **config(), shape=(k * c, randint(gen, 3, 9)), chunk_dim=0, chunk_size=c)
+    # one chunk of the whole token axis
+    L = randint(gen, 3, 10)
+    _ff_case(fn, gen, **config(), shape=(2, L), chunk_dim=1, chunk_size=L)
+    # a size that does not divide: diffusers raises
+    L = randint(gen, 2, 5) * 3 + 1
+    ff = FeedForward(8, mult=2)
+    x = torch.randn(2, L, 8, generator=gen)
+    try:
+        with torch.no_grad():
+            fn(ff, x, 1, 3)
+    except ValueError:
+        return
+    raise CheckFailed(f"chunked_feed_forward(ff, hidden_states {tuple(x.shape)}, chunk_dim=1, chunk_size=3): "
+                      f"expected a ValueError ({L} positions are not a multiple of 3), as diffusers' "
+                      f"_chunked_feed_forward raises.\nHint: {FF_EQ}")
 
 
 # --------------------------------------------------------------------------- param_bytes
@@ -417,14 +566,18 @@ def check_latent_shape(fn, gen):
         assert expected == _diffusers_latent_shape(h, w, f, c)
         name = f"latent_shape(height={h}, width={w}, vae_scale_factor={f}, channels={c})"
         got = fn(h, w, f, c)
-        if not isinstance(got, tuple) or len(got) != 3 or not all(isinstance(x, int) and not isinstance(x, bool)
-                                                                   for x in got):
-            hint = ""
-            if isinstance(got, (tuple, list)) and len(got) == 2:
-                hint = "Likely bug: channels missing: the latent is (channels, height // f, width // f).\n"
-            elif isinstance(got, (tuple, list)) and any(isinstance(x, float) for x in got):
-                hint = "Likely bug: float division: h / f gives a float; use h // f (ints), as prepare_latents.\n"
-            raise CheckFailed(f"{hint}{name}: expected a tuple of 3 ints {expected}, got {got!r} ({describe(got)}).")
+        if isinstance(got, (tuple, list, torch.Size)) and len(got) == 2:
+            raise CheckFailed(f"Likely bug: channels missing: the latent is (channels, rows, columns).\n{name}: "
+                              f"expected a tuple of three integers {expected}, got {got!r}.")
+        try:
+            got = as_numbers(name, got, 3, integer=True)
+        except CheckFailed as e:
+            lead = ("Likely bug: float division: height / f is a fraction when height is not a multiple of f; "
+                    "prepare_latents rounds down (integer division).\n"
+                    if isinstance(got, (tuple, list)) and any(isinstance(x, float) and not float(x).is_integer()
+                                                              for x in got) else "")
+            raise CheckFailed(f"{lead}{e}\n{name}: expected a tuple of three integers {expected}, got {got!r} "
+                              f"({describe(got)}).") from None
         if got == expected:
             continue
         bugs = [
@@ -466,8 +619,9 @@ def _estimate_variant(n_params, height, width, *, heads, vae_channels, dtype=tor
     if attention == "classic":
         attn = copies * rows * heads * tokens * tokens * size(dtype)
     elif attention == "sliced":
-        pairs = rows * heads if bug == "slice_ignored" else (slice_size * heads if bug == "slice_heads"
-                                                              else min(slice_size, rows * heads))
+        pairs = rows * heads if bug == "slice_ignored" else (slice_size * heads if bug == "slice_heads" else
+                                                              slice_size if bug == "no_cap" else
+                                                              min(slice_size, rows * heads))
         attn = copies * pairs * tokens * tokens * size(dtype)
     else:
         attn = 0
@@ -500,6 +654,9 @@ ESTIMATE_BUGS = {
             "softmax before `del attention_scores`): 2 * attention_scores_bytes(...).",
     "slice_ignored": "slice_size ignored: with slicing only min(slice_size, B' * heads) (batch, head) pairs have "
                      "scores at a time.",
+    "no_cap": "slice_size is larger than the B' * heads (batch, head) pairs there are: a slice cannot hold more "
+              "pairs than exist, min(slice_size, B' * heads) (diffusers' set_attention_slice even refuses a "
+              "slice_size larger than the heads).",
     "slice_heads": "a slice holds slice_size (batch, head) PAIRS, not slice_size batches of all heads: "
                    "min(slice_size, B' * heads) rows of (L, L) scores.",
     "vae_dtype": "vae_dtype ignored: the VAE term uses bytes(vae_dtype or dtype) (SDXL's VAE decodes in float32).",
@@ -512,10 +669,11 @@ ESTIMATE_BUGS = {
 }
 
 
-def _estimate_case(fn, gen, attention, dtype, *, cfg, text_tokens, attn_downsample, vae_dtype):
+def _estimate_case(fn, gen, attention, dtype, *, cfg, text_tokens, attn_downsample, vae_dtype, **override):
     kw = dict(heads=randint(gen, 2, 24), vae_channels=choice(gen, (32, 128, 256)), dtype=dtype, vae_dtype=vae_dtype,
               batch_size=randint(gen, 2, 4), cfg=cfg, vae_scale_factor=8, attn_downsample=attn_downsample,
               text_tokens=text_tokens, attention=attention, slice_size=randint(gen, 2, 5))
+    kw.update(override)
     n_params = randint(gen, 10**6, 10**9) * choice(gen, (1, 12))
     height, width = randint(gen, 4, 24) * 64, randint(gen, 4, 24) * 64
     while width == height:
@@ -526,9 +684,10 @@ def _estimate_case(fn, gen, attention, dtype, *, cfg, text_tokens, attn_downsamp
     name = f"estimate_peak_memory({n_params}, {height}, {width}, {args})"
     got = fn(n_params, height, width, **kw)
     if not isinstance(got, dict) or set(got) != set(expected):
-        raise CheckFailed(f"{name}: expected a dict with the keys {sorted(expected)} (bytes, ints), got "
+        raise CheckFailed(f"{name}: expected a dict with the keys {sorted(expected)} (bytes, integers), got "
                           f"{sorted(got) if isinstance(got, dict) else describe(got)}.")
-    wrong = [k for k in expected if got[k] != expected[k] or isinstance(got[k], bool) or not isinstance(got[k], int)]
+    got = {k: as_number(f"{name}[{k!r}]", v, integer=True) for k, v in got.items()}
+    wrong = [k for k in expected if got[k] != expected[k]]
     if not wrong:
         return
     labels = []
@@ -558,6 +717,11 @@ def check_estimate_peak_memory(fn, gen):
                    vae_dtype=torch.float32)
     _estimate_case(fn, gen, "sliced", choice(gen, (torch.float16, torch.float32)), cfg=True, text_tokens=0,
                    attn_downsample=1, vae_dtype=None)
+    # slice_size above the (batch, head) pairs there are: the min(...) cap decides the term
+    heads, batch = randint(gen, 1, 2), 1
+    _estimate_case(fn, gen, "sliced", choice(gen, (torch.float16, torch.bfloat16)), cfg=choice(gen, (True, False)),
+                   text_tokens=0, attn_downsample=1, vae_dtype=None, heads=heads, batch_size=batch,
+                   vae_channels=32, slice_size=2 * 2 * heads + randint(gen, 1, 6))
     _estimate_case(fn, gen, "sdpa", torch.bfloat16, cfg=choice(gen, (True, False)), text_tokens=0,
                    attn_downsample=1, vae_dtype=choice(gen, (None, torch.float32)))
     try:
