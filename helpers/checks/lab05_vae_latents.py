@@ -9,11 +9,12 @@ compared with the reference AND with diffusers: ``retrieve_latents(vae.encode(x)
 sample_mode) * scaling_factor`` (what ``StableDiffusionImg2ImgPipeline.prepare_latents``
 does) and ``vae.decode(latents / scaling_factor, return_dict=False)[0]`` (the line of
 ``StableDiffusionPipeline.__call__``). When an output matches what a typical bug returns,
-the message names the bug.
+the message names the bug. The blends and the tiled decode are compared with diffusers'
+``AutoencoderKL.blend_v`` / ``blend_h`` / ``tiled_decode`` themselves, on random tiles, VAEs and
+tile sizes, with tolerances scaled to the magnitudes involved (float32 rounding of the weights).
 """
 import json
 import math
-import numbers
 from pathlib import Path
 
 import torch
@@ -21,7 +22,8 @@ from diffusers import AutoencoderKL
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 from safetensors.torch import load_file
 
-from helpers.checks._core import CheckFailed, assert_close, choice, describe, randint, random_seed, uniform
+from helpers.checks._core import (CheckFailed, as_number, assert_close, choice, describe, distinct, randint,
+                                 random_seed, uniform)
 from helpers.solutions import lab05_vae_latents as ref
 
 LAB = "lab05"
@@ -33,9 +35,11 @@ TINY_SD_VAE = Path(__file__).resolve().parents[1] / "assets" / "tiny-sd" / "vae"
 # posterior.mean vs posterior.mode()); every typical bug below is off by a factor s != 1 or more.
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-4), torch.float64: dict(atol=1e-10, rtol=1e-9)}
 TOL_CUDA = dict(atol=1e-4, rtol=1e-3)  # the same kernels run twice; room for non-deterministic ones
-# estimate_scaling_factor: LDM's formula with 1 / n (appendix D.1) or torch's unbiased std
-# (LDM's code) differ by sqrt(n / (n - 1)) - 1 < 1e-3 for the n >= 512 elements drawn here.
+# estimate_scaling_factor: the docstring asks for the unbiased std (LDM's code); on the n >= 512
+# elements of the large cases the 1 / n estimator is within sqrt(n / (n - 1)) - 1 < 1e-3 of it and
+# passes, on the tiny case (6 to 12 elements) it is 4 % or more off and fails, named.
 RTOL_SCALE = 2e-3
+RTOL_SMALL = 1e-5  # 6 to 12 elements: float32 rounding is 1e-7; the 1 / n estimator is >= 4 % off
 RTOL_RATIO = 1e-6  # float32 arithmetic (a tensor of the shapes) is fine
 
 EQ_ENCODE = ("z' = scaling_factor * z with z = vae.encode(images).latent_dist.mode() (the mean) when sample=False, "
@@ -44,7 +48,8 @@ EQ_ENCODE = ("z' = scaling_factor * z with z = vae.encode(images).latent_dist.mo
 EQ_DECODE = ("images = vae.decode(latents / scaling_factor).sample, the line of StableDiffusionPipeline.__call__; "
              "no clipping, no mapping to [0, 1] (the image processor does that afterwards).")
 EQ_SCALE = ("s = 1 / std(z), ONE scalar over every element of the unscaled latents (batch, channels, height, "
-            "width), the std subtracting the mean: 1 / latents.flatten().std() (LDM appendix D.1).")
+            "width), the std subtracting the mean and dividing by n - 1 (the unbiased estimator, torch's default), "
+            "computed in float64 (LDM appendix D.1).")
 EQ_RATIO = "compression_ratio = (C * H * W) / (c * h * w), every dimension counted, as a float."
 
 
@@ -58,7 +63,7 @@ def _factor(gen, avoid=()):
             return s
 
 
-def _random_vae(gen, dtype=torch.float32):
+def _random_vae(gen, dtype=torch.float32, post_quant_conv=True):
     """A small random AutoencoderKL (factor 1, 2 or 4) and a description; its config's
     scaling_factor is random too (the checks pass another one as the argument)."""
     n = randint(gen, 1, 3)
@@ -72,7 +77,8 @@ def _random_vae(gen, dtype=torch.float32):
         vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
                             up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=channels,
                             layers_per_block=1, latent_channels=c, norm_num_groups=4, sample_size=32,
-                            mid_block_add_attention=attention, scaling_factor=config_factor)
+                            mid_block_add_attention=attention, scaling_factor=config_factor,
+                            use_post_quant_conv=post_quant_conv)
     with torch.no_grad():  # outputs well beyond [-1, 1], so a clipped decode cannot pass
         vae.decoder.conv_out.weight.mul_(3.0)
         vae.decoder.conv_out.bias.mul_(3.0)
@@ -322,17 +328,6 @@ def check_decode(fn, gen):
 
 # --------------------------------------------------------------------------- estimate_scaling_factor
 
-def _as_number(name, got, kind):
-    """A Python number from a number or a one-element tensor; specific failures otherwise."""
-    if isinstance(got, torch.Tensor):
-        if got.numel() == 1:
-            return float(got.detach().double().cpu())
-        return got
-    if isinstance(got, bool) or not isinstance(got, numbers.Real):
-        raise CheckFailed(f"{name}: expected a number ({kind}), got {describe(got)}.")
-    return float(got)
-
-
 def _scalar_close(name, got, expected, rtol, bugs, hint):
     if math.isfinite(got) and abs(got - expected) <= rtol * abs(expected):
         return
@@ -341,7 +336,8 @@ def _scalar_close(name, got, expected, rtol, bugs, hint):
         if math.isfinite(cand) and abs(got - cand) <= rtol * abs(cand):
             lead = f"Likely bug: {label}\n"
             break
-    raise CheckFailed(f"{lead}{name}: expected {expected:.6g}, got {got:.6g} (relative error "
+    shown_got, shown_expected = distinct(got, expected)
+    raise CheckFailed(f"{lead}{name}: expected {shown_expected}, got {shown_got} (relative error "
                       f"{abs(got - expected) / abs(expected):.3g}, tolerance {rtol:g}).\nHint: {hint}")
 
 
@@ -357,28 +353,42 @@ def _random_latents(gen, dtype):
     return z.to(dtype)
 
 
+def _small_latents(gen):
+    """A few elements (6 to 12), where the unbiased and the 1 / n estimators differ by 4 % or more."""
+    shape = choice(gen, [(1, 2, 2, 2), (2, 3, 1, 2), (1, 1, 2, 3), (3, 2, 1, 2), (1, 2, 3, 2)])
+    z = torch.randn(shape, generator=gen, dtype=torch.float64) * uniform(gen, 0.5, 5.0) + uniform(gen, -2, 2)
+    return z.float()
+
+
 def check_estimate_scaling_factor(fn, gen):
     """Random (N, c, h, w) latents (float32, float64) with per-channel means and stds that
-    differ and a non-zero global mean; the answer is 1 / (one std over all elements), within
-    a relative 2e-3 (LDM's 1 / n and torch's 1 / (n - 1) both pass)."""
-    for dtype in (torch.float32, torch.float64, torch.float32):
-        z = _random_latents(gen, dtype)
-        name = f"estimate_scaling_factor(latents {tuple(z.shape)} {_dt(dtype)}, mean {z.mean().item():.3g}, " \
+    differ and a non-zero global mean, and one tiny batch (6 to 12 elements). The answer is
+    1 / (one unbiased std over all elements): within a relative 2e-3 on the large batches,
+    1e-5 on the tiny one (where the 1 / n estimator is 4 % or more off and fails). A number of
+    any kind passes (Python, NumPy, a one-element tensor)."""
+    cases = [(_random_latents(gen, dtype), RTOL_SCALE) for dtype in (torch.float32, torch.float64)]
+    cases.append((_small_latents(gen), RTOL_SMALL))
+    for z, rtol in cases:
+        name = f"estimate_scaling_factor(latents {tuple(z.shape)} {_dt(z.dtype)}, mean {z.mean().item():.3g}, " \
                f"std {z.std().item():.3g})"
         z_in = z.clone()
         got = fn(z_in)
         _unchanged(name, z, z_in, "latents")
         expected = ref.estimate_scaling_factor(z)
-        got = _as_number(name, got, "the scaling factor, a float")
-        if isinstance(got, torch.Tensor):
+        if isinstance(got, torch.Tensor) and got.numel() > 1:
             per = {z.shape[1]: "per channel", z.shape[0]: "per image"}.get(got.numel(), "not over all elements")
             raise CheckFailed(f"Likely bug: you computed one value {per} ({got.numel()} values): the scaling "
                               f"factor is ONE scalar over every element.\n{name}: expected a number, got "
                               f"{describe(got)}.\nHint: {EQ_SCALE}")
+        got = as_number(name, got)
         zz = z.double()
         std = float(zz.std())
         rms = float(zz.pow(2).mean().sqrt())
+        per_channel = zz.std(dim=(0, 2, 3)) if zz.shape[0] * zz.shape[2] * zz.shape[3] > 1 else None
         bugs = [
+            ("you divided by n (the biased std, LDM appendix D.1's formula): the docstring asks for the unbiased "
+             "std, 1 / (n - 1), what LDM's code (torch's default std) computed; it matters on few elements.",
+             1 / float(zz.std(correction=0))),
             ("you returned the std itself; the scaling factor is its inverse, 1 / std.", std),
             ("you used the variance: the scaling factor is 1 / std (the square root of the variance).",
              1 / float(zz.var())),
@@ -388,12 +398,20 @@ def check_estimate_scaling_factor(fn, gen):
             ("you used the mean absolute value; the scaling factor is 1 / std.", 1 / float(zz.abs().mean())),
             ("you scaled by the largest |z| (to fit [-1, 1]); latent diffusion scales to unit VARIANCE: 1 / std.",
              1 / float(zz.abs().max())),
-            ("you averaged per-channel stds; the std is over all elements at once (it includes the differences "
-             "between the channels' means).", 1 / float(zz.std(dim=(0, 2, 3)).mean())),
-            ("you used the first image only; the std is over the whole batch.", 1 / float(zz[0].std())),
-            ("you used the first channel only; the std is over all channels.", 1 / float(zz[:, 0].std())),
         ]
-        _scalar_close(name, got, expected, RTOL_SCALE, bugs, EQ_SCALE)
+        if per_channel is not None and zz.shape[1] > 1:
+            bugs += [
+                ("you averaged per-channel stds (a per-channel scaling factor, then one mean); the std is over all "
+                 "elements at once (it includes the differences between the channels' means).",
+                 1 / float(per_channel.mean())),
+                ("you averaged per-channel scaling factors 1 / std_c; the scaling factor is ONE 1 / std over all "
+                 "elements at once.", float((1 / per_channel).mean())),
+                ("you used the first channel only (a per-channel scaling factor); the std is over all channels.",
+                 1 / float(zz[:, 0].std())),
+            ]
+        if zz.shape[0] > 1 and zz[0].numel() > 1:
+            bugs.append(("you used the first image only; the std is over the whole batch.", 1 / float(zz[0].std())))
+        _scalar_close(name, got, expected, rtol, [(k, v) for k, v in bugs if math.isfinite(v)], EQ_SCALE)
 
 
 # --------------------------------------------------------------------------- compression_ratio
@@ -418,9 +436,7 @@ def check_compression_ratio(fn, gen):
     for image_shape, latent_shape in _shape_cases(gen):
         name = f"compression_ratio({image_shape!r}, {latent_shape!r})"
         got = fn(image_shape, latent_shape)
-        got = _as_number(name, got, "the ratio, a float")
-        if isinstance(got, torch.Tensor):
-            raise CheckFailed(f"{name}: expected one number, got {describe(got)}.\nHint: {EQ_RATIO}")
+        got = as_number(name, got)
         expected = ref.compression_ratio(image_shape, latent_shape)
         C, H, W = (int(d) for d in image_shape)
         c, h, w = (int(d) for d in latent_shape)
@@ -438,3 +454,235 @@ def check_compression_ratio(fn, gen):
             ("integer division (//): the ratio need not be an integer; use /.", float((C * H * W) // (c * h * w))),
         ]
         _scalar_close(name, got, expected, RTOL_RATIO, [(k, v) for k, v in bugs if v != expected], EQ_RATIO)
+
+
+# --------------------------------------------------------------------------- blend_v, blend_h
+
+EQ_BLEND = ("AutoencoderKL.blend_v: e = min(H_a, H_b, blend_extent); for y in 0 .. e-1: b[:, :, y] = "
+            "a[:, :, H_a - e + y] * (1 - y / e) + b[:, :, y] * (y / e); rows y >= e of b unchanged; return b "
+            "(blend_h: the same on the last axis, x for y).")
+# The blends are a weighted sum of two values with weights in [0, 1]: diffusers rounds each weight to the
+# tensors' dtype (a Python float times a float32 tensor), a vectorised version may build them in float32
+# or float64 and write 1 - y/e or (e - y)/e: a few float32 ulps of the larger input. Every bug below is
+# off by 1 / (e (e + 1)) of |a - b| or more (e <= 12 here): thousands of times more.
+BLEND_ULPS = 8 * torch.finfo(torch.float32).eps
+
+
+def _diffusers_blend(axis, a, b, e):
+    method = AutoencoderKL.blend_v if axis == "v" else AutoencoderKL.blend_h
+    return method(None, a.clone(), b.clone(), e)  # it writes into b: a copy; `self` is unused
+
+
+def _blend_bugs(axis, a, b, e):
+    """What typical wrong blends return on (a, b, e), in the orientation of blend_v (dim 2);
+    blend_h's inputs are transposed in and its candidates transposed back."""
+    if axis == "h":
+        return [(k, v.transpose(2, 3)) for k, v in _blend_bugs("v", a.transpose(2, 3), b.transpose(2, 3), e)]
+    a64, b64 = a.double(), b.double()
+    ha = a.shape[2]
+    k = min(ha, b.shape[2], e)
+    y = torch.arange(k, dtype=torch.float64).view(1, 1, k, 1)
+
+    def mix(w_b, rows_a=None, kk=k):
+        out = b64.clone()
+        if kk:
+            rows = a64[:, :, ha - kk:] if rows_a is None else rows_a
+            out[:, :, :kk] = rows * (1 - w_b) + b64[:, :, :kk] * w_b
+        return out.to(b.dtype)
+
+    bugs = []
+    if k:
+        bugs += [
+            ("the weights are swapped: row y of b keeps y / e of b and takes 1 - y / e of a (the first row is "
+             "all a's), as in diffusers.", mix(1 - y / k)),
+            ("your ramp is not diffusers': the weight of b is y / e for y = 0 .. e-1 (it starts at 0 and never "
+             "reaches 1), not (y + 1) / (e + 1).", mix((y + 1) / (k + 1))),
+            ("your ramp is not diffusers': the weight of b is y / e (it never reaches 1), not y / (e - 1).",
+             mix(y / (k - 1)) if k > 1 else None),
+            ("your ramp is not diffusers': the weight of b is y / e, not (y + 1) / e.", mix((y + 1) / k)),
+            ("you read a's FIRST rows; the overlap is a's LAST e rows (a[:, :, H_a - e + y]).",
+             mix(y / k, a64[:, :, :k])),
+            ("you read a's last rows in reverse order; row y of b meets row H_a - e + y of a.",
+             mix(y / k, a64[:, :, ha - k:].flip(2))),
+        ]
+    return [(label, cand) for label, cand in bugs if cand is not None]
+
+
+def _blend_case(fn, axis, a, b, e, where):
+    fname = "blend_v" if axis == "v" else "blend_h"
+    name = (f"{fname}(a {tuple(a.shape)} {_dt(a.dtype)}, b {tuple(b.shape)}, blend_extent={e}) [{where}]")
+    a_in, b_in = a.clone(), b.clone()
+    try:
+        got = fn(a_in, b_in, e)
+    except (NotImplementedError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a crash only some extents trigger: name the extent
+        dim, size = (2, "H") if axis == "v" else (3, "W")
+        k = min(a.shape[dim], b.shape[dim], e)
+        why = ""
+        if k == 0:
+            why = (" With an overlap of 0, a slice `-e:` is `0:`, the WHOLE tensor: index a from "
+                   f"{size}_a - e, and return b's values unchanged.")
+        elif e > min(a.shape[dim], b.shape[dim]):
+            why = (f" blend_extent {e} is larger than a tile ({size}_a = {a.shape[dim]}, {size}_b = "
+                   f"{b.shape[dim]}): clamp it, e = min({size}_a, {size}_b, blend_extent), as diffusers does.")
+        raise CheckFailed(f"{name}: your function raised {type(exc).__name__}: {exc}.{why}\nHint: {EQ_BLEND}") from exc
+    _unchanged(name, a, a_in, "a")
+    if got is None:
+        lead = "Likely bug: you blended into b in place but returned nothing; diffusers returns b.\n" \
+            if not torch.equal(b, b_in) else ""
+        raise CheckFailed(f"{lead}{name}: expected a tensor, got None.\nHint: {EQ_BLEND}")
+    expected = ref.blend_v(a, b, e) if axis == "v" else ref.blend_h(a, b, e)
+    scale = max(float(a.abs().max()), float(b.abs().max()), 1e-30)
+    tol = dict(atol=BLEND_ULPS * scale, rtol=0.0)
+    assert_close(name, got, expected, **tol, diagnose=_blend_bugs(axis, a, b, e), hint=EQ_BLEND)
+    theirs = _diffusers_blend(axis, a, b, e)
+    assert_close(f"{name} vs diffusers' AutoencoderKL.{fname}", got, theirs, **tol, hint=EQ_BLEND)
+
+
+def _blend_cases(gen):
+    """(a, b, e, where) in blend_v's orientation: ordinary overlaps, a short edge tile below, an
+    extent larger than both tiles, an extent of 0, float64, large magnitudes."""
+    def t(h, w, dtype=torch.float32, scale=1.0, batch=None, ch=None):
+        return torch.randn((batch, ch, h, w), generator=gen, dtype=torch.float64).mul(scale).to(dtype)
+
+    cases = []
+    batch, ch = randint(gen, 1, 2), choice(gen, (3, 4))
+    w = randint(gen, 3, 9)
+    ha, hb, e = randint(gen, 6, 12), randint(gen, 6, 12), randint(gen, 2, 5)
+    cases.append((t(ha, w, batch=batch, ch=ch), t(hb, w, batch=batch, ch=ch), e, "tiles taller than the overlap"))
+    ha, hb = randint(gen, 6, 10), randint(gen, 1, 3)
+    cases.append((t(ha, w, batch=batch, ch=ch), t(hb, w, batch=batch, ch=ch), randint(gen, hb + 1, 6),
+                  "a short edge tile below: e is clamped to H_b"))
+    ha, hb = randint(gen, 1, 4), randint(gen, 5, 8)
+    cases.append((t(ha, w, batch=batch, ch=ch), t(hb, w, batch=batch, ch=ch), randint(gen, ha + 1, 8),
+                  "a short tile above: e is clamped to H_a"))
+    cases.append((t(4, w, batch=batch, ch=ch), t(5, w, batch=batch, ch=ch), 0, "blend_extent 0: b unchanged"))
+    dtype, scale = choice(gen, [(torch.float64, 1.0), (torch.float32, 1e3), (torch.float64, 1e-3)])
+    ha, hb, e = randint(gen, 4, 12), randint(gen, 4, 12), randint(gen, 2, 12)
+    cases.append((t(ha, w, dtype, scale, batch, ch), t(hb, w, dtype, scale, batch, ch), e,
+                  f"{_dt(dtype)}, values of size {scale:g}"))
+    return cases
+
+
+def check_blend_v(fn, gen):
+    """Random tile pairs (B, C, H, W) with fresh sizes and extents: ordinary overlaps, a short
+    tile above or below (the extent is clamped), extent 0, float64, large and small values;
+    compared with the reference and with diffusers' AutoencoderKL.blend_v (it writes into b:
+    both that and a new tensor pass), within 8 float32 ulps of the larger input."""
+    for a, b, e, where in _blend_cases(gen):
+        _blend_case(fn, "v", a, b, e, where)
+
+
+def check_blend_h(fn, gen):
+    """blend_v's cases turned 90 degrees (a, b of shape (B, C, H, W_a), (B, C, H, W_b)), compared
+    with the reference and with diffusers' AutoencoderKL.blend_h."""
+    for a, b, e, where in _blend_cases(gen):
+        _blend_case(fn, "h", a.transpose(2, 3).contiguous(), b.transpose(2, 3).contiguous(), e,
+                    where.replace("above", "on the left").replace("below", "on the right")
+                    .replace("H_b", "W_b").replace("H_a", "W_a").replace("taller", "wider"))
+
+
+# --------------------------------------------------------------------------- tiled_decode
+
+EQ_TILED = ("AutoencoderKL.tiled_decode: stride = int(T * (1 - r)) latents, extent = int(P * r) pixels, keep = P - "
+            "extent; decode every tile z[:, :, i:i+T, j:j+T] (post_quant_conv, then decoder); row by row, blend "
+            "each tile with the BLENDED tile above (blend_v), then the BLENDED one on its left (blend_h), crop it "
+            "to [:keep, :keep], cat along the width, then the rows along the height.")
+
+
+def _tiled_bugs(vae, z):
+    """What typical wrong tiled decodes return on (vae, z)."""
+    T, P, r = vae.tile_latent_min_size, vae.tile_sample_min_size, vae.tile_overlap_factor
+
+    def run(stride=None, extent=None, keep=None, raw_neighbours=False, h_first=False, pqc=True, crop_last=True):
+        stride = stride or int(T * (1 - r))
+        extent = int(P * r) if extent is None else extent
+        keep = keep or P - extent
+        grid = []
+        for i in range(0, z.shape[2], stride):
+            grid.append([])
+            for j in range(0, z.shape[3], stride):
+                tile = z[:, :, i:i + T, j:j + T]
+                if pqc and vae.post_quant_conv is not None:
+                    tile = vae.post_quant_conv(tile)
+                grid[-1].append(vae.decoder(tile))
+        raw = [list(row) for row in grid]
+        rows = []
+        for i, tiles in enumerate(grid):
+            for j in range(len(tiles)):
+                above = raw[i - 1][j] if raw_neighbours and i > 0 else (grid[i - 1][j] if i > 0 else None)
+                left = raw[i][j - 1] if raw_neighbours and j > 0 else (tiles[j - 1] if j > 0 else None)
+                steps = [("h", left), ("v", above)] if h_first else [("v", above), ("h", left)]
+                for kind, nb in steps:
+                    if nb is not None:
+                        tiles[j] = (ref.blend_v if kind == "v" else ref.blend_h)(nb, tiles[j], extent)
+            rows.append(torch.cat([t[:, :, :keep, :keep] for t in tiles], dim=3))
+        return torch.cat(rows, dim=2)
+
+    f = P // T
+    bugs = [
+        ("you blended with the neighbours as they were decoded; diffusers blends each tile with the tile above "
+         "and the tile on the left AFTER their own blending (its blend_v / blend_h write into the tiles): store "
+         "each blended tile back in your grid.", lambda: run(raw_neighbours=True)),
+        ("you blended with the left neighbour first; diffusers blends with the tile above (blend_v), then with "
+         "the one on the left (blend_h).", lambda: run(h_first=True)),
+        ("you skipped post_quant_conv: diffusers runs it on each latent tile before the decoder (when the VAE has "
+         "one).", lambda: run(pqc=False)),
+        ("your blend extent is in latents (int(T * r)); the blend happens on decoded tiles, in pixels: "
+         "int(tile_sample_min_size * tile_overlap_factor).", lambda: run(extent=int(T * r), keep=P - int(T * r))),
+        ("you kept whole tiles (or cropped by the latent overlap); diffusers keeps the first P - extent pixel rows "
+         "and columns of each tile.", lambda: run(keep=P - int(T * r) if int(T * r) != int(P * r) else P)),
+    ]
+    if f > 1:
+        bugs.append(("your stride is in pixels: tiles start every int(tile_latent_min_size * (1 - r)) LATENTS.",
+                     lambda: run(stride=int(P * (1 - r)))))
+    out = []
+    for label, make in bugs:
+        try:
+            with torch.no_grad():
+                out.append((label, make()))
+        except Exception:  # noqa: BLE001 - a candidate that cannot be built on these sizes is no candidate
+            pass
+    return out
+
+
+def check_tiled_decode(fn, gen):
+    """A random small AutoencoderKL (factor 1 to 4, with or without post_quant_conv), random tile
+    sizes (4 to 6 latents; overlap 0.25 as diffusers sets it, or 0.5) and a latent 1.3 to 2.2
+    tiles wide that does not split evenly (edge tiles cut short); then tiny-sd's VAE with its own
+    8-latent, 64-pixel tiles on a latent of about 10 x 12. Compared with `vae.tiled_decode(z).sample`
+    (and, on a failure, with the reference, which equals it); the tolerance is float32 rounding of
+    the blends, relative to the largest |pixel|."""
+    configs = []
+    pqc = bool(randint(gen, 0, 1))
+    vae, desc, f = _random_vae(gen, post_quant_conv=pqc)
+    desc += "" if pqc else " without post_quant_conv"
+    T = randint(gen, 4, 6)
+    vae.tile_latent_min_size, vae.tile_sample_min_size = T, T * f
+    vae.tile_overlap_factor = choice(gen, (0.25, 0.25, 0.5))
+    h, w = randint(gen, T + 2, 2 * T + 1), randint(gen, T + 2, 2 * T + 1)
+    configs.append((vae, desc, torch.randn((randint(gen, 1, 2), vae.config.latent_channels, h, w), generator=gen) * 2))
+    if TINY_SD_VAE.exists():
+        tiny, tiny_desc = _tiny_sd_vae()
+        z = torch.randn((1, 4, randint(gen, 9, 12), randint(gen, 9, 12)), generator=gen) / tiny.config.scaling_factor
+        configs.append((tiny, tiny_desc, z))
+    for vae, desc, z in configs:
+        name = (f"tiled_decode(vae=<{desc}, tiles of {vae.tile_latent_min_size} latents = "
+                f"{vae.tile_sample_min_size} px, overlap {vae.tile_overlap_factor}>, z {tuple(z.shape)})")
+        z_in = z.clone()
+        with torch.no_grad():
+            got = fn(vae, z_in)
+        _unchanged(name, z, z_in, "z")
+        _not_tensor(name, got, "image")
+        with torch.no_grad():
+            theirs = vae.tiled_decode(z).sample
+        scale = max(float(theirs.abs().max()), 1e-30)
+        tol = dict(atol=BLEND_ULPS * scale * 4, rtol=0.0)  # two blends per pixel, on decoder outputs
+        right = isinstance(got, torch.Tensor) and got.shape == theirs.shape and \
+            torch.allclose(got.detach().double(), theirs.double(), **tol)
+        if not right:
+            with torch.no_grad():
+                expected = ref.tiled_decode(vae, z)
+            assert_close(name, got, expected, **tol, diagnose=_tiled_bugs(vae, z), hint=EQ_TILED)
+        assert_close(f"{name} vs diffusers: vae.tiled_decode(z).sample", got, theirs, **tol, hint=EQ_TILED)
