@@ -23,26 +23,25 @@ tiny-sd), C = unet.config.in_channels latent channels.
 `StableDiffusionPipeline.__call__` (Rombach et al. 2022, "High-Resolution Image Synthesis with
 Latent Diffusion Models"; Ho & Salimans 2022 for the guidance), numbered as in its source:
 
-    3. c = E(prompt), c_0 = E(negative prompt or "")     prompt_embeds = cat([c_0, c])  (2B, L, D)
-    4. scheduler.set_timesteps(n)                        the n timesteps t_1 > ... > t_n
-    5. x_T = init_noise_sigma * eps,  eps ~ N(0, I) of shape (B, C, H/f, W/f)
-    7. for t in timesteps:
-           x_in  = scheduler.scale_model_input(cat([x_t, x_t]), t)
-           eps_u, eps_c = unet(x_in, t, prompt_embeds).chunk(2)
-           eps   = eps_u + w (eps_c - eps_u)
-           x_t   = scheduler.step(eps, t, x_t).prev_sample
-       image = vae.decode(x_0 / scaling_factor) / 2 + 0.5, clamped to [0, 1]
+    3. c = E(prompt), c_0 = E(negative prompt, or "")   both halves, unconditional first: (2B, L, D)
+    4. the scheduler's n timesteps t_1 > ... > t_n        (set before step 5 reads init_noise_sigma)
+    5. x = init_noise_sigma * eps, eps ~ N(0, I)          latent shape (B, C, H/f, W/f)
+    7. at each t_i: the UNet predicts (eps_u, eps_c) from the scheduler's scaled input [x, x] at t_i
+       and [c_0, c]; eps = eps_u + w (eps_c - eps_u); the scheduler's step moves the UNSCALED x on.
+       image = D(x_0 / scaling_factor), from [-1, 1] to [0, 1], clamped   (D: the VAE decoder)
 
-The functions below are, in order: steps 3, 5 and the whole of it. Each equals the pipeline's
-own tensors on the same inputs (`pipe.encode_prompt`, `pipe.prepare_latents`,
-`pipe(..., output_type="latent")`).
+The functions below are, in order: steps 3, 5 and the whole of it, then step 5 of another
+program over the same components, `StableDiffusionImg2ImgPipeline` (which timesteps an image
+edited with `strength` runs). Each equals the pipeline's own tensors on the same inputs
+(`pipe.encode_prompt`, `pipe.prepare_latents`, `pipe(..., output_type="latent")`,
+`retrieve_timesteps` + `StableDiffusionImg2ImgPipeline.get_timesteps`).
 """
 
 import inspect
 
 import torch
 
-__all__ = ["encode_prompt", "prepare_latents", "generate"]
+__all__ = ["encode_prompt", "prepare_latents", "generate", "img2img_timesteps"]
 
 
 def encode_prompt(tokenizer, text_encoder, prompts, device):
@@ -67,9 +66,10 @@ def encode_prompt(tokenizer, text_encoder, prompts, device):
         (B, L, D) float tensor on `device` in the text encoder's dtype, L = model_max_length,
         D = text_encoder.config.hidden_size.
     """
-    # TODO: One string means a batch of one: [prompts].
-    # TODO: tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids is (B, L).
-    # TODO: text_encoder(input_ids.to(device))[0] is the last hidden state (B, L, D); no attention mask, not the pooled output.
+    # TODO: the text path of StableDiffusionPipeline.encode_prompt (diffusers/pipelines/stable_diffusion/
+    # TODO: pipeline_stable_diffusion.py, clip_skip=None; Rombach et al. 2022, eq. 3): ids of length L, then the
+    # TODO: encoder's last hidden state, (B, L, D) on `device` in the encoder's dtype.
+    # Stuck? hint("lab06", "encode_prompt") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab06): encode_prompt")
 
 
@@ -113,10 +113,10 @@ def prepare_latents(batch_size, num_channels, height, width, vae_scale_factor, g
     Raises:
         ValueError: a list of generators whose length is not batch_size.
     """
-    # TODO: The latent shape is (batch_size, num_channels, height // vae_scale_factor, width // vae_scale_factor).
-    # TODO: torch.randn(shape, generator=g, device=g.device, dtype=dtype).to(device): draw where the generator lives, then move.
-    # TODO: A list of generators: one (1, C, h, w) draw per generator, torch.cat along the batch (ValueError if its length is not batch_size).
-    # TODO: Multiply by init_noise_sigma at the end (1 for DDIM, about sigma_max for Euler).
+    # TODO: StableDiffusionPipeline.prepare_latents with latents=None and diffusers' randn_tensor
+    # TODO: (diffusers/pipelines/stable_diffusion/pipeline_stable_diffusion.py; diffusers/utils/torch_utils.py):
+    # TODO: the latent shape, the draw from `generator` (one or a list), the scaling by init_noise_sigma.
+    # Stuck? hint("lab06", "prepare_latents") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab06): prepare_latents")
 
 
@@ -159,10 +159,54 @@ def generate(components, prompt, negative_prompt=None, num_inference_steps=25, g
         (images, latents): images (B, 3, height, width) in [0, 1]; latents (B, C, height / f,
         width / f), the final x_0 before decoding.
     """
-    # TODO: f = 2 ** (len(vae.config.block_out_channels) - 1); default height/width = unet.config.sample_size * f; device = unet.device.
-    # TODO: CFG only when guidance_scale > 1: embeddings cat([encode(negative or ""), encode(prompt)]) (uncond FIRST).
-    # TODO: scheduler.set_timesteps(n, device=device) BEFORE prepare_latents (init_noise_sigma depends on the timesteps).
-    # TODO: Each step: x_in = scale_model_input(cat([latents] * 2), t); eps_u, eps_c = unet(x_in, t, encoder_hidden_states=embeds).sample.chunk(2).
-    # TODO: latents = scheduler.step(eps, t, latents, [generator=generator if step accepts it]).prev_sample: step the UNSCALED latents.
-    # TODO: images = (vae.decode(latents / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1).
+    # TODO: StableDiffusionPipeline.__call__ written out (diffusers/pipelines/stable_diffusion/
+    # TODO: pipeline_stable_diffusion.py, its steps 3, 4, 5, 7 and the decode; Ho & Salimans 2022, eq. 6, as
+    # TODO: diffusers writes it), calling your encode_prompt and prepare_latents by name.
+    # Stuck? hint("lab06", "generate") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab06): generate")
+
+
+def img2img_timesteps(scheduler, num_inference_steps, strength, device=None):
+    """The timesteps img2img runs for a given `strength`, as step 5 of
+    `StableDiffusionImg2ImgPipeline.__call__`: `retrieve_timesteps(scheduler, n, device)` (which
+    sets the schedule), then `StableDiffusionImg2ImgPipeline.get_timesteps(n, strength, device)`
+    (diffusers/pipelines/stable_diffusion/pipeline_stable_diffusion_img2img.py).
+
+    SDEdit (Meng et al. 2022, "SDEdit: Guided Image Synthesis and Editing with Stochastic
+    Differential Equations", Sec. 3): the input image is noised to an intermediate time t_0 and
+    the reverse process runs from there. With the n-step schedule t_1 > ... > t_n of
+    `scheduler.set_timesteps(n)`, img2img keeps the LAST k = floor(n * s) of the n steps
+    (k = n at most; the floor is Python's int() of the float product n * s, as diffusers
+    computes it) and skips the first n - k; the image enters at the first kept timestep.
+
+    Two things make this more than slicing a list of n numbers:
+    - `scheduler.timesteps` holds `scheduler.order` entries per step for some schedulers
+      (2 for Heun and KDPM2, which evaluate the model twice per step: their list has
+      2 n - 1 entries, the last step being a single evaluation); PNDM's has n + 1 entries
+      (with skip_prk_steps, its first step is evaluated twice) and order 1. Steps are skipped
+      in units of `order` entries, counted from the start of the list.
+    - A stateful scheduler counts its steps (`step_index`); the index of the first kept entry
+      must be announced to it with `scheduler.set_begin_index(i)` AFTER `set_timesteps` (which
+      resets it), so that its first `step` / `scale_model_input` / `add_noise` use the right
+      sigma. Schedulers without that method (DDIM, PNDM, DDPM) look nothing up by index and
+      are left as they are.
+
+    Args:
+        scheduler: any diffusers scheduler; its schedule is (re)set here, for n steps, on `device`
+            (what `retrieve_timesteps` does).
+        num_inference_steps: n, an integer >= 1.
+        strength: s, a number in (0, 1]: 1 runs the whole schedule, smaller values fewer steps.
+        device: where the timesteps go (None: the scheduler's default, the CPU).
+
+    Returns:
+        (timesteps, num_steps_run): timesteps, a 1-D tensor, the tail of `scheduler.timesteps`
+        (same dtype and device, first entry t_start); num_steps_run, an integer, the number of
+        the n steps that are run (k, not the length of `timesteps`). The scheduler is left with
+        the full n-step schedule and, where it has `set_begin_index`, its begin index set to
+        the position of t_start in `scheduler.timesteps`.
+    """
+    # TODO: retrieve_timesteps, then StableDiffusionImg2ImgPipeline.get_timesteps (diffusers/pipelines/
+    # TODO: stable_diffusion/pipeline_stable_diffusion_img2img.py; SDEdit, Meng et al. 2022, Sec. 3):
+    # TODO: set the schedule, keep its last k steps, tell the scheduler where it begins.
+    # Stuck? hint("lab06", "img2img_timesteps") in the notebook shows the next hint.
+    raise NotImplementedError("TODO(lab06): img2img_timesteps")

@@ -18,7 +18,7 @@ from helpers.evaluate import make_scheduler
 from helpers.solutions import lab06_pipeline_components as ref
 
 SEEDS = [0, 1, 2, 7]
-NAMES = ["encode_prompt", "prepare_latents", "generate"]
+NAMES = ["encode_prompt", "prepare_latents", "generate", "img2img_timesteps"]
 
 
 run, fails = checker(checks)  # tests/labtools.py
@@ -252,7 +252,9 @@ def generate_variant(bug=None):
         B = len(prompts)
         f = 1 if bug == "undivided" else 2 ** (len(vae.config.block_out_channels) - 1)
         height, width = height or 64, width or 64
-        cfg = guidance_scale > 1 and bug != "no_cfg"
+        if bug == "raise_low_w" and guidance_scale <= 1:
+            raise ValueError("guidance_scale must be > 1")
+        cfg = (guidance_scale > 1 or bug == "always_cfg") and bug != "no_cfg"
         neg = [""] * B if negative_prompt is None or bug == "ignore_negative" else (
             [negative_prompt] * B if isinstance(negative_prompt, str) else negative_prompt)
         cond = encode(tok, te, prompts)
@@ -272,7 +274,7 @@ def generate_variant(bug=None):
         if bug == "many_steps":
             timesteps = list(sched.timesteps) * 50
         for t in timesteps:
-            if bug == "two_forwards":  # correct: uncond and cond in two calls of B
+            if bug == "two_forwards" and cfg:  # correct: uncond and cond in two calls of B
                 x = sched.scale_model_input(latents, t)
                 eu = unet(x, t, encoder_hidden_states=uncond).sample
                 ec = unet(x, t, encoder_hidden_states=cond).sample
@@ -323,6 +325,8 @@ def test_generate_correct_variants_pass(bug):
     ("many_steps", "more steps than the pipeline"),
     ("swapped_outputs", "(latents, images)"),
     ("in_place", "changed the components in place"),
+    ("raise_low_w", "guidance_scale <= 1 not handled"),
+    ("always_cfg", "CFG ran with guidance_scale"),
     ("pipeline", "calls StableDiffusionPipeline"),
 ])
 def test_generate_bugs(bug, phrase):
@@ -332,6 +336,132 @@ def test_generate_bugs(bug, phrase):
 def test_generate_hard_coded_answer_fails():
     with pytest.raises(CheckFailed):
         run("generate", lambda *a, **k: (torch.zeros(1, 3, 64, 64), torch.zeros(1, 4, 8, 8)))
+
+
+# --------------------------------------------------------------------------- img2img_timesteps
+
+@pytest.mark.parametrize("name", list(checks.IMG2IMG_SCHEDULERS))
+@pytest.mark.parametrize("n,s", [(10, 0.6), (10, 0.7), (7, 1.0), (13, 0.33), (5, 0.25), (50, 0.57), (3, 0.99)])
+def test_img2img_timesteps_equals_pipeline(name, n, s):
+    """The reference equals retrieve_timesteps + StableDiffusionImg2ImgPipeline.get_timesteps, the
+    scheduler's state included (full schedule, begin index)."""
+    from types import SimpleNamespace
+
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    kw = {"skip_prk_steps": True} if name == "PNDM" else {}
+    mine_s, theirs_s = checks.IMG2IMG_SCHEDULERS[name](**kw), checks.IMG2IMG_SCHEDULERS[name](**kw)
+    mine, k = ref.img2img_timesteps(mine_s, n, s)
+    theirs_s.set_timesteps(n)
+    theirs, theirs_k = StableDiffusionImg2ImgPipeline.get_timesteps(SimpleNamespace(scheduler=theirs_s), n, s, "cpu")
+    assert torch.equal(mine, theirs) and k == theirs_k == min(int(n * s), n)
+    assert torch.equal(mine_s.timesteps, theirs_s.timesteps)
+    assert getattr(mine_s, "begin_index", "none") == getattr(theirs_s, "begin_index", "none")
+
+
+def test_img2img_timesteps_drives_the_img2img_loop(pipe):
+    """What the exercise is for: with Heun (order 2) the pipeline's UNet sees exactly these
+    timesteps, 2 k - 1 calls for k steps."""
+    from diffusers import HeunDiscreteScheduler, StableDiffusionImg2ImgPipeline
+
+    comps = dict(pipe.components, scheduler=HeunDiscreteScheduler.from_config(pipe.scheduler.config))
+    i2i = StableDiffusionImg2ImgPipeline(**comps, requires_safety_checker=False)
+    i2i.set_progress_bar_config(disable=True)
+    seen = []
+    handle = i2i.unet.register_forward_pre_hook(lambda m, a, kw: seen.append(float(a[1])), with_kwargs=True)
+    try:
+        i2i("a red circle", image=torch.rand(1, 3, 64, 64), strength=0.5, num_inference_steps=6, guidance_scale=1.0,
+            output_type="latent", generator=torch.Generator().manual_seed(0))
+    finally:
+        handle.remove()
+    ts, k = ref.img2img_timesteps(HeunDiscreteScheduler.from_config(pipe.scheduler.config), 6, 0.5)
+    assert k == 3 and len(ts) == 2 * k - 1 and seen == [float(t) for t in ts]
+
+
+def img2img_variant(bug=None):
+    """img2img_timesteps written out again (not the reference), with one bug switched on."""
+    import math
+
+    def fn(scheduler, num_inference_steps, strength, device=None):
+        n = num_inference_steps
+        if bug == "begin_first" and hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+        if bug == "coarse":
+            scheduler.set_timesteps(max(int(n * strength), 1), device=device)
+        elif bug != "no_set":
+            scheduler.set_timesteps(n, device=device)
+        order = 1 if bug == "no_order" else scheduler.order
+        k = {"round": min(round(n * strength), n)}.get(bug, math.floor(n * strength) if bug == "floor" else
+                                                       min(int(strength * n), n))
+        skip = n - k
+        if bug == "ceil":
+            skip = math.ceil(n * (1 - strength))
+        if bug == "skipped":
+            skip = int(n * strength)
+        ts = scheduler.timesteps
+        out = ts[:k * order] if bug == "head" else ts[skip * order:]
+        if bug == "coarse":  # the whole k-step schedule
+            out = ts
+        if bug == "clone":  # correct: a copy of the slice, the step count as a float tensor, a list for the pair
+            out = out.clone()
+        begin = skip * (1 if bug == "begin_no_order" else order)
+        if bug == "unconditional_begin":
+            scheduler.set_begin_index(begin)
+        elif hasattr(scheduler, "set_begin_index") and bug not in ("no_begin", "begin_first"):
+            scheduler.set_begin_index(begin)
+        if bug == "cut_list":
+            scheduler.timesteps = out
+        steps = {"len": len(out), "n": n, "return_skip": skip}.get(bug, n - skip)
+        if bug == "clone":
+            return [out, torch.tensor(float(steps))]
+        return out, steps
+
+    return fn
+
+
+def img2img_pipeline_form(scheduler, num_inference_steps, strength, device=None):
+    """Correct: diffusers' own code, on a stand-in pipeline."""
+    from types import SimpleNamespace
+
+    from diffusers import StableDiffusionImg2ImgPipeline
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_timesteps
+
+    retrieve_timesteps(scheduler, num_inference_steps, device)
+    return StableDiffusionImg2ImgPipeline.get_timesteps(SimpleNamespace(scheduler=scheduler), num_inference_steps,
+                                                        strength, device)
+
+
+@pytest.mark.parametrize("form", [None, "floor", "clone", "pipeline"])
+def test_img2img_timesteps_equivalent_forms_pass_on_40_seeds(form):
+    fn = img2img_pipeline_form if form == "pipeline" else img2img_variant(form)
+    for seed in range(40):
+        run("img2img_timesteps", fn, seed)
+
+
+@pytest.mark.parametrize("bug,phrase", [
+    ("no_order", "scheduler.order missing"),
+    ("head", "kept the FIRST steps"),
+    ("skipped", "fraction of steps SKIPPED"),
+    ("round", "round(n * strength)"),
+    ("coarse", "a coarser schedule"),
+    ("no_set", "set_timesteps(num_inference_steps) not called"),
+    ("ceil", "ceil(n * (1 - strength))"),
+    ("len", "that is len(timesteps)"),
+    ("return_skip", "number of steps SKIPPED"),
+    ("n", "that is n"),
+    ("no_begin", "set_begin_index not called"),
+    ("begin_first", "BEFORE set_timesteps"),
+    ("begin_no_order", "begin index without scheduler.order"),
+    ("unconditional_begin", "has no set_begin_index"),
+    ("cut_list", "expected the full"),
+])
+def test_img2img_timesteps_bugs(bug, phrase):
+    fails("img2img_timesteps", img2img_variant(bug), phrase)
+
+
+def test_img2img_timesteps_hard_coded_answer_fails():
+    with pytest.raises(CheckFailed):
+        run("img2img_timesteps", lambda sched, n, s, device=None: (torch.tensor([999, 500]), 2))
 
 
 # --------------------------------------------------------------------------- machinery

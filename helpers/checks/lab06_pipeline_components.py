@@ -17,14 +17,17 @@ import contextlib
 import copy
 import functools
 import io
+import math
 import types
 
 import torch
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
-                       StableDiffusionPipeline)
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler,
+                       PNDMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline)
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_timesteps
 from diffusers.utils.torch_utils import randn_tensor
 
-from helpers.checks._core import CheckFailed, assert_close, choice, describe, describe_exception, randint
+from helpers.checks._core import (CheckFailed, as_number, assert_close, choice, describe, describe_exception,
+                                  randint, uniform)
 from helpers.solutions import lab06_pipeline_components as ref
 
 LAB = "lab06"
@@ -519,7 +522,7 @@ def _pipeline_run(pipe, sched_name, prompts, negative, steps, w, seed, height, w
 @torch.no_grad()
 def _loop(pipe, sched_name, prompts, negative, steps, w, seed, height, width, *, no_cfg=False, swap=False,
           ignore_negative=False, no_init_sigma=False, sigma_early=False, no_scale_input=False, step_scaled=False,
-          paper_w=False):
+          paper_w=False, force_cfg=False):
     """The denoising loop written independently of the reference, with one bug switched on."""
     sched = _fresh_scheduler(pipe, sched_name)
     f = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
@@ -534,7 +537,7 @@ def _loop(pipe, sched_name, prompts, negative, steps, w, seed, height, width, *,
         ids = _ids(pipe, p).input_ids
         return pipe.text_encoder(ids)[0]
 
-    cfg = w > 1 and not no_cfg
+    cfg = (w > 1 or force_cfg) and not no_cfg
     emb = torch.cat([enc(negs), enc(prompts)]) if cfg else enc(prompts)
     early = sched.init_noise_sigma  # before set_timesteps: that of the full training schedule
     sched.set_timesteps(steps)
@@ -577,7 +580,11 @@ def _generate_bugs(pipe, sched_name, prompts, negative, steps, w, seed, height, 
         ("you overwrote the latents with scale_model_input's output: the UNet sees the scaled latents, but "
          "scheduler.step must get the UNSCALED x_t.", run(step_scaled=True)),
     ]
-    if negative is not None:
+    if w <= 1:
+        bugs.insert(0, (f"CFG ran with guidance_scale = {w} <= 1: the pipeline guides only when guidance_scale > 1 "
+                        f"(do_classifier_free_guidance); otherwise the UNet runs once on the prompts alone and its "
+                        f"prediction is used as it is.", run(force_cfg=True)))
+    if negative is not None and w > 1:
         bugs.append(("negative prompt ignored: the unconditional branch encodes the negative prompt (\"\" only when "
                      "there is none).", run(ignore_negative=True)))
     return bugs
@@ -652,14 +659,15 @@ def _first_difference(calls, expected_calls, B):
 @_quietly
 def check_generate(fn, gen):
     """DDIM, Euler and DPM++ 2M in random order on tiny-sd; each with random prompts (1 or 2),
-    negative prompts or none, a guidance scale in (2, 9), 3 steps, a seed, and the
-    default or a non-square image size. The latents must equal pipe(..., output_type="latent")
+    negative prompts or none, a guidance scale in (2, 9) (in [0, 0.95] for one of the three:
+    no CFG), 3 steps, a seed, and the default or a non-square image size. The latents must equal pipe(..., output_type="latent")
     and the images the pipeline's decode and postprocess, within 1e-4."""
     pipe = _tiny_sd()
     order = [list(SCHEDULERS)[i] for i in torch.randperm(len(SCHEDULERS), generator=gen).tolist()]
     sizes = [(None, None), choice(gen, [(32, 64), (64, 32)]), choice(gen, [(None, None), (64, 64), (32, 64)])]
     kinds = [("list", None), ("list", "list"), ("str", choice(gen, [None, "str"]))]  # (prompt, negative prompt)
     kinds = [kinds[i] for i in torch.randperm(3, generator=gen).tolist()]
+    unguided = randint(gen, 0, 2)  # the case run without CFG (guidance_scale <= 1)
     before = _fingerprint(pipe)
     for k, sched_name in enumerate(order):
         B = randint(gen, 1, 2) if kinds[k][0] == "list" else 1
@@ -670,6 +678,8 @@ def check_generate(fn, gen):
             negative = _prompt(gen, 1, 3) if kinds[k][1] == "str" else None
         steps = 3
         w = round(2 + 7 * float(torch.rand((), generator=gen)), 2)
+        if k == unguided:
+            w = round(uniform(gen, 0.0, 0.95), 2)
         seed = randint(gen, 0, 2**31 - 1)
         height, width = sizes[k]
         exp_latents, exp_images, exp_calls = _pipeline_run(pipe, sched_name, prompts, negative, steps, w, seed,
@@ -685,6 +695,11 @@ def check_generate(fn, gen):
         except (NotImplementedError, CheckFailed):
             raise
         except Exception as exc:
+            if w <= 1:
+                raise CheckFailed(f"Likely bug: guidance_scale <= 1 not handled: the pipeline then runs without CFG "
+                                  f"(do_classifier_free_guidance = guidance_scale > 1): the prompts' embeddings alone, "
+                                  f"one UNet batch of B, its prediction used as it is.\n{name} raised "
+                                  f"{describe_exception(exc)}\nHint: {GENERATE_HINT}") from exc
             where = _first_difference(watch.calls, exp_calls, exp_latents.shape[0]) if watch.calls else ""
             if "timesteps are" in where:
                 raise CheckFailed(f"Likely bug: wrong timesteps.\n{name} raised {describe_exception(exc)}\n"
@@ -722,3 +737,175 @@ def check_generate(fn, gen):
             assert_close(f"{name}: images", images, exp_images, **TOL_GENERATE, diagnose=_image_bugs(pipe, exp_latents),
                          hint="images = (vae.decode(latents / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1), "
                               "as the pipeline's decode and postprocess.")
+
+
+# --------------------------------------------------------------------------- img2img_timesteps
+
+# The schedulers img2img_timesteps is judged on: order 1 with a begin index (Euler, DPM++ 2M),
+# order 1 without one (DDIM, PNDM, whose list has n + 1 entries), order 2 (Heun: two entries per
+# step, 2 n - 1 in all). (KDPM2, order 2 too, is left out: its constructor takes seconds.)
+IMG2IMG_SCHEDULERS = {"DDIM": DDIMScheduler, "Euler": EulerDiscreteScheduler,
+                      "DPM++ 2M": DPMSolverMultistepScheduler, "PNDM": PNDMScheduler,
+                      "Heun": HeunDiscreteScheduler}
+IMG2IMG_HINT = ("set_timesteps(n) first; then, as StableDiffusionImg2ImgPipeline.get_timesteps, keep the last "
+                "min(int(n * strength), n) of the n steps, skip the others at the front of scheduler.timesteps in "
+                "units of scheduler.order entries, and set_begin_index(<that position>) where the scheduler has it. "
+                "Stuck? hint(\"lab06\", \"img2img_timesteps\").")
+# Typical strengths (n, s) as people pass them, where counting the skipped steps as
+# ceil(n * (1 - s)) gives another answer than diffusers' int(n * s) (1 - 0.7 is 0.30000000000000004
+# in floating point): (10, 0.7), (20, 0.85), ... Only pairs whose float product n * s is not just
+# below an integer (there int() and an exact decimal reading would disagree).
+TYPICAL_STRENGTHS = [(n, s) for n in (10, 20, 25, 30, 40, 50) for s in [k / 20 for k in range(4, 20)]
+                     if not (0 < round(n * s) - n * s < 1e-9) and math.ceil(n * (1 - s)) != n - min(int(n * s), n)]
+
+
+def _img2img_scheduler(gen, name):
+    """A scheduler of class `name` with a random training schedule and spacing."""
+    spacing = choice(gen, ["leading", "trailing", "linspace"])
+    config = dict(num_train_timesteps=choice(gen, [1000, randint(gen, 300, 999)]), timestep_spacing=spacing,
+                  steps_offset=choice(gen, [0, 1]) if spacing == "leading" else 0,
+                  beta_schedule=choice(gen, ["scaled_linear", "linear"]))
+    if name == "PNDM":
+        config["skip_prk_steps"] = True  # as Stable Diffusion ships it
+    return IMG2IMG_SCHEDULERS[name](**config)
+
+
+def _full_schedule(sched, n, device=None):
+    fresh = type(sched).from_config(sched.config)
+    fresh.set_timesteps(n, device=device)
+    return fresh
+
+
+def _img2img_bugs(sched, n, s):
+    """What typical wrong img2img_timesteps return on these inputs (the timesteps only)."""
+    full = _full_schedule(sched, n).timesteps
+    order = sched.order
+    k = min(int(n * s), n)
+    skip = n - k
+    bugs = []
+    if order > 1:
+        bugs.append((f"scheduler.order missing: {type(sched).__name__} has order {order}, {order} entries of "
+                     f"scheduler.timesteps per step; skip (n - k) * scheduler.order entries, not n - k.", full[skip:]))
+    bugs += [
+        ("you kept the FIRST steps of the schedule; img2img keeps the LAST k = int(n * strength) (the image enters "
+         "part way down, at t_start, and the loop runs from there to the end).", full[:k * order]),
+        ("strength read as the fraction of steps SKIPPED; it is the fraction RUN: k = int(n * strength) steps are "
+         "kept, n - k skipped (strength 1 runs everything).", full[int(n * s) * order:]),
+        (f"round(n * strength); diffusers rounds DOWN: int(n * strength) (here n * strength = {n * s!r}).",
+         full[(n - min(round(n * s), n)) * order:]),
+        (f"set_timesteps(int(n * strength)), a coarser schedule of k steps; img2img keeps the last k steps of the "
+         f"n-step schedule: set_timesteps(n), then slice.", _full_schedule(sched, max(k, 1)).timesteps),
+    ]
+    skip_ceil = math.ceil(n * (1 - s))
+    if skip_ceil != skip:
+        bugs.append((f"you counted the skipped steps as ceil(n * (1 - strength)) = {skip_ceil}; in floating point "
+                     f"1 - strength is not exact (n * (1 - {s!r}) = {n * (1 - s)!r}). Count the kept steps as "
+                     f"diffusers does, int(n * strength) = {k}, and skip n - k.", full[skip_ceil * order:]))
+    return bugs
+
+
+def _call_img2img(fn, name, sched, n, s, device):
+    try:
+        if device is None:
+            return fn(sched, n, s)
+        return fn(sched, n, s, device)
+    except NotImplementedError:
+        raise
+    except AttributeError as exc:
+        if "set_begin_index" in str(exc) or "begin_index" in str(exc):
+            raise CheckFailed(f"Likely bug: {type(sched).__name__} has no set_begin_index (DDIM, PNDM and DDPM look "
+                              f"timesteps up by value): call it only where the scheduler has it, "
+                              f"hasattr(scheduler, \"set_begin_index\"), as get_timesteps does.\n{name} raised "
+                              f"{describe_exception(exc)}\nHint: {IMG2IMG_HINT}") from exc
+        raise
+
+
+@_quietly
+def check_img2img_timesteps(fn, gen):
+    """DDIM, Euler, DPM++ 2M, PNDM and Heun in random order, each with a random training
+    schedule, spacing and offset, a random n and strength (one typical pair such as n = 10,
+    s = 0.7, one strength 1.0, the others k + a fraction of a step), on a scheduler that was
+    last set to another number of steps. Compared with retrieve_timesteps +
+    StableDiffusionImg2ImgPipeline.get_timesteps on a twin scheduler and with the reference:
+    the timesteps exactly, the number of steps (an integer), the scheduler's schedule and
+    begin index afterwards."""
+    names = [list(IMG2IMG_SCHEDULERS)[i] for i in torch.randperm(len(IMG2IMG_SCHEDULERS), generator=gen).tolist()]
+    typical = randint(gen, 0, len(names) - 1)
+    whole = choice(gen, [i for i, m in enumerate(names) if i != typical and m != "Heun"])  # Heun skips steps
+    for i, sched_name in enumerate(names):
+        sched = _img2img_scheduler(gen, sched_name)
+        if i == typical:
+            n, s = choice(gen, TYPICAL_STRENGTHS)
+        else:
+            n = randint(gen, 3, 30)
+            if i == whole:
+                s = 1.0
+            else:  # k steps and a fraction of the next: rounding up and down disagree on the half above 0.5
+                frac = uniform(gen, 0.55, 0.9) if i % 2 else uniform(gen, 0.1, 0.45)
+                s = round((randint(gen, 1, n - 1) + frac) / n, 4)
+        n_before = choice(gen, [m for m in (4, 7, 12, 40) if m != n])
+        sched.set_timesteps(n_before)  # a scheduler used before, as a pipeline's is
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(0)
+        device = choice(gen, [None, "cpu"])
+        spec = (f"{sched_name} ({type(sched).__name__}, order {sched.order}, timestep_spacing="
+                f"{sched.config.timestep_spacing!r}, num_train_timesteps={sched.config.num_train_timesteps}, last set "
+                f"to {n_before} steps)")
+        name = f"img2img_timesteps({spec}, num_inference_steps={n}, strength={s!r}" + \
+            (")" if device is None else f", device={device!r})")
+
+        twin = type(sched).from_config(sched.config)
+        retrieve_timesteps(twin, n, device)
+        theirs, theirs_k = StableDiffusionImg2ImgPipeline.get_timesteps(types.SimpleNamespace(scheduler=twin), n, s,
+                                                                        device)
+        mine_sched = type(sched).from_config(sched.config)
+        mine, mine_k = ref.img2img_timesteps(mine_sched, n, s, device)
+
+        previous = sched.timesteps.clone()
+        out = _call_img2img(fn, name, sched, n, s, device)
+        full = twin.timesteps
+        if not (sched.timesteps.shape == full.shape and torch.equal(sched.timesteps.cpu(), full.cpu())):
+            now = sched.timesteps
+            if now.shape == previous.shape and torch.equal(now.cpu(), previous.cpu()):
+                why = (f"Likely bug: scheduler.set_timesteps(num_inference_steps) not called: the scheduler still holds "
+                       f"its previous {n_before}-step schedule; img2img_timesteps sets it (retrieve_timesteps in the "
+                       f"pipeline, just before get_timesteps).\n")
+            elif len(now) == len(_full_schedule(sched, max(min(int(n * s), n), 1)).timesteps) and n * s < n:
+                why = ("Likely bug: set_timesteps(int(n * strength)), a coarser schedule of k steps; img2img keeps the "
+                       "last k steps of the n-step schedule: set_timesteps(n), then slice.\n")
+            else:
+                why = ""
+            raise CheckFailed(f"{why}{name}: afterwards scheduler.timesteps has {len(now)} entries, expected the full "
+                              f"{n}-step schedule ({len(full)} entries): call scheduler.set_timesteps(num_inference_steps) "
+                              f"and slice a copy, do not change the scheduler's list.\nHint: {IMG2IMG_HINT}")
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise CheckFailed(f"{name}: expected a pair (timesteps, num_steps_run), got {describe(out)}"
+                              f"{' of length ' + str(len(out)) if isinstance(out, (tuple, list)) else ''}.")
+        got, got_k = out
+        assert_close(f"{name}: timesteps", got, mine, atol=0, rtol=0, hint=IMG2IMG_HINT,
+                     diagnose=_img2img_bugs(sched, n, s))
+        assert_close(f"{name}: timesteps vs StableDiffusionImg2ImgPipeline.get_timesteps", got, theirs, atol=0, rtol=0)
+        k = as_number(f"{name}: num_steps_run", got_k, integer=True)
+        if k != theirs_k:
+            why = {len(theirs): f"that is len(timesteps); with {type(sched).__name__} the list has "
+                                f"{len(theirs)} entries for {theirs_k} steps: return the number of STEPS run, n - "
+                                f"skipped.",
+                   n - theirs_k: "that is the number of steps SKIPPED; return the number run, n - skipped.",
+                   n: "that is n; img2img runs only the last int(n * strength) steps."}.get(k)
+            raise CheckFailed(f"{'Likely bug: ' + why if why else ''}\n{name}: num_steps_run {k}, expected {theirs_k} "
+                              f"(StableDiffusionImg2ImgPipeline.get_timesteps' second value).\nHint: {IMG2IMG_HINT}"
+                              .lstrip())
+        if hasattr(twin, "set_begin_index"):
+            begin, expected = sched.begin_index, twin.begin_index
+            if begin != expected:
+                if begin is None:
+                    why = ("set_begin_index not called, or called BEFORE set_timesteps (which resets it to None): "
+                           "a stateful scheduler would start its sigmas at the first entry, not at t_start.")
+                elif expected and begin == expected // sched.order and sched.order > 1:
+                    why = (f"begin index without scheduler.order: {type(sched).__name__} has {sched.order} entries "
+                           f"per step, so t_start sits at (n - k) * order.")
+                else:
+                    why = "the begin index is the position of t_start in scheduler.timesteps."
+                raise CheckFailed(f"Likely bug: {why}\n{name}: scheduler.begin_index is {begin}, expected {expected} "
+                                  f"(as after StableDiffusionImg2ImgPipeline.get_timesteps).\nHint: {IMG2IMG_HINT}")
+        assert mine_k == theirs_k and torch.equal(mine, theirs), "reference differs from diffusers"

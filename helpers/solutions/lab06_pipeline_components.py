@@ -16,26 +16,25 @@ tiny-sd), C = unet.config.in_channels latent channels.
 `StableDiffusionPipeline.__call__` (Rombach et al. 2022, "High-Resolution Image Synthesis with
 Latent Diffusion Models"; Ho & Salimans 2022 for the guidance), numbered as in its source:
 
-    3. c = E(prompt), c_0 = E(negative prompt or "")     prompt_embeds = cat([c_0, c])  (2B, L, D)
-    4. scheduler.set_timesteps(n)                        the n timesteps t_1 > ... > t_n
-    5. x_T = init_noise_sigma * eps,  eps ~ N(0, I) of shape (B, C, H/f, W/f)
-    7. for t in timesteps:
-           x_in  = scheduler.scale_model_input(cat([x_t, x_t]), t)
-           eps_u, eps_c = unet(x_in, t, prompt_embeds).chunk(2)
-           eps   = eps_u + w (eps_c - eps_u)
-           x_t   = scheduler.step(eps, t, x_t).prev_sample
-       image = vae.decode(x_0 / scaling_factor) / 2 + 0.5, clamped to [0, 1]
+    3. c = E(prompt), c_0 = E(negative prompt, or "")   both halves, unconditional first: (2B, L, D)
+    4. the scheduler's n timesteps t_1 > ... > t_n        (set before step 5 reads init_noise_sigma)
+    5. x = init_noise_sigma * eps, eps ~ N(0, I)          latent shape (B, C, H/f, W/f)
+    7. at each t_i: the UNet predicts (eps_u, eps_c) from the scheduler's scaled input [x, x] at t_i
+       and [c_0, c]; eps = eps_u + w (eps_c - eps_u); the scheduler's step moves the UNSCALED x on.
+       image = D(x_0 / scaling_factor), from [-1, 1] to [0, 1], clamped   (D: the VAE decoder)
 
-The functions below are, in order: steps 3, 5 and the whole of it. Each equals the pipeline's
-own tensors on the same inputs (`pipe.encode_prompt`, `pipe.prepare_latents`,
-`pipe(..., output_type="latent")`).
+The functions below are, in order: steps 3, 5 and the whole of it, then step 5 of another
+program over the same components, `StableDiffusionImg2ImgPipeline` (which timesteps an image
+edited with `strength` runs). Each equals the pipeline's own tensors on the same inputs
+(`pipe.encode_prompt`, `pipe.prepare_latents`, `pipe(..., output_type="latent")`,
+`retrieve_timesteps` + `StableDiffusionImg2ImgPipeline.get_timesteps`).
 """
 
 import inspect
 
 import torch
 
-__all__ = ["encode_prompt", "prepare_latents", "generate"]
+__all__ = ["encode_prompt", "prepare_latents", "generate", "img2img_timesteps"]
 
 
 def encode_prompt(tokenizer, text_encoder, prompts, device):
@@ -61,9 +60,17 @@ def encode_prompt(tokenizer, text_encoder, prompts, device):
         D = text_encoder.config.hidden_size.
     """
     # BEGIN SOLUTION
-    # HINT: One string means a batch of one: [prompts].
-    # HINT: tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids is (B, L).
-    # HINT: text_encoder(input_ids.to(device))[0] is the last hidden state (B, L, D); no attention mask, not the pooled output.
+    # TODO: the text path of StableDiffusionPipeline.encode_prompt (diffusers/pipelines/stable_diffusion/
+    # TODO: pipeline_stable_diffusion.py, clip_skip=None; Rombach et al. 2022, eq. 3): ids of length L, then the
+    # TODO: encoder's last hidden state, (B, L, D) on `device` in the encoder's dtype.
+    # HINT 1: Read StableDiffusionPipeline.encode_prompt in diffusers/pipelines/stable_diffusion/
+    # HINT 1: pipeline_stable_diffusion.py, from "text_inputs = self.tokenizer(" to "prompt_embeds = prompt_embeds[0]":
+    # HINT 1: the tokenizer's keyword arguments, what use_attention_mask decides, and which output is kept.
+    # HINT 2: Turn one string into a batch of one. Tokenize the batch padded to the tokenizer's maximum length
+    # HINT 2: and cut to it, as PyTorch tensors; move the ids to `device`; run the text encoder without
+    # HINT 2: gradients and without a mask; keep the first output (the last hidden state, not the pooled one).
+    # HINT 3: ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+    # HINT 3: return_tensors="pt").input_ids  (B, L); embeds = text_encoder(ids.to(device))[0]  (B, L, D).
     if isinstance(prompts, str):
         prompts = [prompts]
     input_ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
@@ -115,10 +122,19 @@ def prepare_latents(batch_size, num_channels, height, width, vae_scale_factor, g
         ValueError: a list of generators whose length is not batch_size.
     """
     # BEGIN SOLUTION
-    # HINT: The latent shape is (batch_size, num_channels, height // vae_scale_factor, width // vae_scale_factor).
-    # HINT: torch.randn(shape, generator=g, device=g.device, dtype=dtype).to(device): draw where the generator lives, then move.
-    # HINT: A list of generators: one (1, C, h, w) draw per generator, torch.cat along the batch (ValueError if its length is not batch_size).
-    # HINT: Multiply by init_noise_sigma at the end (1 for DDIM, about sigma_max for Euler).
+    # TODO: StableDiffusionPipeline.prepare_latents with latents=None and diffusers' randn_tensor
+    # TODO: (diffusers/pipelines/stable_diffusion/pipeline_stable_diffusion.py; diffusers/utils/torch_utils.py):
+    # TODO: the latent shape, the draw from `generator` (one or a list), the scaling by init_noise_sigma.
+    # HINT 1: Read StableDiffusionPipeline.prepare_latents (the shape and the last line) and randn_tensor in
+    # HINT 1: diffusers/utils/torch_utils.py (which device it draws on when a generator is given, and the
+    # HINT 1: branch for a list of generators).
+    # HINT 2: Build the latent shape from the image size and the factor. Draw standard normal noise in `dtype`
+    # HINT 2: on the generator's device (the CPU for a CPU generator), then move it to `device`. For a list,
+    # HINT 2: check its length, draw one sample per generator and stack them along the batch. Scale by the
+    # HINT 2: scheduler's initial standard deviation.
+    # HINT 3: shape = (B, C, height // f, width // f); noise = torch.randn(shape, generator=g, device=g.device,
+    # HINT 3: dtype=dtype).to(device); a list: torch.cat of (1, C, h, w) draws, one per generator;
+    # HINT 3: return noise * init_noise_sigma.
     shape = (batch_size, num_channels, int(height) // vae_scale_factor, int(width) // vae_scale_factor)
     device = torch.device(device)
 
@@ -176,18 +192,31 @@ def generate(components, prompt, negative_prompt=None, num_inference_steps=25, g
         width / f), the final x_0 before decoding.
     """
     # BEGIN SOLUTION
-    # HINT: f = 2 ** (len(vae.config.block_out_channels) - 1); default height/width = unet.config.sample_size * f; device = unet.device.
-    # HINT: CFG only when guidance_scale > 1: embeddings cat([encode(negative or ""), encode(prompt)]) (uncond FIRST).
-    # HINT: scheduler.set_timesteps(n, device=device) BEFORE prepare_latents (init_noise_sigma depends on the timesteps).
-    # HINT: Each step: x_in = scale_model_input(cat([latents] * 2), t); eps_u, eps_c = unet(x_in, t, encoder_hidden_states=embeds).sample.chunk(2).
-    # HINT: latents = scheduler.step(eps, t, latents, [generator=generator if step accepts it]).prev_sample: step the UNSCALED latents.
-    # HINT: images = (vae.decode(latents / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1).
+    # TODO: StableDiffusionPipeline.__call__ written out (diffusers/pipelines/stable_diffusion/
+    # TODO: pipeline_stable_diffusion.py, its steps 3, 4, 5, 7 and the decode; Ho & Salimans 2022, eq. 6, as
+    # TODO: diffusers writes it), calling your encode_prompt and prepare_latents by name.
+    # HINT 1: Read StableDiffusionPipeline.__call__ in diffusers/pipelines/stable_diffusion/pipeline_stable_diffusion.py:
+    # HINT 1: the defaults of height/width, do_classifier_free_guidance, "# 3. Encode input prompt" (the order of
+    # HINT 1: the two halves), "# 4. Prepare timesteps" before "# 5. Prepare latent variables", the loop of
+    # HINT 1: "# 7. Denoising loop" (what goes into scale_model_input, the UNet and scheduler.step), and the
+    # HINT 1: decode after it (VaeImageProcessor.postprocess / denormalize for the [0, 1] mapping).
+    # HINT 2: Work out f, the image size and the device from the components. Encode the prompts; when guiding,
+    # HINT 2: also the negatives (or empty strings) and put those first. Set the timesteps, then draw the
+    # HINT 2: starting latents. At each timestep: double the latents when guiding, scale them for the model,
+    # HINT 2: predict, split and combine the two predictions, and step the UNSCALED latents (passing the
+    # HINT 2: generator when the scheduler's step takes one). Finally decode the unscaled latent space and
+    # HINT 2: map [-1, 1] to [0, 1] with a clamp.
+    # HINT 3: f = 2 ** (len(vae.config.block_out_channels) - 1); embeds = cat([encode(negatives), encode(prompts)]);
+    # HINT 3: scheduler.set_timesteps(n, device=device), then prepare_latents(..., scheduler.init_noise_sigma, ...);
+    # HINT 3: x_in = scale_model_input(cat([latents] * 2), t); eps_u, eps_c = unet(x_in, t, encoder_hidden_states=embeds)
+    # HINT 3: .sample.chunk(2); eps = eps_u + w (eps_c - eps_u); latents = scheduler.step(eps, t, latents).prev_sample;
+    # HINT 3: images = (vae.decode(latents / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1).
     tokenizer, text_encoder = components["tokenizer"], components["text_encoder"]
     unet, scheduler, vae = components["unet"], components["scheduler"], components["vae"]
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     B = len(prompts)
     device = unet.device
-    f = 2 ** (len(vae.config.block_out_channels) - 1)  # vae_scale_factor
+    f = 2 ** (len(vae.config.block_out_channels) - 1)  # convention: vae_scale_factor's definition (module docstring)
     height = height or unet.config.sample_size * f
     width = width or unet.config.sample_size * f
     do_cfg = guidance_scale > 1.0
@@ -225,4 +254,70 @@ def generate(components, prompt, negative_prompt=None, num_inference_steps=25, g
         images = vae.decode(latents / vae.config.scaling_factor).sample  # (B, 3, H, W)
         images = (images / 2 + 0.5).clamp(0, 1)
     return images, latents
+    # END SOLUTION
+
+
+def img2img_timesteps(scheduler, num_inference_steps, strength, device=None):
+    """The timesteps img2img runs for a given `strength`, as step 5 of
+    `StableDiffusionImg2ImgPipeline.__call__`: `retrieve_timesteps(scheduler, n, device)` (which
+    sets the schedule), then `StableDiffusionImg2ImgPipeline.get_timesteps(n, strength, device)`
+    (diffusers/pipelines/stable_diffusion/pipeline_stable_diffusion_img2img.py).
+
+    SDEdit (Meng et al. 2022, "SDEdit: Guided Image Synthesis and Editing with Stochastic
+    Differential Equations", Sec. 3): the input image is noised to an intermediate time t_0 and
+    the reverse process runs from there. With the n-step schedule t_1 > ... > t_n of
+    `scheduler.set_timesteps(n)`, img2img keeps the LAST k = floor(n * s) of the n steps
+    (k = n at most; the floor is Python's int() of the float product n * s, as diffusers
+    computes it) and skips the first n - k; the image enters at the first kept timestep.
+
+    Two things make this more than slicing a list of n numbers:
+    - `scheduler.timesteps` holds `scheduler.order` entries per step for some schedulers
+      (2 for Heun and KDPM2, which evaluate the model twice per step: their list has
+      2 n - 1 entries, the last step being a single evaluation); PNDM's has n + 1 entries
+      (with skip_prk_steps, its first step is evaluated twice) and order 1. Steps are skipped
+      in units of `order` entries, counted from the start of the list.
+    - A stateful scheduler counts its steps (`step_index`); the index of the first kept entry
+      must be announced to it with `scheduler.set_begin_index(i)` AFTER `set_timesteps` (which
+      resets it), so that its first `step` / `scale_model_input` / `add_noise` use the right
+      sigma. Schedulers without that method (DDIM, PNDM, DDPM) look nothing up by index and
+      are left as they are.
+
+    Args:
+        scheduler: any diffusers scheduler; its schedule is (re)set here, for n steps, on `device`
+            (what `retrieve_timesteps` does).
+        num_inference_steps: n, an integer >= 1.
+        strength: s, a number in (0, 1]: 1 runs the whole schedule, smaller values fewer steps.
+        device: where the timesteps go (None: the scheduler's default, the CPU).
+
+    Returns:
+        (timesteps, num_steps_run): timesteps, a 1-D tensor, the tail of `scheduler.timesteps`
+        (same dtype and device, first entry t_start); num_steps_run, an integer, the number of
+        the n steps that are run (k, not the length of `timesteps`). The scheduler is left with
+        the full n-step schedule and, where it has `set_begin_index`, its begin index set to
+        the position of t_start in `scheduler.timesteps`.
+    """
+    # BEGIN SOLUTION
+    # TODO: retrieve_timesteps, then StableDiffusionImg2ImgPipeline.get_timesteps (diffusers/pipelines/
+    # TODO: stable_diffusion/pipeline_stable_diffusion_img2img.py; SDEdit, Meng et al. 2022, Sec. 3):
+    # TODO: set the schedule, keep its last k steps, tell the scheduler where it begins.
+    # HINT 1: Open diffusers/pipelines/stable_diffusion/pipeline_stable_diffusion_img2img.py: in __call__,
+    # HINT 1: step "5. set timesteps" (retrieve_timesteps, then self.get_timesteps), and get_timesteps itself
+    # HINT 1: (about ten lines). Look for scheduler.order and hasattr(..., "set_begin_index"); compare
+    # HINT 1: len(scheduler.timesteps) with n for HeunDiscreteScheduler and PNDMScheduler.
+    # HINT 2: Set the n-step schedule on the scheduler. Count the steps to run (n times the strength, rounded
+    # HINT 2: down, at most n) and the steps to skip (the rest). Skip that many steps' worth of entries at the
+    # HINT 2: front of scheduler.timesteps, order entries per step. If the scheduler can be told its begin
+    # HINT 2: index, tell it that position. Return the kept entries and the number of steps run.
+    # HINT 3: scheduler.set_timesteps(n, device=device); k = min(int(n * strength), n); skip = max(n - k, 0);
+    # HINT 3: timesteps = scheduler.timesteps[skip * scheduler.order:]; scheduler.set_begin_index(skip * scheduler.order)
+    # HINT 3: if hasattr(scheduler, "set_begin_index"); return timesteps, n - skip.
+    n = int(num_inference_steps)
+    scheduler.set_timesteps(n, device=device)  # resets the begin index: set it afterwards
+    kept = min(int(n * strength), n)  # the last `kept` steps run (Python's int() of the float product)
+    skipped = max(n - kept, 0)
+    first = skipped * scheduler.order  # entries per step: 2 for Heun and KDPM2
+    timesteps = scheduler.timesteps[first:]  # (len - first,) t_start first
+    if hasattr(scheduler, "set_begin_index"):  # DDIM, PNDM, DDPM have none (they index by value)
+        scheduler.set_begin_index(first)
+    return timesteps, n - skipped
     # END SOLUTION
