@@ -150,3 +150,20 @@ def test_return_type_rule_judges_values_not_types():
         as_numbers("s()", (8, 8), 3)
     with pytest.raises(CheckFailed, match="expected a tuple"):
         as_numbers("s()", 8, 3)
+
+
+def test_importing_any_check_prints_no_library_notice():
+    """Issue 15: a check run from a shell printed transformers' "requires torchvision" notice
+    (labs 04, 07, 08, 10). helpers.checks quiets transformers before any check imports it."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers.labs import available_labs
+
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_VERBOSITY"}
+    code = "import importlib\n" + "".join(f"importlib.import_module({info.check_module!r})\n"
+                                          for info in available_labs())
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "torchvision" not in res.stdout + res.stderr
