@@ -29,17 +29,19 @@ TOL_RESCALE = dict(atol=1e-5, rtol=1e-5)
 # One batched forward vs two separate ones: convolution algorithms may differ by ~1e-6, times w.
 TOL_UNET = dict(atol=1e-4, rtol=1e-4)
 
-EQ6 = ("eps_cfg = eps_uncond + w * (eps_text - eps_uncond) (Ho & Salimans 2022, eq. 6, in diffusers' "
-       "convention: w = 1 returns eps_text, w = 0 returns eps_uncond).")
-RESCALE_EQ = ("per sample, std over every dim but the batch one: eps_rescaled = eps_cfg * std(eps_text) / "
-              "std(eps_cfg); out = phi * eps_rescaled + (1 - phi) * eps_cfg (Lin et al. 2023, sec. 3.4; "
-              "diffusers' rescale_noise_cfg).")
-BATCH_HINT = ("one forward on the batch [uncond, cond] like StableDiffusionPipeline: "
-              "unet(torch.cat([latents] * 2), t, encoder_hidden_states=torch.cat([uncond_embeddings, "
-              "text_embeddings])).sample, then noise_pred_uncond, noise_pred_text = noise_pred.chunk(2).")
+EQ6 = ("Ho & Salimans 2022, eq. 6, in diffusers' convention (guidance_scale is the paper's 1 + w: w = 1 "
+       "returns eps_text, w = 0 returns eps_uncond); read the line under \"perform guidance\" in "
+       "StableDiffusionPipeline.__call__.")
+RESCALE_EQ = ("Lin et al. 2023, sec. 3.4, as diffusers' rescale_noise_cfg (pipeline_stable_diffusion.py): one "
+              "std per sample over every dim but the batch one, kept as size-1 dims; the rescaled prediction "
+              "gets eps_text's std; guidance_rescale is the weight of the rescaled prediction in the final "
+              "blend with noise_cfg.")
+BATCH_HINT = ("one UNet forward on the doubled batch, in StableDiffusionPipeline's order [uncond, cond]: read "
+              "__call__'s step 3 (where prompt_embeds is joined with negative_prompt_embeds) and its denoising "
+              "loop, step 7 (latent_model_input, the unet call, the split of noise_pred into two halves).")
 TIMESTEP_HINT = ("a (B,) timestep tensor gives one t per sample; the doubled batch needs (2B,) timesteps in "
-                 "the same [uncond, cond] order: torch.cat([timestep, timestep]). (An int or a 0-d tensor, "
-                 "what the pipeline passes, the UNet broadcasts by itself.)")
+                 "the same [uncond, cond] order as the latents and embeddings. (An int or a 0-d tensor, what "
+                 "the pipeline passes, the UNet broadcasts by itself: UNet2DConditionModel.get_time_embed.)")
 
 
 # --------------------------------------------------------------------------- random inputs
@@ -75,21 +77,22 @@ def _cfg_bugs(u, c, w):
     return [
         ("branches swapped: you moved from eps_text towards eps_uncond, eps_text + w * (eps_uncond - eps_text). "
          "Guidance starts from the UNconditional prediction and extrapolates towards (and past) the "
-         "conditional one: eps_uncond + w * (eps_text - eps_uncond).", c + w * (u - c)),
+         "conditional one (Ho & Salimans eq. 6).", c + w * (u - c)),
         ("you used Ho & Salimans' (1 + w) convention, (1 + w) * eps_text - w * eps_uncond = eps_text + "
-         "w * (eps_text - eps_uncond). diffusers' guidance_scale is the paper's w + 1: with it the line is "
-         "eps_uncond + w * (eps_text - eps_uncond), and w = 1 means no guidance.", c + w * (c - u)),
+         "w * (eps_text - eps_uncond). diffusers' guidance_scale is the paper's w + 1, so w = 1 means no "
+         "guidance (read the pipeline's \"perform guidance\" line).", c + w * (c - u)),
         ("you subtracted 1 from w: eps_uncond + (w - 1) * (eps_text - eps_uncond). diffusers' guidance_scale "
          "already is the paper's 1 + w; use it as it is.", u + (w - 1) * (c - u)),
         ("sign error in w * eps_text + (1 - w) * eps_uncond: you wrote w * eps_text - (1 - w) * eps_uncond. "
-         "The two weights must add up to 1 (w and 1 - w), so eps_uncond gets weight 1 - w (negative for w > 1).",
+         "The two weights must add up to 1; check w = 1 (eps_text) and w = 0 (eps_uncond) by hand.",
          w * c - (1 - w) * u),
         ("sign error in w * eps_text + (1 - w) * eps_uncond: you wrote w * eps_text + (w - 1) * eps_uncond. "
-         "The weights must add up to 1: eps_uncond's weight is 1 - w.", w * c + (w - 1) * u),
-        ("sign of the difference flipped: eps_uncond - w * (eps_text - eps_uncond) guides AWAY from the prompt. "
-         "Use eps_uncond + w * (eps_text - eps_uncond).", u - w * (c - u)),
+         "The two weights must add up to 1; check w = 1 (eps_text) and w = 0 (eps_uncond) by hand.",
+         w * c + (w - 1) * u),
+        ("sign of the difference flipped: eps_uncond - w * (eps_text - eps_uncond) guides AWAY from the prompt, "
+         "not towards it.", u - w * (c - u)),
         ("the unconditional base is missing: you returned w * (eps_text - eps_uncond), only the guidance "
-         "direction. Add it to eps_uncond.", w * (c - u)),
+         "direction, without the prediction it starts from.", w * (c - u)),
         ("you scaled eps_text by w; CFG extrapolates along the DIFFERENCE eps_text - eps_uncond, starting "
          "from eps_uncond.", w * c),
         ("you returned eps_text unchanged (no guidance, as if w were 1).", c.clone()),
@@ -116,15 +119,15 @@ def check_classifier_free_guidance(fn, gen):
         got = fn(u_in, c_in, w)
         if not (torch.equal(u_in, u) and torch.equal(c_in, c)):
             raise CheckFailed(f"{name}: your function changed its inputs in place; build a new tensor "
-                              f"(a + w * (b - a), not a.add_(...)): the pipeline still needs them.")
+                              f"(out-of-place arithmetic, not a.add_(...)): the pipeline still needs them.")
         extra = {1.0: " At w = 1 the result must be eps_text itself (no guidance).",
                  0.0: " At w = 0 the result must be eps_uncond itself."}.get(w, "")
         # The pipeline's own line (StableDiffusionPipeline.__call__, "perform guidance"):
         pipeline_line = u + w * (c - u)
         assert_close(name, got, ref.classifier_free_guidance(u, c, w), **TOL_CFG[dtype],
                      diagnose=_cfg_bugs(u, c, w), hint=EQ6 + extra)
-        assert_close(f"{name} vs the pipeline's line noise_pred_uncond + guidance_scale * "
-                     f"(noise_pred_text - noise_pred_uncond)", got, pipeline_line, **TOL_CFG[dtype])
+        assert_close(f"{name} vs the pipeline's guidance line (StableDiffusionPipeline.__call__, "
+                     f"\"perform guidance\")", got, pipeline_line, **TOL_CFG[dtype])
 
 
 # --------------------------------------------------------------------------- rescale_noise_cfg
@@ -144,34 +147,35 @@ def _rescale_bugs(cfg, text, phi):
     ratio = _std(text, per_sample) / _std(cfg, per_sample)
     bugs = [
         ("std over the wrong dimensions: you took one std over ALL dims, the batch included (x.std()). "
-         "Each sample gets its own std: x.std(dim=list(range(1, x.ndim)), keepdim=True), shape (B, 1, ..., 1).",
+         "Each sample gets its own std, over every dim but the batch one, kept as size-1 dims: shape "
+         "(B, 1, ..., 1).",
          _mix(phi, cfg * (text.std() / cfg.std()), cfg)),
         ("std over the wrong dimensions: you took the std over the channels only (dim=1). It is one std per "
-         "sample, over every dim but the batch one: dim=list(range(1, x.ndim)).",
+         "sample, over every dim but the batch one (read rescale_noise_cfg's std lines).",
          _mix(phi, cfg * (_std(text, [1]) / _std(cfg, [1])), cfg)),
         ("std over the wrong dimensions: you took one std per channel (over the spatial dims only). It is one "
-         "std per sample, over every dim but the batch one (channels included): dim=list(range(1, x.ndim)).",
+         "std per sample, over every dim but the batch one, channels included.",
          _mix(phi, cfg * (_std(text, list(range(2, nd))) / _std(cfg, list(range(2, nd)))), cfg)),
         ("mixing factor inverted: you returned (1 - phi) * rescaled + phi * noise_cfg. guidance_rescale = phi "
-         "is the weight of the RESCALED prediction: phi * rescaled + (1 - phi) * noise_cfg (phi = 0: no change).",
+         "is the weight of the RESCALED prediction (phi = 0: no change), as in rescale_noise_cfg's last line.",
          _mix(1 - phi, cfg * ratio, cfg)),
         ("variance instead of standard deviation: you rescaled by var(eps_text) / var(eps_cfg). Rescale by the "
-         "ratio of standard deviations, std_text / std_cfg (.std(), not .var()).",
+         "ratio of standard deviations, not of variances.",
          _mix(phi, cfg * (text.var(dim=per_sample, keepdim=True) / cfg.var(dim=per_sample, keepdim=True)), cfg)),
         ("ratio inverted: you multiplied by std(eps_cfg) / std(eps_text), which makes the guided prediction "
-         "even larger. Multiply by std_text / std_cfg, so the result has eps_text's std.",
+         "even larger. The rescaled prediction must get eps_text's std.",
          _mix(phi, cfg * (1 / ratio), cfg)),
-        ("you mixed the rescaled prediction with noise_pred_text; the mix is with the guided prediction: "
-         "phi * rescaled + (1 - phi) * noise_cfg.", _mix(phi, cfg * ratio, text)),
+        ("you mixed the rescaled prediction with noise_pred_text; the mix is with the guided prediction, "
+         "noise_cfg (rescale_noise_cfg's last line).", _mix(phi, cfg * ratio, text)),
     ]
     if phi != 1:
-        bugs.append(("guidance_rescale ignored in the mix: you returned the fully rescaled prediction. Blend: "
-                     "phi * rescaled + (1 - phi) * noise_cfg.", cfg * ratio))
+        bugs.append(("guidance_rescale ignored in the mix: you returned the fully rescaled prediction. Blend it "
+                     "with noise_cfg, weighted by guidance_rescale (rescale_noise_cfg's last line).", cfg * ratio))
     if phi != 0:
         bugs.append(("you returned noise_cfg unchanged: the rescale is missing.", cfg.clone()))
     if nd != 4:
         bugs.append(("std over the wrong dimensions: dims (1, 2, 3) are right only for 4-D tensors. Use every "
-                     "dim but the batch one, whatever the rank: dim=list(range(1, x.ndim)).",
+                     "dim but the batch one, whatever the rank.",
                      _mix(phi, cfg * (_std(text, [1, 2, 3][:nd - 1]) / _std(cfg, [1, 2, 3][:nd - 1])), cfg)))
     return bugs
 
@@ -283,12 +287,11 @@ def _guided_bugs(unet, x, t, text, uncond, w, phi, calls):
     order = _order_of(batched[0], uncond, text) if len(batched) == 1 else None
     if order == "cond-first":
         swap_hint = ("chunk order: you built the batch cond first, [text, uncond], but split it as (uncond, text). "
-                     "noise_pred.chunk(2) returns the halves in the order of the batch; build it like the "
-                     "pipeline, torch.cat([uncond_embeddings, text_embeddings]), uncond FIRST.")
+                     "chunk returns the halves in the order of the batch; build it in the pipeline's order, "
+                     "uncond FIRST (step 3 of StableDiffusionPipeline.__call__).")
     else:
         swap_hint = ("chunk order: the two halves of noise_pred.chunk(2) are swapped. With the batch [uncond, cond] "
-                     "(the pipeline's order) the first half is eps_uncond: noise_pred_uncond, noise_pred_text = "
-                     "noise_pred.chunk(2).")
+                     "(the pipeline's order) the first half is eps_uncond.")
     bugs = [(swap_hint, finish(ec, eu))]
     if isinstance(t, torch.Tensor) and t.ndim == 1:
         bugs += [
@@ -299,8 +302,8 @@ def _guided_bugs(unet, x, t, text, uncond, w, phi, calls):
              _batched_with(unet, x, t.repeat_interleave(2), text, uncond, w, phi)),
         ]
     if phi > 0:
-        bugs.append(("guidance_rescale ignored: with guidance_rescale > 0 apply rescale_noise_cfg(noise_pred, "
-                     "noise_pred_text, guidance_rescale) after the guidance line, like the pipeline.",
+        bugs.append(("guidance_rescale ignored: with guidance_rescale > 0 the pipeline applies rescale_noise_cfg after "
+                     "the guidance line (the guidance_rescale branch of step 7).",
                      eu + w * (ec - eu)))
     bugs += [("you returned eps_text, the conditional prediction alone: the guidance line is missing.", ec),
              ("you returned eps_uncond alone: the guidance line is missing.", eu)]
@@ -373,7 +376,8 @@ def check_guided_noise_pred(fn, gen):
         with torch.no_grad():
             bugs, two_forwards = _guided_bugs(unet, x, t, text, uncond, w, phi, rec.calls)
             expected = ref.guided_noise_pred(unet, x, t, text, uncond, w, phi)
-        hint = BATCH_HINT + " Then " + EQ6 + (" Then rescale_noise_cfg." if phi > 0 else "")
+        hint = (BATCH_HINT + " Then guide: " + EQ6
+                + (" Then rescale_noise_cfg (the guidance_rescale branch of step 7)." if phi > 0 else ""))
         assert_close(name, got, expected, **TOL_UNET, diagnose=bugs, hint=hint)
         assert_close(f"{name} vs two separate forwards (uncond, then cond) combined by the pipeline's lines",
                      got, two_forwards, **TOL_UNET)
@@ -391,7 +395,7 @@ def check_guided_noise_pred(fn, gen):
         if order == "cond-first":
             raise CheckFailed(
                 f"Likely bug: chunk order: your batch is [cond, uncond]; StableDiffusionPipeline builds "
-                f"[uncond, cond] (prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])), and "
+                f"[uncond, cond] (step 3 of __call__, where negative_prompt_embeds come first), and "
                 f"callbacks, IP-Adapter image embeddings and ControlNet residuals rely on that order.\n{name}: "
                 f"your numbers are right because you also split in that order.\nHint: {BATCH_HINT}")
 
@@ -403,11 +407,11 @@ def check_guided_noise_pred(fn, gen):
 # in float32, or rounds in another order, stays within a few dozen ulps of the values involved.
 TOL_APG = {torch.float32: 64 * torch.finfo(torch.float32).eps, torch.float64: 64 * torch.finfo(torch.float64).eps}
 
-APG_EQ = ("per sample, norms and inner products over every dim but the batch one: d = eps_c - eps_u; "
-          "[momentum: buffer.update(d), d = buffer.running_average]; [r > 0: d = d * min(1, r / ||d||)]; "
-          "e = eps_c / ||eps_c||; d_par = <d, e> e; d_perp = d - d_par; out = eps_u + w * (d_perp + eta * d_par) "
-          "(Sadat et al. 2024, APG; diffusers' normalized_guidance in diffusers/guiders/"
-          "adaptive_projected_guidance.py).")
+APG_EQ = ("Sadat et al. 2024 (APG), as diffusers' normalized_guidance (diffusers/guiders/"
+          "adaptive_projected_guidance.py) with use_original_formulation=False: norms and inner products per "
+          "sample over every dim but the batch one (norm_dim=None); the order momentum (MomentumBuffer.update) "
+          "-> norm threshold (shrinks, never grows) -> split of the difference into the parts parallel and "
+          "orthogonal to pred_cond -> eta weights the parallel part; the result starts from pred_uncond.")
 
 
 def _norm(x, dims):
@@ -456,8 +460,8 @@ def _apg64(c, u, w, eta, r, running=0, beta=None, variant="right"):
 _APG_BUGS = [
     ("onto_uncond", "you projected onto eps_uncond; APG splits the update into the parts parallel and orthogonal "
                     "to the CONDITIONAL prediction (v1 = normalize(pred_cond) in diffusers)."),
-    ("not_normalised", "you projected onto eps_c without normalising it: <d, eps_c> eps_c is ||eps_c||^2 times too "
-                       "long. Use the unit vector e = eps_c / ||eps_c|| (torch.nn.functional.normalize, per sample)."),
+    ("not_normalised", "you projected onto eps_c without normalising it: the parallel part is ||eps_c||^2 times "
+                       "too long. Project onto the unit vector along eps_c, per sample (v1 in diffusers)."),
     ("all_dims", "norms over the wrong dimensions: you took one norm / inner product over the whole batch. Each "
                  "sample gets its own: dim = every dim but the batch one, keepdim=True."),
     ("spatial_dims", "norms over the wrong dimensions: you took one norm per channel (spatial dims only). diffusers' "
@@ -465,27 +469,27 @@ _APG_BUGS = [
     ("channel_dim", "norms over the wrong dimensions: you took the norm over the channels only (dim=1). diffusers' "
                     "default (norm_dim=None) uses every dim but the batch one."),
     ("eta_swapped", "eta weights the wrong part: you returned eta * d_perp + d_par. eta down-weights the PARALLEL "
-                    "part: d_perp + eta * d_par."),
-    ("no_perp", "the orthogonal part is missing: the update is d_perp + eta * d_par, not eta * d_par alone."),
+                    "part and leaves the orthogonal one whole."),
+    ("no_perp", "the orthogonal part is missing: you returned eta * d_par alone; the update keeps d_perp whole."),
     ("plain_cfg", "you returned plain CFG, eps_u + w * d: the projection is missing (eta must weight the part of d "
                   "parallel to eps_c)."),
-    ("original", "you started from eps_c (use_original_formulation=True). diffusers' default starts from eps_u: "
-                 "eps_u + w * (d_perp + eta * d_par)."),
+    ("original", "you started from eps_c (use_original_formulation=True). diffusers' default starts from eps_u "
+                 "(the last lines of normalized_guidance)."),
     ("paper_form", "you used the paper's form eps_c + (w - 1) * (...); diffusers' normalized_guidance (default "
-                   "use_original_formulation=False) is eps_u + w * (d_perp + eta * d_par)."),
-    ("no_threshold", "norm_threshold ignored: with r > 0 each sample's d is shrunk to norm r where it is longer: "
-                     "d * min(1, r / ||d||)."),
-    ("threshold_always", "the threshold rescales every sample to norm r; it only SHRINKS those longer than r: "
-                         "d * min(1, r / ||d||) (torch.minimum with 1, as diffusers)."),
+                   "use_original_formulation=False) starts from eps_u with guidance_scale as it is (its last lines)."),
+    ("no_threshold", "norm_threshold ignored: with r > 0 each sample's d is shrunk to norm r where it is longer "
+                     "(the norm_threshold branch of normalized_guidance)."),
+    ("threshold_always", "the threshold rescales every sample to norm r; it only SHRINKS those longer than r "
+                         "(read how diffusers caps the scale factor at 1)."),
     ("threshold_on_update", "the threshold is applied to the final update; diffusers applies it to d, before the "
-                            "projection: d * min(1, r / ||d||), then split d."),
+                            "projection."),
     ("no_momentum", "the momentum is not applied: you used the raw d = pred_cond - pred_uncond. With a buffer, d is "
-                    "the buffer's running average after this call's update (momentum_buffer.update(d), then "
-                    "d = momentum_buffer.running_average)."),
-    ("ema_momentum", "momentum as an exponential moving average (beta * m + (1 - beta) * d); diffusers' "
-                     "MomentumBuffer.update is m <- d + beta * m (no 1 - beta)."),
+                    "the buffer's running average after this call's update (the momentum_buffer lines at the top "
+                    "of normalized_guidance)."),
+    ("ema_momentum", "momentum as an exponential moving average (beta * m + (1 - beta) * d); read diffusers' "
+                     "MomentumBuffer.update: there is no 1 - beta."),
     ("threshold_before_momentum", "order: you thresholded d before the momentum; diffusers averages first "
-                                  "(momentum_buffer.update(d)), then thresholds the running average."),
+                                  "(MomentumBuffer.update), then thresholds the running average."),
 ]
 
 
@@ -526,16 +530,16 @@ def _check_buffer(name, state, previous, expected, d, beta, r, scale, dtype):
         what = "what TWO updates give: update it once per call"
     elif r > 0 and _running_close(state, d * torch.clamp(r / _norm(d, list(range(1, d.ndim))), max=1.0) + beta * previous,
                                   scale, dtype):
-        what = ("the thresholded d plus momentum: diffusers averages first (momentum_buffer.update(d) with the raw "
+        what = ("the thresholded d plus momentum: diffusers averages first (MomentumBuffer.update with the raw "
                 "d), then thresholds the running average")
     elif _running_close(state, beta * previous + (1 - beta) * d, scale, dtype):
-        what = ("beta * m + (1 - beta) * d, an exponential moving average; diffusers' MomentumBuffer.update is "
-                "m <- d + beta * m (no 1 - beta)")
+        what = ("beta * m + (1 - beta) * d, an exponential moving average; read diffusers' MomentumBuffer.update: "
+                "there is no 1 - beta")
     else:
-        what = f"{describe(state)}, not d + momentum * (its previous value)"
+        what = f"{describe(state)}, not one MomentumBuffer.update of its previous value"
     raise CheckFailed(f"Likely bug: momentum: after your call the buffer's running_average is {what}.\n{name}: "
-                      f"update the buffer once per call with d = pred_cond - pred_uncond (momentum_buffer.update(d), "
-                      f"as diffusers) and use its new running_average as d.\nHint: {APG_EQ}")
+                      f"update the buffer once per call with the raw difference of the predictions and use its new "
+                      f"running_average as d (the momentum_buffer lines of normalized_guidance).\nHint: {APG_EQ}")
 
 
 def _running_close(got, expected, scale, dtype):
@@ -584,8 +588,8 @@ def check_normalized_guidance(fn, gen):
                     raise
                 raise CheckFailed(
                     f"Likely bug: x.norm(dim=dims) with more than two dims: without p, Tensor.norm computes the "
-                    f"Frobenius MATRIX norm, which takes at most two dims. Use x.norm(p=2, dim=dims, keepdim=True) "
-                    f"(as diffusers) or torch.linalg.vector_norm.\n{name} raised {describe_exception(exc)}") from exc
+                    f"Frobenius MATRIX norm, which takes at most two dims. Use a vector norm "
+                    f"(read how normalized_guidance calls .norm, or see torch.linalg.vector_norm).\n{name} raised {describe_exception(exc)}") from exc
             require_unchanged(name, (c, u), (c_in, u_in))
             c64, u64 = c.double(), u.double()
             outs = {v: _apg64(c64, u64, w, e, r, running[v], beta, v) for v in running}
