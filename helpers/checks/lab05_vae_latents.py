@@ -42,15 +42,18 @@ RTOL_SCALE = 2e-3
 RTOL_SMALL = 1e-5  # 6 to 12 elements: float32 rounding is 1e-7; the 1 / n estimator is >= 4 % off
 RTOL_RATIO = 1e-6  # float32 arithmetic (a tensor of the shapes) is fine
 
-EQ_ENCODE = ("z' = scaling_factor * z with z = vae.encode(images).latent_dist.mode() (the mean) when sample=False, "
-             "z = vae.encode(images).latent_dist.sample(generator) when sample=True (diffusers' retrieve_latents, "
-             "then `init_latents = self.vae.config.scaling_factor * init_latents` in StableDiffusionImg2ImgPipeline).")
-EQ_DECODE = ("images = vae.decode(latents / scaling_factor).sample, the line of StableDiffusionPipeline.__call__; "
-             "no clipping, no mapping to [0, 1] (the image processor does that afterwards).")
-EQ_SCALE = ("s = 1 / std(z), ONE scalar over every element of the unscaled latents (batch, channels, height, "
-            "width), the std subtracting the mean and dividing by n - 1 (the unbiased estimator, torch's default), "
-            "computed in float64 (LDM appendix D.1).")
-EQ_RATIO = "compression_ratio = (C * H * W) / (c * h * w), every dimension counted, as a float."
+EQ_ENCODE = ("the latents the diffusion model sees: the VAE posterior's mean (sample=False) or a draw from it with "
+             "`generator` (sample=True), scaled by the scaling_factor argument (LDM appendix D.1). Read "
+             "diffusers' retrieve_latents (its sample_mode 'argmax' and 'sample' branches) and where "
+             "StableDiffusionImg2ImgPipeline.prepare_latents scales init_latents.")
+EQ_DECODE = ("undo encode's scaling, then decode: the vae.decode line of StableDiffusionPipeline.__call__ (after the "
+             "denoising loop, when output_type is not 'latent'); no clipping, no mapping to [0, 1] (the image "
+             "processor's postprocess does that afterwards).")
+EQ_SCALE = ("LDM (Rombach et al. 2022), appendix D.1: the factor that gives the latents unit "
+            "variance; ONE scalar over every element of the unscaled latents (batch, channels, height, width), "
+            "from the std with the unbiased n - 1 estimator (torch's default), computed in float64.")
+EQ_RATIO = ("how many numbers the image holds per number of the latent: every dimension of each shape counts "
+            "(channels too, not only LDM's per-side factor f); a float, not necessarily an integer.")
 
 
 # --------------------------------------------------------------------------- random inputs
@@ -117,8 +120,8 @@ def _not_tensor(name, got, what):
     kind = type(got).__name__
     if kind == "DiagonalGaussianDistribution":
         raise CheckFailed(f"Likely bug: you returned the posterior itself.\n{name}: expected a tensor, got a "
-                          f"DiagonalGaussianDistribution. Take its .mode() (the mean) or .sample(generator), then "
-                          f"multiply by scaling_factor.\nHint: {EQ_ENCODE}")
+                          f"DiagonalGaussianDistribution. Take the tensor out of it the way retrieve_latents "
+                          f"does for each sample_mode, then scale it.\nHint: {EQ_ENCODE}")
     if kind in ("AutoencoderKLOutput", "DecoderOutput", "tuple"):
         field = {"AutoencoderKLOutput": ".latent_dist", "DecoderOutput": ".sample"}.get(kind, "[0]")
         raise CheckFailed(f"Likely bug: you returned diffusers' output object, not the tensor inside it.\n{name}: "
@@ -128,8 +131,8 @@ def _not_tensor(name, got, what):
 def _unchanged(name, before, after, what):
     if not torch.equal(before, after):
         raise CheckFailed(f"Likely bug: your function changed its input `{what}` in place.\n{name}: `{what}` differs "
-                          f"after the call (an in-place `/=`, `*=`, `.mul_()` or `.clamp_()`?). Build a new tensor: "
-                          f"`{what} / s`, not `{what} /= s`: the caller still needs its own tensor.")
+                          f"after the call (an in-place `/=`, `*=`, `.mul_()` or `.clamp_()`?). Build a new tensor "
+                          f"(out-of-place arithmetic, not `{what} /= s`): the caller still needs its own tensor.")
 
 
 # --------------------------------------------------------------------------- encode
@@ -153,15 +156,17 @@ def _encode_bugs(vae, images, s, sample, seed):
         z, other = (draw, posterior.mean) if sample else (posterior.mean, draw)
         bugs = [
             ("missing scaling factor: you returned the VAE's own latents z; the diffusion model's latents are "
-             "z * scaling_factor.", z),
-            ("you divided by the scaling factor: encode MULTIPLIES (z' = z * scaling_factor); decode divides.", z / s),
+             "scaled by scaling_factor.", z),
+            ("you divided by the scaling factor: encode is the scaling that decode undoes (read prepare_latents).",
+             z / s),
             ("you used vae.config.scaling_factor, not the scaling_factor argument (the check passes another one).",
              z * vae.config.scaling_factor),
             ("you returned the posterior's std, not its mean or a sample.", posterior.std * s),
         ]
         if sample:
             bugs.insert(0, ("sample=True was ignored: you returned the posterior mean; draw "
-                            "latent_dist.sample(generator=generator).", other * s))
+                            "from the posterior with `generator` (retrieve_latents, sample_mode='sample').",
+                            other * s))
         pick = (lambda p: p.sample(torch.Generator().manual_seed(seed))) if sample else (lambda p: p.mode())
         bugs += [
             ("the images are already in [-1, 1]: you mapped them to [0, 1] ((x + 1) / 2) before encoding.",
@@ -185,7 +190,7 @@ def _encode_case(fn, gen, vae, desc, images, s, sample, *, diagnose=True, diffus
     _unchanged(name, images, x_in, "images")
     if vae.config.scaling_factor != config_before:
         raise CheckFailed(f"Likely bug: your encode changed vae.config.scaling_factor.\n{name}: it was "
-                          f"{config_before}, now {vae.config.scaling_factor}. Multiply the latents by the "
+                          f"{config_before}, now {vae.config.scaling_factor}. Scale by the "
                           f"argument; leave the VAE's config alone.")
     _not_tensor(name, got, "latent distribution")
     with torch.no_grad():
@@ -196,7 +201,7 @@ def _encode_case(fn, gen, vae, desc, images, s, sample, *, diagnose=True, diffus
             and got.shape[0] == expected.shape[0]:
         raise CheckFailed(f"Likely bug: you returned the encoder's raw output (mean and log-variance stacked).\n{name}: "
                           f"expected {tuple(expected.shape)}, got {tuple(got.shape)}: twice the latent channels. "
-                          f"vae.encode(images).latent_dist splits them: use its .mode() / .mean, or .sample().\n"
+                          f"The latent_dist of vae.encode's output splits them (see retrieve_latents).\n"
                           f"Hint: {EQ_ENCODE}")
     right = isinstance(got, torch.Tensor) and got.shape == expected.shape and \
         torch.allclose(got.detach().double().cpu(), expected.double().cpu(), **tol)
@@ -208,22 +213,22 @@ def _encode_case(fn, gen, vae, desc, images, s, sample, *, diagnose=True, diffus
         r = _noise_like(got, posterior.mean, posterior.std, s)
         if r is not None and not sample:
             raise CheckFailed(f"Likely bug: you sampled the posterior, but sample=False asks for its mean "
-                              f"(latent_dist.mode(), what StableDiffusionImg2ImgPipeline's sample_mode='argmax' "
-                              f"returns).\n{name}: (got / scaling_factor - mean) / std looks like N(0, 1) noise.\n"
+                              f"(what retrieve_latents returns for sample_mode='argmax', "
+                              f"as StableDiffusionImg2ImgPipeline uses it).\n{name}: (got / scaling_factor - mean) / std looks like N(0, 1) noise.\n"
                               f"Hint: {EQ_ENCODE}")
         if r is not None and sample:
             raise CheckFailed(f"Likely bug: your sample is not drawn from `generator` the way diffusers draws it.\n"
                               f"{name}: (got / scaling_factor - mean) / std is N(0, 1) noise, but not the noise "
-                              f"latent_dist.sample(generator=generator) draws (randn_tensor(mean.shape, "
-                              f"generator=generator, dtype=mean.dtype)); the same seed must give the same latents "
+                              f"DiagonalGaussianDistribution.sample draws from `generator` (read it in "
+                              f"diffusers' autoencoders/vae.py); the same seed must give the same latents "
                               f"as the pipeline's.\nHint: {EQ_ENCODE}")
     assert_close(name, got, expected, **tol, diagnose=bugs, hint=EQ_ENCODE)
     if diffusers_too:
         with torch.no_grad():
             theirs = retrieve_latents(vae.encode(images), generator=torch.Generator().manual_seed(seed),
                                       sample_mode="sample" if sample else "argmax") * s
-        assert_close(f"{name} vs diffusers: retrieve_latents(vae.encode(images), generator, sample_mode="
-                     f"{'sample' if sample else 'argmax'!r}) * scaling_factor", got, theirs, **tol)
+        assert_close(f"{name} vs diffusers' retrieve_latents(..., sample_mode="
+                     f"{'sample' if sample else 'argmax'!r}), scaled", got, theirs, **tol)
 
 
 def check_encode(fn, gen):
@@ -280,10 +285,10 @@ def _decode_case(fn, gen, vae, desc, latents, s, *, diagnose=True, pipeline_line
     if diagnose and not right:
         with torch.no_grad():
             bugs = [
-                ("missing scaling factor: you decoded the scaled latents as they are; divide by scaling_factor "
-                 "first (vae.decode(latents / scaling_factor)).", vae.decode(latents).sample),
-                ("you multiplied by the scaling factor: decode DIVIDES (latents / scaling_factor) to undo encode's "
-                 "multiplication.", vae.decode(latents * s).sample),
+                ("missing scaling factor: you decoded the scaled latents as they are; undo encode's scaling "
+                 "first.", vae.decode(latents).sample),
+                ("you multiplied by the scaling factor: decode undoes encode's scaling, it does not apply it again.",
+                 vae.decode(latents * s).sample),
                 ("you used vae.config.scaling_factor, not the scaling_factor argument (the check passes another one).",
                  vae.decode(latents / vae.config.scaling_factor).sample),
                 ("you clipped the images to [-1, 1]: the pipeline's decode returns them unclipped; the image "
@@ -297,8 +302,8 @@ def _decode_case(fn, gen, vae, desc, latents, s, *, diagnose=True, pipeline_line
     if pipeline_line:
         with torch.no_grad():
             theirs = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
-        assert_close(f"{name} vs diffusers: vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0] "
-                     f"(StableDiffusionPipeline.__call__)", got, theirs, **tol)
+        assert_close(f"{name} vs diffusers' decode line (StableDiffusionPipeline.__call__)", got, theirs,
+                     **tol)
 
 
 def check_decode(fn, gen):
@@ -389,14 +394,14 @@ def check_estimate_scaling_factor(fn, gen):
             ("you divided by n (the biased std, LDM appendix D.1's formula): the docstring asks for the unbiased "
              "std, 1 / (n - 1), what LDM's code (torch's default std) computed; it matters on few elements.",
              1 / float(zz.std(correction=0))),
-            ("you returned the std itself; the scaling factor is its inverse, 1 / std.", std),
-            ("you used the variance: the scaling factor is 1 / std (the square root of the variance).",
+            ("you returned the std itself; the scaling factor is what brings the latents to unit std.", std),
+            ("you used the variance: the scaling factor comes from the standard deviation.",
              1 / float(zz.var())),
-            ("you returned the variance; the scaling factor is 1 / std.", float(zz.var())),
+            ("you returned the variance; the scaling factor is what brings the latents to unit std.", float(zz.var())),
             ("you used the root mean square sqrt(mean(z^2)); the std subtracts the mean first (LDM's sigma).",
              1 / rms),
-            ("you used the mean absolute value; the scaling factor is 1 / std.", 1 / float(zz.abs().mean())),
-            ("you scaled by the largest |z| (to fit [-1, 1]); latent diffusion scales to unit VARIANCE: 1 / std.",
+            ("you used the mean absolute value; the scaling factor comes from the std.", 1 / float(zz.abs().mean())),
+            ("you scaled by the largest |z| (to fit [-1, 1]); latent diffusion scales to unit VARIANCE.",
              1 / float(zz.abs().max())),
         ]
         if per_channel is not None and zz.shape[1] > 1:
@@ -404,7 +409,7 @@ def check_estimate_scaling_factor(fn, gen):
                 ("you averaged per-channel stds (a per-channel scaling factor, then one mean); the std is over all "
                  "elements at once (it includes the differences between the channels' means).",
                  1 / float(per_channel.mean())),
-                ("you averaged per-channel scaling factors 1 / std_c; the scaling factor is ONE 1 / std over all "
+                ("you averaged per-channel scaling factors; the scaling factor is ONE value from the std over all "
                  "elements at once.", float((1 / per_channel).mean())),
                 ("you used the first channel only (a per-channel scaling factor); the std is over all channels.",
                  1 / float(zz[:, 0].std())),
@@ -443,14 +448,14 @@ def check_compression_ratio(fn, gen):
         bugs = [
             (f"you counted the pixels only (H * W / (h * w) = {H * W / (h * w):g}): the channels count too "
              f"(C = {C} image channels, c = {c} latent channels).", H * W / (h * w)),
-            (f"you returned the downsampling factor per side (H / h = {H / h:g}); the ratio counts every number: "
-             f"C * H * W / (c * h * w).", H / h),
-            ("inverted: the ratio is image over latent, (C * H * W) / (c * h * w), larger than 1 when the latent is "
+            (f"you returned the downsampling factor per side (H / h = {H / h:g}); the ratio counts every number "
+             f"of each shape, channels included.", H / h),
+            ("inverted: the ratio is image over latent, larger than 1 when the latent is "
              "smaller.", c * h * w / (C * H * W)),
-            ("you divided the channels only (C / c); multiply all three dimensions of each shape.", C / c),
-            ("you added the dimensions; the number of values in a (C, H, W) tensor is the PRODUCT C * H * W.",
+            ("you divided the channels only (C / c); every dimension of each shape counts.", C / c),
+            ("you added the dimensions; the number of values in a tensor is the PRODUCT of its dimensions.",
              (C + H + W) / (c + h + w)),
-            ("you ignored the latent's channels: divide by c * h * w, not h * w.", C * H * W / (h * w)),
+            ("you ignored the latent's channels: they count too.", C * H * W / (h * w)),
             ("integer division (//): the ratio need not be an integer; use /.", float((C * H * W) // (c * h * w))),
         ]
         _scalar_close(name, got, expected, RTOL_RATIO, [(k, v) for k, v in bugs if v != expected], EQ_RATIO)
@@ -458,9 +463,10 @@ def check_compression_ratio(fn, gen):
 
 # --------------------------------------------------------------------------- blend_v, blend_h
 
-EQ_BLEND = ("AutoencoderKL.blend_v: e = min(H_a, H_b, blend_extent); for y in 0 .. e-1: b[:, :, y] = "
-            "a[:, :, H_a - e + y] * (1 - y / e) + b[:, :, y] * (y / e); rows y >= e of b unchanged; return b "
-            "(blend_h: the same on the last axis, x for y).")
+EQ_BLEND = ("AutoencoderKL.blend_v (blend_h: the same along the width) in diffusers' autoencoders/"
+            "autoencoder_kl.py: a linear cross-fade over an overlap of blend_extent rows, clamped to both tiles "
+            "(its first line); read its loop for which rows of a meet which rows of b and the ramp of the weights "
+            "(where it starts, whether it reaches 1); b's other rows stay as they are; it returns b.")
 # The blends are a weighted sum of two values with weights in [0, 1]: diffusers rounds each weight to the
 # tensors' dtype (a Python float times a float32 tensor), a vectorised version may build them in float32
 # or float64 and write 1 - y/e or (e - y)/e: a few float32 ulps of the larger input. Every bug below is
@@ -493,16 +499,18 @@ def _blend_bugs(axis, a, b, e):
     bugs = []
     if k:
         bugs += [
-            ("the weights are swapped: row y of b keeps y / e of b and takes 1 - y / e of a (the first row is "
-             "all a's), as in diffusers.", mix(1 - y / k)),
-            ("your ramp is not diffusers': the weight of b is y / e for y = 0 .. e-1 (it starts at 0 and never "
-             "reaches 1), not (y + 1) / (e + 1).", mix((y + 1) / (k + 1))),
-            ("your ramp is not diffusers': the weight of b is y / e (it never reaches 1), not y / (e - 1).",
+            ("the weights are swapped: in diffusers the first row of the overlap is all a's, and b's share grows "
+             "along the overlap.", mix(1 - y / k)),
+            ("your ramp is not diffusers': b's weight is not (y + 1) / (e + 1); diffusers' ramp starts at 0 and never "
+             "reaches 1 (read blend_v's loop).", mix((y + 1) / (k + 1))),
+            ("your ramp is not diffusers': b's weight is not y / (e - 1), which reaches 1 on the last row; diffusers' "
+             "never does (read blend_v's loop).",
              mix(y / (k - 1)) if k > 1 else None),
-            ("your ramp is not diffusers': the weight of b is y / e, not (y + 1) / e.", mix((y + 1) / k)),
-            ("you read a's FIRST rows; the overlap is a's LAST e rows (a[:, :, H_a - e + y]).",
+            ("your ramp is not diffusers': b's weight is not (y + 1) / e; diffusers' ramp starts at 0 (read "
+             "blend_v's loop).", mix((y + 1) / k)),
+            ("you read a's FIRST rows; the overlap is a's LAST e rows.",
              mix(y / k, a64[:, :, :k])),
-            ("you read a's last rows in reverse order; row y of b meets row H_a - e + y of a.",
+            ("you read a's last rows in reverse order; they meet b's first rows in the same order.",
              mix(y / k, a64[:, :, ha - k:].flip(2))),
         ]
     return [(label, cand) for label, cand in bugs if cand is not None]
@@ -521,11 +529,11 @@ def _blend_case(fn, axis, a, b, e, where):
         k = min(a.shape[dim], b.shape[dim], e)
         why = ""
         if k == 0:
-            why = (" With an overlap of 0, a slice `-e:` is `0:`, the WHOLE tensor: index a from "
-                   f"{size}_a - e, and return b's values unchanged.")
+            why = (" With an overlap of 0, a slice `-e:` is `0:`, the WHOLE tensor; with no overlap b "
+                   "comes back unchanged.")
         elif e > min(a.shape[dim], b.shape[dim]):
             why = (f" blend_extent {e} is larger than a tile ({size}_a = {a.shape[dim]}, {size}_b = "
-                   f"{b.shape[dim]}): clamp it, e = min({size}_a, {size}_b, blend_extent), as diffusers does.")
+                   f"{b.shape[dim]}): clamp it to both tiles, as the first line of diffusers' {fname} does.")
         raise CheckFailed(f"{name}: your function raised {type(exc).__name__}: {exc}.{why}\nHint: {EQ_BLEND}") from exc
     _unchanged(name, a, a_in, "a")
     if got is None:
@@ -585,10 +593,11 @@ def check_blend_h(fn, gen):
 
 # --------------------------------------------------------------------------- tiled_decode
 
-EQ_TILED = ("AutoencoderKL.tiled_decode: stride = int(T * (1 - r)) latents, extent = int(P * r) pixels, keep = P - "
-            "extent; decode every tile z[:, :, i:i+T, j:j+T] (post_quant_conv, then decoder); row by row, blend "
-            "each tile with the BLENDED tile above (blend_v), then the BLENDED one on its left (blend_h), crop it "
-            "to [:keep, :keep], cat along the width, then the rows along the height.")
+EQ_TILED = ("AutoencoderKL.tiled_decode in diffusers' autoencoders/autoencoder_kl.py: read how its first lines "
+            "derive the tile stride (in latents), the blend extent and the row limit (in pixels) from "
+            "tile_latent_min_size, tile_sample_min_size and tile_overlap_factor; every latent tile goes through "
+            "post_quant_conv, then the decoder; each tile is blended with its ALREADY blended neighbours, the one "
+            "above first, then the one on the left; then cropped, and the tiles joined row by row.")
 
 
 def _tiled_bugs(vae, z):
@@ -629,13 +638,13 @@ def _tiled_bugs(vae, z):
          "the one on the left (blend_h).", lambda: run(h_first=True)),
         ("you skipped post_quant_conv: diffusers runs it on each latent tile before the decoder (when the VAE has "
          "one).", lambda: run(pqc=False)),
-        ("your blend extent is in latents (int(T * r)); the blend happens on decoded tiles, in pixels: "
-         "int(tile_sample_min_size * tile_overlap_factor).", lambda: run(extent=int(T * r), keep=P - int(T * r))),
-        ("you kept whole tiles (or cropped by the latent overlap); diffusers keeps the first P - extent pixel rows "
-         "and columns of each tile.", lambda: run(keep=P - int(T * r) if int(T * r) != int(P * r) else P)),
+        ("your blend extent is in latents (int(T * r)); the blend happens on decoded tiles, in pixels (read how "
+         "tiled_decode computes blend_extent).", lambda: run(extent=int(T * r), keep=P - int(T * r))),
+        ("you kept whole tiles (or cropped by the latent overlap); diffusers crops each tile to its row_limit of "
+         "pixel rows and columns (read how tiled_decode computes it).", lambda: run(keep=P - int(T * r) if int(T * r) != int(P * r) else P)),
     ]
     if f > 1:
-        bugs.append(("your stride is in pixels: tiles start every int(tile_latent_min_size * (1 - r)) LATENTS.",
+        bugs.append(("your stride is in pixels: tiles start at a stride counted in LATENTS (overlap_size in tiled_decode).",
                      lambda: run(stride=int(P * (1 - r)))))
     out = []
     for label, make in bugs:
@@ -685,4 +694,4 @@ def check_tiled_decode(fn, gen):
             with torch.no_grad():
                 expected = ref.tiled_decode(vae, z)
             assert_close(name, got, expected, **tol, diagnose=_tiled_bugs(vae, z), hint=EQ_TILED)
-        assert_close(f"{name} vs diffusers: vae.tiled_decode(z).sample", got, theirs, **tol, hint=EQ_TILED)
+        assert_close(f"{name} vs diffusers' vae.tiled_decode", got, theirs, **tol, hint=EQ_TILED)
