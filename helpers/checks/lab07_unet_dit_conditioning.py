@@ -22,22 +22,31 @@ from helpers.solutions import lab07_unet_dit_conditioning as ref
 
 LAB = "lab07"
 
-EQ_EMB = ("half = dim // 2; f_i = exp(-ln(max_period) * i / (half - downscale_freq_shift)), i = 0..half-1; "
-          "arg = scale * t * f; emb = [sin(arg), cos(arg)] ([cos, sin] when flip_sin_to_cos); one zero column "
-          "when dim is odd (diffusers.models.embeddings.get_timestep_embedding)")
-EQ_ATT = ("split D into heads: (B, N, D) -> view (B, N, heads, d) -> transpose -> (B, heads, N, d); "
-          "softmax(Q K^T / sqrt(d), over the keys) V with d = D / heads; transpose back and reshape to (B, N, D)")
-EQ_XATT = ("Q = to_q(hidden_states); K = to_k(ctx), V = to_v(ctx) with ctx = encoder_hidden_states (or hidden_states "
-           "when it is None); out = to_out[1](to_out[0](attention(Q, K, V, attn.heads)))")
-EQ_PATCH = ("(B, C, H, W) -> reshape (B, C, H/p, p, W/p, p) -> permute (B, H/p, W/p, C, p, p) -> "
-            "reshape (B, (H/p)(W/p), C p p): tokens row-major over the grid, (C, dy, dx) inside a token")
-EQ_UNPATCH = ("the exact inverse of patchify: reshape (B, H/p, W/p, C, p, p) -> permute (B, C, H/p, p, W/p, p) -> "
-              "reshape (B, C, H, W); height and width are the latent's H and W")
+EQ_EMB = ("the sinusoidal embedding of DDPM (Vaswani et al. 2017, sec. 3.5, applied to t), as "
+          "diffusers.models.embeddings.get_timestep_embedding: read how it builds the exponent (max_period, "
+          "downscale_freq_shift, half the width), where `scale` enters, the order of the sin and cos halves "
+          "(flip_sin_to_cos) and the zero padding when embedding_dim is odd")
+EQ_ATT = ("scaled dot-product attention (Vaswani et al. 2017, eq. 1) per head: each (B, N, D) input split into "
+          "`heads` heads of width d = D / heads, (B, heads, N, d), the softmax over the keys, then merged back to "
+          "(B, N, D); read the lines around F.scaled_dot_product_attention in AttnProcessor2_0.__call__ "
+          "(diffusers/models/attention_processor.py)")
+EQ_XATT = ("AttnProcessor2_0.__call__ (attention_processor.py): queries from hidden_states, keys and values from "
+           "encoder_hidden_states (hidden_states when it is None: self-attention), each through its own "
+           "projection of attn; after the attention, attn.to_out (the output projection, then dropout)")
+EQ_PATCH = ("DiT's patchify (Peebles & Xie 2023, sec. 3.1): (B, C, H, W) to (B, (H/p)(W/p), C p p), tokens "
+            "row-major over the patch grid, (C, dy, dx) inside a token, the order PatchEmbed's conv (kernel = "
+            "stride = p) and its flatten give; the unpatchify lines at the end of PixArtTransformer2DModel.forward "
+            "do the reverse")
+EQ_UNPATCH = ("the exact inverse of patchify (same token order, same (C, dy, dx) order inside a token), like the "
+              "unpatchify lines at the end of PixArtTransformer2DModel.forward (whose tokens hold (dy, dx, C)); "
+              "height and width are the latent's H and W")
 EQ_POS = ("read get_2d_sincos_pos_embed, get_2d_sincos_pos_embed_from_grid and get_1d_sincos_pos_embed_from_grid in "
-          "diffusers/models/embeddings.py: positions r * base_size / (R * interpolation_scale) per axis; a 1-D code of "
-          "width D/2 (sin half, cos half, omega_k = 10000^(-k/(D/4))); the column's code first, then the row's; tokens "
-          "row by row. hint(\"lab07\", \"sincos_pos_embed_2d\") shows more")
-EQ_MOD = "adaLN (DiT, Peebles & Xie 2023): x * (1 + scale) + shift, with (B, D) shift/scale unsqueezed to (B, 1, D)"
+          "diffusers/models/embeddings.py: how each axis's positions are rescaled (grid size, base_size, "
+          "interpolation_scale); the 1-D code of width D/2 (its sin half, cos half and frequencies); which axis's code "
+          "comes first (\"here w goes first\"); tokens row by row")
+EQ_MOD = ("adaLN (DiT, Peebles & Xie 2023, sec. 3.2), as the modulation line of diffusers' AdaLayerNormZero.forward "
+          "(normalization.py): scale = shift = 0 is the identity; (B, D) shift/scale broadcast over the tokens as "
+          "(B, 1, D)")
 
 TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float64: dict(atol=1e-9, rtol=1e-9)}
 
@@ -82,14 +91,15 @@ def emb_variant(t, dim, flip=False, shift=1, scale=1, max_period=10000, *, bug=N
 EMB_BUGS = [
     ("flipped", "sin/cos order flipped: flip_sin_to_cos=True puts the cos half FIRST, False the sin half first."),
     ("interleaved", "sin and cos interleaved (sin_0, cos_0, sin_1, ...): diffusers concatenates the two halves."),
-    ("shift_ignored", "downscale_freq_shift ignored: the exponent is divided by (half - downscale_freq_shift)."),
+    ("shift_ignored", "downscale_freq_shift ignored: it enters the exponent's denominator (get_timestep_embedding)."),
     ("shift_always_1", "downscale_freq_shift hard-coded to 1: use the argument (Stable Diffusion's UNet passes 0)."),
-    ("dim_denominator", "frequencies spaced over embedding_dim: divide by (half - downscale_freq_shift), half = dim // 2."),
-    ("positive_exponent", "frequencies grow instead of decaying: the exponent is -ln(max_period) * i / (...)."),
-    ("log10", "log base 10: the exponent uses the natural log, ln(max_period)."),
+    ("dim_denominator", "frequencies spaced over embedding_dim; diffusers spaces them over half the width (read the "
+                        "exponent's denominator in get_timestep_embedding)."),
+    ("positive_exponent", "frequencies grow instead of decaying: check the exponent's sign."),
+    ("log10", "log base 10: the exponent uses the natural log of max_period."),
     ("max_period_ignored", "max_period ignored (10000 hard-coded): use the argument."),
-    ("no_scale", "missing scaling factor: `scale` multiplies the arguments t * f_i before sin and cos."),
-    ("divide_scale", "divided by scale instead of multiplying by it: arg = scale * t * f_i."),
+    ("no_scale", "missing scaling factor: `scale` multiplies the arguments before sin and cos."),
+    ("divide_scale", "divided by scale instead of multiplying by it."),
 ]
 
 
@@ -127,8 +137,8 @@ def check_timestep_embedding(fn, gen):
         require_unchanged(name, [t], [t_in])
         if isinstance(got, torch.Tensor) and dim % 2 == 1 and tuple(got.shape) == (B, dim - 1):
             raise CheckFailed(f"Likely bug: odd embedding_dim not padded.\n{name}: expected shape {(B, dim)}, got "
-                              f"{tuple(got.shape)}.\nHint: pad one zero column at the end when embedding_dim is odd "
-                              f"(torch.nn.functional.pad(emb, (0, 1))).")
+                              f"{tuple(got.shape)}.\nHint: one zero column at the end when embedding_dim is odd "
+                              f"(the last lines of get_timestep_embedding).")
         # sin of float32 arguments up to ~1000 is good to a few ulps of the argument; tiny ones are exact
         tol = dict(atol=2e-6, rtol=2e-6) if c["kind"] == "tiny" else dict(atol=2e-4, rtol=1e-4)
         diag = [(label, emb_variant(t, dim, *args, bug=b)) for b, label in EMB_BUGS]
@@ -169,15 +179,15 @@ def attention_variant(q, k, v, heads, *, bug=None):
 
 
 ATT_BUGS = [
-    ("no_scale", "missing 1/sqrt(d): the scores are Q K^T / sqrt(d) (Vaswani et al. 2017, eq. 1)."),
+    ("no_scale", "missing 1/sqrt(d) scaling of the scores (Vaswani et al. 2017, eq. 1)."),
     ("full_dim", "scaled by 1/sqrt(D), the full width: the scale uses the HEAD dim d = D / heads."),
     ("over_d", "scaled by 1/d instead of 1/sqrt(d)."),
-    ("wrong_axis", "heads split along the wrong axis: view (B, N, heads, d) then transpose(1, 2); a direct "
-                   "reshape to (B, heads, N, d) mixes tokens between heads."),
-    ("interleaved", "heads interleaved: head h must own the contiguous channels h*d .. (h+1)*d - 1, as in "
-                    "diffusers' view(B, -1, heads, head_dim)."),
-    ("merge_no_transpose", "heads merged along the wrong axis: transpose (B, heads, N, d) back to (B, N, heads, d) "
-                           "before reshaping to (B, N, D)."),
+    ("wrong_axis", "heads split along the wrong axis: a direct reshape to (B, heads, N, d) mixes tokens between "
+                   "heads; split each token's channels first (AttnProcessor2_0's lines before the attention)."),
+    ("interleaved", "heads interleaved: head h must own a contiguous block of d channels (AttnProcessor2_0's "
+                    "lines before the attention)."),
+    ("merge_no_transpose", "heads merged along the wrong axis: the heads axis must sit next to d again before the "
+                           "merge to (B, N, D) (AttnProcessor2_0's lines after the attention)."),
     ("softmax_queries", "softmax over the wrong axis: normalise over the KEYS (the last axis), so each query's "
                         "weights sum to 1."),
     ("one_head", "heads ignored: one head over all D channels (scale 1/sqrt(D)); split into `heads` heads."),
@@ -245,7 +255,7 @@ XATT_BUGS = [
     ("self", "keys and values from hidden_states: in cross-attention they come from encoder_hidden_states (the text)."),
     ("no_out", "output projection to_out[0] missing."),
     ("one_head", "heads ignored: pass attn_module.heads to attention."),
-    ("k_as_v", "values computed with to_k: V = to_v(context)."),
+    ("k_as_v", "values computed with to_k: the values have their own projection."),
 ]
 
 
@@ -297,9 +307,9 @@ def patch_variant(x, p, *, bug=None):
 
 PATCH_BUGS = [
     ("no_permute", "patch order scrambled: a plain reshape of (B, C, H, W) to tokens mixes channels and pixels of "
-                   "different patches; reshape to (B, C, H/p, p, W/p, p) and permute first."),
-    ("grid_transposed", "patch grid transposed: tokens go row by row (row-major, token = row * (W/p) + col), like "
-                        "PatchEmbed's conv(x).flatten(2).transpose(1, 2)."),
+                   "different patches; split each spatial axis into (grid, p) and reorder the axes before flattening."),
+    ("grid_transposed", "patch grid transposed: tokens go row by row (row-major), the order of PatchEmbed's "
+                        "flattened conv output."),
     ("channels_last", "(dy, dx, C) order inside a token: PatchEmbed's conv weight is (D, C, p, p), channel first."),
     ("dxdy", "dy and dx swapped inside a token: the order is (C, dy, dx), row before column."),
 ]
@@ -429,17 +439,16 @@ POS_BUGS = [
                    "also what tokens in column-major order give: token n = r * K + c, row by row)."),
     ("column_major", "tokens in column-major order: token n = r * K + c (row r, column c), row by row like patchify "
                      "and PatchEmbed's flatten."),
-    ("no_rescale", "positions not rescaled: they are r * base_size / (R * interpolation_scale), not r "
-                   "(get_2d_sincos_pos_embed divides arange by grid_size / base_size, then by interpolation_scale)."),
-    ("rescale_inverted", "positions rescaled the wrong way: r / (R / base_size) / interpolation_scale, i.e. "
-                         "r * base_size / (R * interpolation_scale)."),
+    ("no_rescale", "positions not rescaled: read how get_2d_sincos_pos_embed rescales its arange by grid_size, "
+                   "base_size and interpolation_scale."),
+    ("rescale_inverted", "positions rescaled the wrong way: read the division of the arange in "
+                         "get_2d_sincos_pos_embed (grid_size, base_size, interpolation_scale)."),
     ("interp_multiplied", "interpolation_scale multiplies the positions: diffusers DIVIDES by it."),
     ("one_size", "both axes rescaled with the same grid size: rows use R, columns use K (grid_size = (R, K))."),
-    ("omega_half", "frequencies spaced over D/2: each 1-D code is D/2 wide with D/4 frequencies, "
-                   "omega_k = 10000^(-k / (D/4)) (get_1d_sincos_pos_embed_from_grid: omega /= embed_dim / 2.0 with "
-                   "its embed_dim = D/2)."),
-    ("omega_shift", "frequencies spaced over D/4 - 1 (a timestep embedding with downscale_freq_shift=1): "
-                    "omega_k = 10000^(-k / (D/4))."),
+    ("omega_half", "frequencies spaced over D/2: each 1-D code is D/2 wide, and "
+                   "get_1d_sincos_pos_embed_from_grid spaces its frequencies over half of ITS embed_dim."),
+    ("omega_shift", "frequencies spaced over D/4 - 1 (a timestep embedding with downscale_freq_shift=1): read the "
+                    "omega lines of get_1d_sincos_pos_embed_from_grid."),
     ("cos_first", "cos before sin in a 1-D code: get_1d_sincos_pos_embed_from_grid concatenates [sin, cos]."),
     ("interleaved", "sin and cos interleaved: each 1-D code is a sin half followed by a cos half."),
 ]
@@ -512,13 +521,13 @@ def mod_variant(x, shift, scale, *, bug=None):
 
 
 MOD_BUGS = [
-    ("no_one", "adaLN without the 1+: out = x * (1 + scale) + shift, so that scale = shift = 0 is the identity."),
-    ("swapped", "shift and scale swapped: out = x * (1 + scale) + shift."),
-    ("shift_first", "shift added before scaling: out = x * (1 + scale) + shift, not (x + shift) * (1 + scale)."),
-    ("minus", "1 - scale: out = x * (1 + scale) + shift."),
+    ("no_one", "adaLN without the 1+: scale = shift = 0 must be the identity (DiT sec. 3.2)."),
+    ("swapped", "shift and scale swapped (read the modulation line of AdaLayerNormZero.forward)."),
+    ("shift_first", "shift added before scaling, (x + shift) * (...): the shift comes after the scaling."),
+    ("minus", "1 - scale: the scale enters with a plus (read the modulation line of AdaLayerNormZero.forward)."),
 ]
-BROADCAST = ("shift and scale of shape (B, D) must be unsqueezed to (B, 1, D) to broadcast over the N tokens of "
-             "x (B, N, D) (DiT's modulate: shift.unsqueeze(1)).")
+BROADCAST = ("shift and scale of shape (B, D) need a token axis, (B, 1, D), to broadcast over the N tokens of "
+             "x (B, N, D) (see how AdaLayerNormZero.forward indexes them).")
 
 
 def check_modulate(fn, gen):
