@@ -31,12 +31,16 @@ LAB = "lab08"
 # is at least 20% away from alpha / rank.
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-4), torch.float64: dict(atol=1e-10, rtol=1e-9)}
 
-EQ_FORWARD = ("forward(x) = base(x) + scaling * up(down(x)) with scaling = alpha / rank (Hu et al. 2021, eq. 3 "
-              "and Sec. 4.1); down = nn.Linear(in_features, rank, bias=False) random, up = nn.Linear(rank, "
-              "out_features, bias=False) zero")
-EQ_MERGE = "W' = W + (alpha / rank) * B @ A, B = up_weight (d_out, r), A = down_weight (r, d_in) (LoRA Sec. 4.1)"
-MATCH_RULE = ("peft's rule: a module is targeted when it is an nn.Linear and its name equals a target or ends "
-              "with '.' + target")
+EQ_FORWARD = ("LoRA (Hu et al. 2021, eq. 3 and Sec. 4.1): the frozen base output plus the low-rank update, scaled "
+              "as the paper's alpha and rank say; down (in_features -> rank) random, up (rank -> out_features) "
+              "zero, both bias-free. Read peft's LoraLayer.update_layer (its scaling, lora_A / lora_B) and "
+              "lora.Linear.forward in peft/tuners/lora/layer.py")
+EQ_MERGE = ("LoRA Sec. 4.1 (no extra latency: the update merged into W), with B = up_weight (d_out, r) and "
+            "A = down_weight (r, d_in), the result shaped like W (d_out, d_in); read peft's lora.Linear.merge and "
+            "get_delta_weight in peft/tuners/lora/layer.py")
+MATCH_RULE = ("peft's rule for a list of targets (check_target_module_exists in peft/tuners/tuners_utils.py): "
+              "a module is targeted when it is an nn.Linear and its full name is a target or ends with one at a "
+              "'.' boundary")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -98,21 +102,21 @@ def _lora_bugs(base, x, A, B, rank, alpha):
     y_base = x @ W.T + (b if b is not None else 0)
     low = x @ A.T @ B.T  # up(down(x))
     bugs = [
-        ("LoRA without alpha/rank: the update is multiplied by scaling = alpha / rank (LoRA Sec. 4.1), "
+        ("LoRA without alpha/rank: the update is scaled (LoRA Sec. 4.1, the scaling peft's update_layer sets), "
          "so that changing the rank does not change the update's size.", y_base + low),
-        ("the update is multiplied by alpha only: divide by the rank too (scaling = alpha / rank).",
+        ("the update is multiplied by alpha only: the rank belongs in the scaling too (LoRA Sec. 4.1).",
          y_base + alpha * low),
-        ("the update is divided by the rank only: multiply by alpha too (scaling = alpha / rank).",
+        ("the update is divided by the rank only: alpha belongs in the scaling too (LoRA Sec. 4.1).",
          y_base + low / rank),
-        ("scaling is inverted: it is alpha / rank, not rank / alpha.", y_base + (rank / alpha) * low),
-        ("you used rsLoRA's alpha / sqrt(rank) (peft's use_rslora=True); plain LoRA uses alpha / rank.",
+        ("scaling is inverted: you used rank / alpha.", y_base + (rank / alpha) * low),
+        ("you used rsLoRA's alpha / sqrt(rank) (peft's use_rslora=True); plain LoRA takes no square root.",
          y_base + alpha / math.sqrt(rank) * low),
-        ("the base layer's output is missing: forward = base(x) + scaling * up(down(x)).",
+        ("the base layer's output is missing: LoRA adds its update to base(x).",
          (alpha / rank) * low),
         ("the sign is wrong: the update is ADDED to base(x).", y_base - (alpha / rank) * low),
     ]
     if b is not None:
-        bugs.append(("the base layer's bias is missing: call self.base(x) (it adds the bias), not x @ W.T.",
+        bugs.append(("the base layer's bias is missing: the base output includes its bias (x @ W.T leaves it out).",
                      x @ W.T + (alpha / rank) * low))
     return bugs
 
@@ -143,22 +147,22 @@ def _check_lora_layer(cls, gen, d_in, d_out, bias, dtype):
             lead = ""
         raise CheckFailed(f"{lead}{name}: expected down.weight of shape ({rank}, {d_in}) (A: in_features -> rank) "
                           f"and up.weight ({d_out}, {rank}) (B: rank -> out_features), got {tuple(down.shape)} and "
-                          f"{tuple(up.shape)}.\nHint: down = nn.Linear(in_features, rank, bias=False), "
-                          f"up = nn.Linear(rank, out_features, bias=False); forward applies down first.")
+                          f"{tuple(up.shape)}.\nHint: nn.Linear(a, b) maps a features to b and stores its weight as (b, a); "
+                          f"down goes first (peft's lora_A / lora_B in LoraLayer.update_layer).")
     for attr in ("down", "up"):
         if getattr(getattr(m, attr), "bias", None) is not None:
             raise CheckFailed(f"{name}: `{attr}` has a bias; LoRA's projections have none (bias=False), like "
-                              f"peft's lora_A / lora_B: the update must be exactly (alpha / rank) B A x.")
+                              f"peft's lora_A / lora_B: the update must be exactly the scaled low-rank product.")
     if down.dtype != dtype or up.dtype != dtype or down.device != base.weight.device:
         raise CheckFailed(f"Likely bug: dtype not kept. {name}: down/up must be created in the base's dtype and "
                           f"on its device, got down {describe(down)}, up {describe(up)}.\nHint: "
-                          f"nn.Linear(..., device=base.weight.device, dtype=base.weight.dtype).")
+                          f"nn.Linear accepts a device and a dtype; read them off the base layer's weight.")
 
     # frozen base, trainable A and B
     if any(p.requires_grad for p in base.parameters()):
         raise CheckFailed(f"Likely bug: base not frozen. {name}: base.weight.requires_grad is "
                           f"{base.weight.requires_grad}; LoRA trains A and B only, W stays frozen.\n"
-                          f"Hint: base.requires_grad_(False).")
+                          f"Hint: freeze the base layer's parameters (requires_grad).")
     if not (down.requires_grad and up.requires_grad):
         raise CheckFailed(f"{name}: down.weight and up.weight must be trainable parameters (requires_grad True), "
                           f"got {down.requires_grad} and {up.requires_grad}.")
@@ -175,7 +179,7 @@ def _check_lora_layer(cls, gen, d_in, d_out, bias, dtype):
             lead = "Likely bug: up not zero-initialised. "
         raise CheckFailed(f"{lead}{name}: up.weight must start at zero (LoRA Sec. 4.1: B = 0, A random), so the "
                           f"adapted layer starts out equal to the base layer; max |up.weight| = "
-                          f"{up.abs().max().item():.3g}.\nHint: nn.init.zeros_(self.up.weight).")
+                          f"{up.abs().max().item():.3g}.\nHint: see how peft's LoraLayer.reset_lora_parameters initialises lora_B.")
     if torch.all(down == 0):
         raise CheckFailed(f"{name}: down.weight is all zeros. With A = 0 AND B = 0 both gradients are zero "
                           f"(dL/dB = g (A x)^T = 0 and dL/dA = B^T g x^T = 0): nothing would ever train. "
@@ -192,11 +196,11 @@ def _check_lora_layer(cls, gen, d_in, d_out, bias, dtype):
     with torch.no_grad():
         y0 = m(x)
         expected0 = base(x)
-    init_bugs = [("the base layer's output is missing: forward = base(x) + scaling * up(down(x)).",
+    init_bugs = [("the base layer's output is missing: LoRA adds its update to base(x).",
                   torch.zeros_like(y0))]
     if bias:
-        init_bugs.append(("the base layer's bias is missing: call self.base(x) (it adds the bias), not x @ W.T.",
-                          x @ base.weight.detach().T))
+        init_bugs.append(("the base layer's bias is missing: the base output includes its bias (x @ W.T leaves "
+                          "it out).", x @ base.weight.detach().T))
     assert_close(f"{name}(x) at initialisation (x {tuple(x.shape)})", y0, expected0, **TOL[dtype], diagnose=init_bugs,
                  hint="with up = 0 the adapted layer must return exactly base(x).")
 
@@ -215,7 +219,7 @@ def _check_lora_layer(cls, gen, d_in, d_out, bias, dtype):
         raise CheckFailed(f"{name}: the base weight changed; LoRA never touches W (it is frozen).")
     scaling = as_number(f"{name}: the attribute self.scaling", getattr(m, "scaling", None))
     if abs(scaling - alpha / rank) > 1e-9 * (alpha / rank):
-        raise CheckFailed(f"{name}: expected the attribute self.scaling = alpha / rank = {alpha / rank:g} (a number), "
+        raise CheckFailed(f"{name}: expected the attribute self.scaling = {alpha / rank:g} (a number, LoRA's scale), "
                           f"got {getattr(m, 'scaling', None)!r}.")
     kept = [as_number(f"{name}: the attribute self.{a}", getattr(m, a, None)) for a in ("rank", "alpha")]
     if kept != [rank, alpha]:
@@ -229,7 +233,7 @@ def _check_lora_layer(cls, gen, d_in, d_out, bias, dtype):
     with torch.no_grad():
         got, expected = m(x), reference(x)
     assert_close(f"{name}(x) after setting lora.scaling = {s:g}", got, expected, **TOL[dtype],
-                 hint="forward must read self.scaling (base(x) + self.scaling * up(down(x))), so that a trained "
+                 hint="forward must read self.scaling on every call (not a value fixed in __init__), so that a trained "
                       "LoRA can be turned down or up afterwards, like peft's scale_layer / diffusers' LoRA scale.")
     m.scaling = alpha / rank
 
@@ -345,7 +349,7 @@ def _one_injection(fn, gen, model, targets, inputs, what):
     replaced = [n for n, m in now.items() if hasattr(m, "down") and hasattr(m, "up") and hasattr(m, "base")]
     if not replaced:
         raise CheckFailed(f"{name}: no module of the model was replaced (expected {expected_names}). Set the new "
-                          f"module on its parent: setattr(model.get_submodule(parent_name), child_name, lora); "
+                          f"module on its parent module, under the child's name (as peft's _replace_module does); "
                           f"assigning to a loop variable changes nothing.")
     extra = sorted(set(replaced) - set(expected_names))
     missing = sorted(set(expected_names) - set(replaced))
@@ -370,7 +374,7 @@ def _one_injection(fn, gen, model, targets, inputs, what):
         raise CheckFailed(f"{lead}{name}: the trainable parameters must be exactly the LoRA weights; also "
                           f"trainable: {others[:4]}{' ...' if len(others) > 4 else ''}; not trainable: "
                           f"{sorted(set(expected_trainable) - set(trainable))[:4]}.\nHint: "
-                          f"model.requires_grad_(False) before injecting (peft freezes the base model too).")
+                          f"freeze the whole model before injecting (peft freezes the base model too).")
     if not isinstance(params, (list, tuple)) or len(params) != len(lora_params) or \
             any(p is not q for p, q in zip(params, lora_params)):
         got = f"{type(params).__name__} of {len(params)}" if isinstance(params, (list, tuple)) else describe(params)
@@ -385,7 +389,7 @@ def _one_injection(fn, gen, model, targets, inputs, what):
         sc = as_number(f"{name}: {n}.scaling", getattr(now[n], "scaling", None))
         if abs(sc - alpha / rank) > 1e-9 * (alpha / rank):
             lead = "Likely bug: rank and alpha swapped. " if abs(sc - rank / alpha) < 1e-9 * (rank / alpha) else ""
-            raise CheckFailed(f"{lead}{name}: {n}.scaling is {sc!r}, expected alpha / rank = {alpha / rank:g}: call "
+            raise CheckFailed(f"{lead}{name}: {n}.scaling is {sc!r}, expected {alpha / rank:g}: call "
                               f"LoRALinear(module, rank, alpha).")
 
     # the injected model starts equal to the original, then equals peft with the same A, B
@@ -406,7 +410,7 @@ def _one_injection(fn, gen, model, targets, inputs, what):
         got, want = model(*inputs), peft_model(*inputs)
     assert_close(f"{name}: output with random LoRA weights vs peft's inject_adapter_in_model(LoraConfig(...)) "
                  f"with the same weights", got, want, atol=1e-5, rtol=1e-4,
-                 hint="each targeted Linear computes base(x) + (alpha / rank) * up(down(x)).")
+                 hint="each targeted Linear becomes your LoRALinear, which computes what peft's lora.Linear.forward does.")
 
 
 def check_inject_lora(fn, gen):
@@ -453,19 +457,19 @@ def _merge_bugs(W, A, B, alpha, rank):
     BA = B @ A
     s = alpha / rank
     bugs = [
-        ("LoRA without alpha/rank: the merged update is (alpha / rank) * B @ A.", W + BA),
-        ("the update is multiplied by alpha only: divide by the rank too.", W + alpha * BA),
-        ("the update is divided by the rank only: multiply by alpha too.", W + BA / rank),
-        ("scaling is inverted: it is alpha / rank, not rank / alpha.", W + (rank / alpha) * BA),
-        ("you used rsLoRA's alpha / sqrt(rank); plain LoRA (and peft's default) uses alpha / rank.",
+        ("LoRA without alpha/rank: the merged update is scaled exactly as in the forward (LoRA Sec. 4.1).", W + BA),
+        ("the update is multiplied by alpha only: the rank belongs in the scaling too.", W + alpha * BA),
+        ("the update is divided by the rank only: alpha belongs in the scaling too.", W + BA / rank),
+        ("scaling is inverted: you used rank / alpha.", W + (rank / alpha) * BA),
+        ("you used rsLoRA's alpha / sqrt(rank); plain LoRA (and peft's default) takes no square root.",
          W + alpha / math.sqrt(rank) * BA),
-        ("you returned the update (alpha / rank) * B @ A alone; the merged weight is W plus it.", s * BA),
+        ("you returned the update (alpha / rank) * B @ A alone; the merged weight includes W.", s * BA),
         ("you returned W unchanged: add the update.", W.clone()),
-        ("wrong sign: W' = W + (alpha / rank) * B @ A.", W - s * BA),
+        ("wrong sign: the update is ADDED to W.", W - s * BA),
     ]
     if W.shape[0] == W.shape[1]:
-        bugs.append(("merge transposed: the update is B @ A, shape (d_out, d_in) like W; (B @ A).T (= A.T @ B.T) "
-                     "only has the right shape because this W is square.", W + s * BA.T))
+        bugs.append(("merge transposed: the update has W's shape (d_out, d_in) and W's orientation; a transposed "
+                     "product only fits because this W is square.", W + s * BA.T))
     return bugs
 
 
@@ -506,11 +510,11 @@ def check_merge_lora(fn, gen):
         except RuntimeError as exc:
             if "must match the size" in str(exc):
                 raise CheckFailed(f"Likely bug: merge transposed. {name} raised {describe_exception(exc, _file_of(fn))}\n"
-                                  f"Hint: {EQ_MERGE}; the update B @ A has the shape of W, (d_out, d_in).") from exc
+                                  f"Hint: {EQ_MERGE}; the update has the shape of W, (d_out, d_in).") from exc
             if "shapes cannot be multiplied" in str(exc) or "size mismatch" in str(exc):
                 raise CheckFailed(f"Likely bug: up and down swapped. {name} raised {describe_exception(exc, _file_of(fn))}\n"
-                                  f"Hint: {EQ_MERGE}: up_weight @ down_weight is (d_out, r) @ (r, d_in); "
-                                  f"down_weight @ up_weight does not even multiply.") from exc
+                                  f"Hint: {EQ_MERGE}; check the shapes of the two factors: only one order multiplies to "
+                                  f"W's shape.") from exc
             raise
         for t, t0, label in zip((W, A, B), ins, ("base_weight", "down_weight", "up_weight")):
             if not torch.equal(t, t0):
@@ -518,7 +522,7 @@ def check_merge_lora(fn, gen):
                                   f"tensor W + ... and leave the inputs alone.")
         if isinstance(got, torch.Tensor) and rows != cols and tuple(got.shape) == (cols, rows):
             raise CheckFailed(f"Likely bug: merge transposed. {name}: expected shape {(rows, cols)} (the shape of W), "
-                              f"got {tuple(got.shape)}.\nHint: {EQ_MERGE}; B @ A is (d_out, r) @ (r, d_in).")
+                              f"got {tuple(got.shape)}.\nHint: {EQ_MERGE}.")
         expected = ref.merge_lora(W, A, B, alpha, rank)
         assert_close(name, got, expected, **TOL[dtype], diagnose=_merge_bugs(W, A, B, alpha, rank), hint=EQ_MERGE + ".")
         assert_close(f"{name} vs peft's merge_and_unload() with the same lora_A / lora_B", got,
@@ -527,9 +531,10 @@ def check_merge_lora(fn, gen):
 
 # --------------------------------------------------------------------------- dora_weight
 
-EQ_DORA = ("W' = diag(m / n) V with V = W + s * B @ A (d_out, d_in) and n_i = ||V_i||_2 the norm of ROW i of V "
-           "(one per output feature, over the d_in inputs), n detached from the graph (DoRA eq. 5 and Sec. 4.3; "
-           "peft's DoraLinearVariant.merge_safe and DoraLinearLayer.get_weight_norm)")
+EQ_DORA = ("DoRA (Liu et al. 2024) eq. 5 and Sec. 4.3: the LoRA-merged weight (d_out, d_in), each ROW brought to "
+           "length m_i (one L2 norm per output feature, over the d_in inputs), the norm detached from the graph; "
+           "read peft's DoraLinearLayer.get_weight_norm (peft/tuners/lora/dora.py) and "
+           "DoraLinearVariant.merge_safe")
 
 
 def _dora64(W, A, B, m, s, detach=True):
@@ -552,26 +557,26 @@ def _dora_bugs(W, A, B, m, s):
             ("the norm runs over the wrong dimension: DoRA's n has one entry per OUTPUT feature, the length of each "
              "ROW of the (d_out, d_in) weight (the paper's 'column' is a row in PyTorch's (out, in) layout).",
              rows(m / torch.linalg.norm(V, dim=0))),
-            ("the factor m / n scales the columns of V instead of its rows: make it a (d_out, 1) column so that "
-             "row i is multiplied by m_i / n_i.", V * (m / n)[None, :]),
-            ("the update is transposed: B @ A is (d_out, r) @ (r, d_in), the shape of W; (B @ A).T only fits "
-             "because this W is square.", _dora64(W, BA.T.contiguous(), torch.eye(W.shape[0], dtype=W.dtype), m, s)),
+            ("the factor m / n scales the columns of V instead of its rows: it must broadcast as a (d_out, 1) "
+             "column, one factor per row.", V * (m / n)[None, :]),
+            ("the update is transposed: it has W's shape (d_out, d_in) and orientation; a transposed product only "
+             "fits because this W is square.", _dora64(W, BA.T.contiguous(), torch.eye(W.shape[0], dtype=W.dtype), m, s)),
         ]
     bugs += [
-        ("the norm is taken of W alone; DoRA normalises the LoRA-merged weight V = W + s * B @ A.",
+        ("the norm is taken of W alone; DoRA normalises the LoRA-merged weight (DoRA eq. 5).",
          rows(m / torch.linalg.norm(W, dim=1))),
-        ("the scaling s is missing inside the norm: n is the row norm of W + s * B @ A.",
+        ("the scaling s is missing inside the norm: the norm is of the same merged weight, scaling included.",
          rows(m / torch.linalg.norm(W + BA, dim=1))),
         ("the scaling s is missing: V = W + s * B @ A, in the norm and in the numerator.",
          (m / torch.linalg.norm(W + BA, dim=1))[:, None] * (W + BA)),
-        ("the magnitude is missing: you returned the direction V / n alone; W' = (m / n) * V row by row.",
+        ("the magnitude is missing: you returned the direction V / n alone (DoRA eq. 5: magnitude times direction).",
          rows(1 / n)),
         ("you returned the plain LoRA merge W + s * B @ A: DoRA rescales each of its rows to length m_i.", V.clone()),
         ("one norm for the whole matrix (Frobenius): DoRA takes one norm per output row.",
          m[:, None] * V / torch.linalg.norm(V)),
-        ("the ratio is inverted: each row is multiplied by m_i / n_i, not n_i / m_i.", rows(n / m)),
+        ("the ratio is inverted (n_i / m_i): each row must end up with length m_i.", rows(n / m)),
         ("the norm is squared: n_i is the square root of the row's sum of squares.", rows(m / n**2)),
-        ("only W is rescaled: W' = (m / n) * (W + s * B @ A), the update included in what is rescaled.",
+        ("only W is rescaled: the update is included in what is rescaled.",
          (m / n)[:, None] * W + s * BA),
     ]
     return bugs
@@ -605,8 +610,8 @@ def _call_dora(fn, name, W, A, B, m, s):
         if "shapes cannot be multiplied" in text or (
                 "must match the size" in text and rank in sizes and rank not in (rows, cols)):
             raise CheckFailed(f"Likely bug: the factors are multiplied in the wrong order. {name} raised "
-                              f"{describe_exception(exc)}\nHint: B @ A is (d_out, r) @ (r, d_in), the shape of W; "
-                              f"A @ B is (r, r) or does not multiply.") from exc
+                              f"{describe_exception(exc)}\nHint: the update has the shape of W, (d_out, d_in); check the shapes of "
+                              f"the two factors: only one order gives it.") from exc
         if "must match the size" in text and rows != cols and sizes == {rows, cols}:
             raise CheckFailed(f"Likely bug: the norm runs over the wrong dimension, or the factor is not a column. "
                               f"{name} raised {describe_exception(exc)}\nHint: {EQ_DORA}: n has d_out entries and "
