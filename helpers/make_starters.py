@@ -26,7 +26,8 @@ The numbered hints stay out of the starter: ``helpers.exercise.hint(lab, name)``
 from the solution module (:func:`solution_blocks`) and shows one more level per call. A
 ``# HINT n:`` line may continue on the following ``# HINT n:`` lines. The older form,
 unnumbered ``# HINT: text`` lines, is copied into the starter as ``# TODO: text`` (and is
-the only hint level), for labs not yet written the new way.
+the only hint level); no lab uses it now (scripts/exercise_audit.py rejects it), but a
+lab written elsewhere in that form still builds.
 """
 from __future__ import annotations
 
@@ -145,10 +146,12 @@ def header(info: LabInfo) -> str:
     return (
         f"# Your exercise file for {info.name}.\n"
         f"#\n"
-        f"# Generated from helpers/solutions/{info.slug}.py by `python -m helpers.make_starters`.\n"
         f"# Fill in each TODO (replace the `raise NotImplementedError`), save, and run\n"
-        f'# `check("{info.key}")` in notebooks/{info.stem}.ipynb: edits are picked up without\n'
-        f"# restarting the kernel. Until a function passes its check, the notebook uses the reference.\n"
+        f'# `check("{info.key}")` in notebooks/{info.stem}.ipynb (edits are picked up without\n'
+        f"# restarting the kernel) or from a shell:\n"
+        f'#     python -c "from helpers.exercise import check; check(\'{info.key}\')"\n'
+        f'# Stuck? hint("{info.key}", "<function name>") shows one more hint per call.\n'
+        f"# Until a function passes its check, the notebook uses the reference.\n"
         f"\n"
     )
 

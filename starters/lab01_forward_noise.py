@@ -1,9 +1,11 @@
 # Your exercise file for Lab 01: Forward Noise Process.
 #
-# Generated from helpers/solutions/lab01_forward_noise.py by `python -m helpers.make_starters`.
 # Fill in each TODO (replace the `raise NotImplementedError`), save, and run
-# `check("lab01")` in notebooks/01_forward_noise.ipynb: edits are picked up without
-# restarting the kernel. Until a function passes its check, the notebook uses the reference.
+# `check("lab01")` in notebooks/01_forward_noise.ipynb (edits are picked up without
+# restarting the kernel) or from a shell:
+#     python -c "from helpers.exercise import check; check('lab01')"
+# Stuck? hint("lab01", "<function name>") shows one more hint per call.
+# Until a function passes its check, the notebook uses the reference.
 
 """Lab 01: the forward noise process of DDPM, the way diffusers' `DDPMScheduler` builds it.
 

@@ -1,9 +1,11 @@
 # Your exercise file for Lab 02: Denoising Step.
 #
-# Generated from helpers/solutions/lab02_denoising_step.py by `python -m helpers.make_starters`.
 # Fill in each TODO (replace the `raise NotImplementedError`), save, and run
-# `check("lab02")` in notebooks/02_denoising_step.ipynb: edits are picked up without
-# restarting the kernel. Until a function passes its check, the notebook uses the reference.
+# `check("lab02")` in notebooks/02_denoising_step.ipynb (edits are picked up without
+# restarting the kernel) or from a shell:
+#     python -c "from helpers.exercise import check; check('lab02')"
+# Stuck? hint("lab02", "<function name>") shows one more hint per call.
+# Until a function passes its check, the notebook uses the reference.
 
 """Lab 02: one reverse (denoising) step of DDPM, the way diffusers' `DDPMScheduler.step` does it.
 

@@ -1,9 +1,11 @@
 # Your exercise file for Lab 03: Scheduler Reading.
 #
-# Generated from helpers/solutions/lab03_scheduler_reading.py by `python -m helpers.make_starters`.
 # Fill in each TODO (replace the `raise NotImplementedError`), save, and run
-# `check("lab03")` in notebooks/03_scheduler_reading.ipynb: edits are picked up without
-# restarting the kernel. Until a function passes its check, the notebook uses the reference.
+# `check("lab03")` in notebooks/03_scheduler_reading.ipynb (edits are picked up without
+# restarting the kernel) or from a shell:
+#     python -c "from helpers.exercise import check; check('lab03')"
+# Stuck? hint("lab03", "<function name>") shows one more hint per call.
+# Until a function passes its check, the notebook uses the reference.
 
 """Lab 03: reading a sampler, the way diffusers' `DDIMScheduler` (and `EulerDiscreteScheduler`) does it.
 

@@ -1,9 +1,11 @@
 # Your exercise file for Lab 04: CFG Code Reading.
 #
-# Generated from helpers/solutions/lab04_cfg.py by `python -m helpers.make_starters`.
 # Fill in each TODO (replace the `raise NotImplementedError`), save, and run
-# `check("lab04")` in notebooks/04_cfg.ipynb: edits are picked up without
-# restarting the kernel. Until a function passes its check, the notebook uses the reference.
+# `check("lab04")` in notebooks/04_cfg.ipynb (edits are picked up without
+# restarting the kernel) or from a shell:
+#     python -c "from helpers.exercise import check; check('lab04')"
+# Stuck? hint("lab04", "<function name>") shows one more hint per call.
+# Until a function passes its check, the notebook uses the reference.
 
 """Lab 04: classifier-free guidance (CFG), the way `StableDiffusionPipeline.__call__` does it.
 

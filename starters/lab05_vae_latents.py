@@ -1,9 +1,11 @@
 # Your exercise file for Lab 05: VAE Latent Space.
 #
-# Generated from helpers/solutions/lab05_vae_latents.py by `python -m helpers.make_starters`.
 # Fill in each TODO (replace the `raise NotImplementedError`), save, and run
-# `check("lab05")` in notebooks/05_vae_latents.ipynb: edits are picked up without
-# restarting the kernel. Until a function passes its check, the notebook uses the reference.
+# `check("lab05")` in notebooks/05_vae_latents.ipynb (edits are picked up without
+# restarting the kernel) or from a shell:
+#     python -c "from helpers.exercise import check; check('lab05')"
+# Stuck? hint("lab05", "<function name>") shows one more hint per call.
+# Until a function passes its check, the notebook uses the reference.
 
 """Lab 05: the VAE's latent space, the way Stable Diffusion's pipelines enter and leave it.
 

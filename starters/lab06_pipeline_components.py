@@ -1,9 +1,11 @@
 # Your exercise file for Lab 06: Diffusers Pipeline Components.
 #
-# Generated from helpers/solutions/lab06_pipeline_components.py by `python -m helpers.make_starters`.
 # Fill in each TODO (replace the `raise NotImplementedError`), save, and run
-# `check("lab06")` in notebooks/06_pipeline_components.ipynb: edits are picked up without
-# restarting the kernel. Until a function passes its check, the notebook uses the reference.
+# `check("lab06")` in notebooks/06_pipeline_components.ipynb (edits are picked up without
+# restarting the kernel) or from a shell:
+#     python -c "from helpers.exercise import check; check('lab06')"
+# Stuck? hint("lab06", "<function name>") shows one more hint per call.
+# Until a function passes its check, the notebook uses the reference.
 
 """Lab 06: `StableDiffusionPipeline` taken apart: text encoding, the starting latents, and the
 whole generation loop written out from the pipeline's components.
@@ -147,7 +149,9 @@ def generate(components, prompt, negative_prompt=None, num_inference_steps=25, g
             "scheduler" and "vae" (other entries are ignored).
         prompt: a string or a list of B strings.
         negative_prompt: None (the empty prompt ""), a string (for every prompt) or a list of B
-            strings; used only when guidance_scale > 1.
+            strings; used only when guidance_scale > 1. (The pipeline itself takes a string
+            negative prompt only with a string prompt: `encode_prompt` raises TypeError when
+            their types differ; repeating it for every prompt is this function's extension.)
         num_inference_steps: n, passed to `scheduler.set_timesteps(n)`.
         guidance_scale: w, a float.
         generator: a `torch.Generator` (or a list of B) for the starting noise and the

@@ -1,9 +1,11 @@
 # Your exercise file for Lab 09: ControlNet / Conditioning Reading.
 #
-# Generated from helpers/solutions/lab09_controlnet.py by `python -m helpers.make_starters`.
 # Fill in each TODO (replace the `raise NotImplementedError`), save, and run
-# `check("lab09")` in notebooks/09_controlnet.ipynb: edits are picked up without
-# restarting the kernel. Until a function passes its check, the notebook uses the reference.
+# `check("lab09")` in notebooks/09_controlnet.ipynb (edits are picked up without
+# restarting the kernel) or from a shell:
+#     python -c "from helpers.exercise import check; check('lab09')"
+# Stuck? hint("lab09", "<function name>") shows one more hint per call.
+# Until a function passes its check, the notebook uses the reference.
 
 """Lab 09: ControlNet, the way diffusers' `ControlNetModel` and `StableDiffusionControlNetPipeline`
 wire it into a frozen Stable Diffusion UNet.

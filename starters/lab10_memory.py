@@ -1,9 +1,11 @@
 # Your exercise file for Lab 10: Memory Optimization Reading.
 #
-# Generated from helpers/solutions/lab10_memory.py by `python -m helpers.make_starters`.
 # Fill in each TODO (replace the `raise NotImplementedError`), save, and run
-# `check("lab10")` in notebooks/10_memory.ipynb: edits are picked up without
-# restarting the kernel. Until a function passes its check, the notebook uses the reference.
+# `check("lab10")` in notebooks/10_memory.ipynb (edits are picked up without
+# restarting the kernel) or from a shell:
+#     python -c "from helpers.exercise import check; check('lab10')"
+# Stuck? hint("lab10", "<function name>") shows one more hint per call.
+# Until a function passes its check, the notebook uses the reference.
 
 """Lab 10: where the memory of a diffusion pipeline goes, and how diffusers' switches cut it.
 
