@@ -179,7 +179,9 @@ def generate(components, prompt, negative_prompt=None, num_inference_steps=25, g
             "scheduler" and "vae" (other entries are ignored).
         prompt: a string or a list of B strings.
         negative_prompt: None (the empty prompt ""), a string (for every prompt) or a list of B
-            strings; used only when guidance_scale > 1.
+            strings; used only when guidance_scale > 1. (The pipeline itself takes a string
+            negative prompt only with a string prompt: `encode_prompt` raises TypeError when
+            their types differ; repeating it for every prompt is this function's extension.)
         num_inference_steps: n, passed to `scheduler.set_timesteps(n)`.
         guidance_scale: w, a float.
         generator: a `torch.Generator` (or a list of B) for the starting noise and the

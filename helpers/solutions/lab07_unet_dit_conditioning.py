@@ -273,18 +273,13 @@ def sincos_pos_embed_2d(embed_dim, grid_size, base_size=16, interpolation_scale=
     of R rows and K columns of patches (grid_size = R = K when it is one integer, or (R, K)),
     b = base_size, s = interpolation_scale.
 
-    1. Positions, in units of a base_size-wide grid (PixArt's resolution trick):
-           y_r = r * b / (R * s),  r = 0 .. R-1        x_c = c * b / (K * s),  c = 0 .. K-1
-       A grid of base_size patches gets positions 0, 1, 2, ...; a grid twice as fine gets
-       0, 0.5, 1, ...: the same range, so a model trained at one resolution sees familiar
-       positions at another (and s > 1 shrinks the range further).
-    2. A 1-D sin-cos code of width D/2 (the timestep embedding's form, sin half first,
-       with Q = D/4 frequencies omega_k = 10000^(-k/Q), k = 0 .. Q-1):
-           e(pos) = ( sin(pos omega_0) .. sin(pos omega_{Q-1}) | cos(pos omega_0) .. cos(pos omega_{Q-1}) )
-    3. Token n = r*K + c (row-major, as `patchify`) gets
-           emb[n] = ( e(x_c) | e(y_r) )        (D values: the COLUMN's code first, then the row's)
-       diffusers builds the grid with `meshgrid(grid_w, grid_h, indexing="xy")` ("here w goes
-       first") and encodes its first plane, the column coordinate, in the first half.
+    The table has one row per token, tokens row by row (n = r*K + c, as `patchify`). Each row
+    is the concatenation of two 1-D sin-cos codes of width D/2 (the timestep embedding's
+    form), one of the token's column position and one of its row position. What you read in
+    diffusers: how a position is rescaled by b and s (PixArt's trick, so that a model trained
+    at one resolution sees familiar positions at another: a grid of b patches at s = 1 has
+    positions 0, 1, 2, ...), which frequencies the 1-D code uses, and which of the two codes
+    comes first (the "xy" meshgrid and the comments around it need care).
 
     diffusers computes the positions in float32 and the codes in float64, and PatchEmbed
     stores the table as float32 (1, R*K, D).

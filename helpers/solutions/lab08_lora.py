@@ -193,20 +193,11 @@ def dora_weight(base_weight, lora_A, lora_B, magnitude, scaling):
     eq. 5 with the detached norm of Sec. 4.3): what peft writes into the base layer when a LoRA
     with `LoraConfig(..., use_dora=True)` is merged, and what its forward computes.
 
-    DoRA splits each output unit's weight row into a length and a direction. The direction is
-    learnt by an ordinary LoRA, the length by a trainable vector m of d_out numbers:
-
-        V  = W + s B A                              (d_out, d_in), the LoRA-merged weight
-        W' = diag(m / n) V,   n_i = ||V_i||_2       the L2 norm of row i of V (i = 0 .. d_out-1)
-
-    so row i of W' points along row i of V and has length exactly m_i. (The paper writes W as
-    d x k with inputs along d and calls n the "column-wise" norm; in PyTorch's (out, in) layout
-    those columns are our ROWS: one norm per output feature, d_out of them.) peft starts m at
-    the row norms of W (B = 0 at the start), so W' = W until training moves A, B or m.
-
-    Gradients: the norm n is treated as a constant (paper, Sec. 4.3: "we suggest treating
-    ||V + dV||_c as a constant, thereby detaching it from the gradient graph"), as peft does;
-    gradients reach m, and A and B through V in the numerator only. Its value is unchanged.
+    DoRA splits the LoRA-merged weight V = W + s B A into a magnitude and a direction: the
+    trainable vector m (d_out numbers) sets the magnitudes, V the directions, through a norm of
+    V taken one way across the matrix (the paper's eq. 5). Which way that norm runs in PyTorch's
+    (out, in) layout (the paper writes W as d x k, with a different convention), how m starts,
+    and how the norm enters the gradients (Sec. 4.3) are what you read in the paper and in peft.
 
     Args:
         base_weight: W, (d_out, d_in), frozen.
