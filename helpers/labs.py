@@ -2,7 +2,7 @@
 
 A lab has a key ``labNN`` (``lab01``) and a slug ``labNN_name`` (``lab01_forward_noise``).
 It *exists* when its solution module ``helpers/solutions/<slug>.py`` exists; the catalog
-below names all ten in handbook order, including those still to be written.
+below names every lab in handbook order.
 
 Files of lab ``lab01_forward_noise``::
 
