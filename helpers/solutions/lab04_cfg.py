@@ -171,25 +171,18 @@ def normalized_guidance(pred_cond, pred_uncond, guidance_scale, eta=1.0, norm_th
     `normalized_guidance` in diffusers/guiders/adaptive_projected_guidance.py with its defaults
     `use_original_formulation=False` and `norm_dim=None`.
 
-    CFG's update is split into a part parallel to the conditional prediction, which the paper
-    finds causes the over-saturation, and an orthogonal part, which improves quality; the
-    parallel part is down-weighted by eta. Per sample b, with <u, v> the inner product and ||u||
-    the L2 norm over ALL the sample's values (every dim but the batch one):
-
-        d[b]      = eps_c[b] - eps_u[b]                                   CFG's update direction
-        momentum (only when momentum_buffer is given; beta = its `momentum`):
-                    the buffer's running average becomes m <- d + beta * m, and d is replaced
-                    by that new running average (the buffer must be updated exactly once per call)
-        threshold (only when r = norm_threshold > 0):
-                    d[b] <- d[b] * min(1, r / ||d[b]||)
-        e[b]      = eps_c[b] / ||eps_c[b]||                               unit vector along eps_c
-        d_par[b]  = <d[b], e[b]> e[b],   d_perp[b] = d[b] - d_par[b]
-        out[b]    = eps_u[b] + w * (d_perp[b] + eta * d_par[b])           (diffusers' convention)
-
-    eta = 1 with no momentum and no threshold is plain CFG. diffusers computes the projection
-    (e, d_par, d_perp) in float64 and casts d_par and d_perp back to d's dtype before combining
-    them; the check accepts any order of rounding (it compares with a float64 ground truth, with
-    a tolerance scaled to the values' size).
+    CFG's update d = eps_c - eps_u is split into a part parallel to the conditional prediction,
+    which the paper finds causes the over-saturation, and an orthogonal part, which improves
+    quality; the parallel part is down-weighted by eta, and the result is a CFG-like step
+    built from the two parts. Two optional extras act on d first: a momentum (a running average
+    kept in `momentum_buffer`, updated exactly once per call) and a norm threshold r that may
+    shrink d, never grow it. What you read in diffusers' function: over which dims its norms
+    and inner products run (with norm_dim=None), the order of momentum, threshold and
+    projection, the dtype it projects in, and which prediction the result starts from
+    (use_original_formulation=False). With eta = 1 and no extras the result is plain CFG.
+    Note the argument order differs from diffusers' function (momentum_buffer comes last here).
+    The check compares with a float64 ground truth, with a tolerance scaled to the values' size,
+    so any order of rounding passes.
 
     Args:
         pred_cond: (B, ...) eps_c, the conditional prediction, any rank >= 2.
