@@ -26,12 +26,15 @@ from helpers.solutions import lab10_memory as ref
 LAB = "lab10"
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.float8_e4m3fn)
-BYTES_HINT = ("bytes per element = dtype.itemsize: float64 8, float32 4, float16 2, bfloat16 2 (16 bits: 1 sign, "
-              "8 exponent, 7 mantissa), float8 1.")
-SCORES_EQ = "bytes = batch * heads * query_len * key_len * dtype.itemsize (one score per batch, head, query, key)."
-ATTN_EQ = ("softmax(Q K^T / sqrt(D)) V per (batch, head) pair (Vaswani et al. 2017, eq. 1): flatten (B, H) into "
-           "B * H rows, and for each slice of slice_size rows compute scores = q_s @ k_s^T * D ** -0.5, "
-           "probs = scores.softmax(dim=-1), out_s = probs @ v_s.")
+BYTES_HINT = ("bytes per element: the dtype's own size (torch.dtype.itemsize): float64 8, float32 4, float16 2, "
+              "bfloat16 2 (16 bits: 1 sign, 8 exponent, 7 mantissa), float8 1.")
+SCORES_EQ = ("the scores tensor diffusers' Attention.get_attention_scores allocates (attention_processor.py), after "
+             "head_to_batch_dim: one score per batch element, head, query and key, in bytes.")
+ATTN_EQ = ("Vaswani et al. 2017, eq. 1, per (batch, head) pair, as diffusers' SlicedAttnProcessor.__call__ "
+           "(attention_processor.py): the (B, H) pairs flattened into B * H rows (head_to_batch_dim), processed "
+           "slice_size rows at a time (the last slice may be shorter), the scores scaled by the head dimension D "
+           "of the queries and keys (Attention.get_attention_scores), the softmax over the keys; output "
+           "(B, H, Lq, Dv).")
 # Tolerances, |got - expected| <= atol + rtol * |expected|, against float64 math: a rewrite (einsum,
 # baddbmm, SDPA per slice, float32 softmax) differs by rounding only; bfloat16 keeps 8 significant bits.
 TOL = {torch.float64: dict(atol=1e-9, rtol=1e-9), torch.float32: dict(atol=2e-5, rtol=2e-5),
@@ -74,8 +77,8 @@ def _meta_scores_bytes(batch, heads, q, k, dtype):
 def _scores_bugs(b, h, q, k, dtype):
     n, size = b * h * q * k, dtype.itemsize
     bugs = [
-        ("you returned the number of elements, not bytes: multiply by the bytes per element, dtype.itemsize.", n),
-        ("bits, not bytes: torch.finfo(dtype).bits is in bits; bytes = bits // 8 = dtype.itemsize.", n * 8 * size),
+        ("you returned the number of elements, not bytes: each element takes dtype.itemsize bytes.", n),
+        ("bits, not bytes: torch.finfo(dtype).bits is in bits; dtype.itemsize is in bytes.", n * 8 * size),
         ("the scores of cross-attention are (Lq, Lk): you used query_len twice (query_len ** 2).",
          b * h * q * q * size),
         ("the scores are (Lq, Lk): you used key_len twice (key_len ** 2).", b * h * k * k * size),
@@ -157,10 +160,10 @@ def _sliced_bugs(q, k, v, s):
         parts = [_attn64(q64, k64[:, :, c], v64[:, :, c]) for c in chunks]
         bugs += [
             ("slicing along the wrong axis: you sliced the KEYS (each key chunk got its own softmax, and you summed "
-             "the chunks). The softmax normalises over all Lk keys; slice the B * H (batch, head) rows instead.",
+             "the chunks). The softmax normalises over all Lk keys; slice the (batch, head) rows instead.",
              sum(parts)),
             ("slicing along the wrong axis: you sliced the KEYS and kept only the last chunk's result. The softmax "
-             "needs all Lk keys at once; slice the B * H (batch, head) rows instead.", parts[-1]),
+             "needs all Lk keys at once; slice the (batch, head) rows instead.", parts[-1]),
         ]
     if Dv == D and D > s:
         dchunks = [slice(i, min(i + s, D)) for i in range(0, D, s)]
@@ -169,17 +172,17 @@ def _sliced_bugs(q, k, v, s):
                                      scale=D ** -0.5 if full_scale else (c.stop - c.start) ** -0.5)
                              for c in dchunks], dim=-1)
             bugs.append((f"slicing along the wrong axis: you sliced the HEAD DIMENSION D (with {how}): each chunk's "
-                         "Q K^T is a partial dot product. Q K^T sums over all of D; slice the B * H (batch, head) "
+                         "Q K^T is a partial dot product, but each score needs all of D; slice the (batch, head) "
                          "rows instead.", out))
     bugs += [
-        ("missing scale: the scores are Q K^T / sqrt(D) (D = query.shape[-1], the head dimension).",
+        ("missing scale: the scores are scaled by the head dimension (Vaswani et al. 2017, eq. 1; Attention.scale).",
          _attn64(q, k, v, scale=1.0)),
         ("wrong scale: 1 / sqrt(D), not 1 / D.", _attn64(q, k, v, scale=1.0 / D)),
-        ("softmax over the wrong axis: the probabilities of one query sum to 1 over the KEYS: softmax(dim=-1) of "
+        ("softmax over the wrong axis: the probabilities of one query sum to 1 over the KEYS, the last axis of "
          "the (.., Lq, Lk) scores.", _attn64(q, k, v, dim=-2)),
     ]
     if Dv != D:
-        bugs.append(("wrong scale: use the head dimension of the queries and keys, D = query.shape[-1], "
+        bugs.append(("wrong scale: the head dimension of the queries and keys counts, "
                      "not value's.", _attn64(q, k, v, scale=Dv ** -0.5)))
     if Lk != Lq:
         bugs.append(("wrong scale: 1 / sqrt(D) with D the head dimension, not the number of keys.",
@@ -218,12 +221,12 @@ def _sliced_case(fn, gen, B, H, Lq, Lk, D, Dv, s, dtype, diagnose=True):
     got = _call_sliced(fn, name, q, k, v, s)
     expected = ref.sliced_attention(q, k, v, s)
     if isinstance(got, torch.Tensor) and got.shape == (B * H, Lq, Dv):
-        raise CheckFailed(f"Likely bug: output not reshaped back: you returned the (B * H, Lq, Dv) rows; reshape "
-                          f"them to (B, H, Lq, Dv) = {(B, H, Lq, Dv)}.\n{name}: got shape {tuple(got.shape)}.")
+        raise CheckFailed(f"Likely bug: output not reshaped back: you returned the (B * H, Lq, Dv) rows; the output "
+                          f"is (B, H, Lq, Dv) = {(B, H, Lq, Dv)}.\n{name}: got shape {tuple(got.shape)}.")
     if _remainder_dropped(got, expected, s):
         raise CheckFailed(f"Likely bug: the last slice is missing: B * H = {B * H} rows is not a multiple of "
                           f"slice_size = {s}, so the last slice has only {B * H % s} rows; "
-                          f"range(0, B * H, slice_size) visits it, range(B * H // slice_size) does not.\n{name}: "
+                          f"a loop over the full slices only misses it (see how SlicedAttnProcessor's loop ends).\n{name}: "
                           f"rows {(B * H // s) * s}..{B * H - 1} (flattened) are wrong, the others right.\n"
                           f"Hint: {ATTN_EQ}")
     exact = _attn64(q, k, v)
@@ -236,8 +239,8 @@ def _sliced_case(fn, gen, B, H, Lq, Lk, D, Dv, s, dtype, diagnose=True):
                           f"tensor on the way): the inputs are float64, and so must every intermediate be; the "
                           f"error, {err:.3g}, is float32's rounding (float64's would be about 1e-15).\n{name}: "
                           f"max abs error {err:.3g} against float64 math, allowed {tol['atol']:g} + "
-                          f"{tol['rtol']:g} |expected|.\nHint: keep the inputs' dtype throughout (torch.empty(..., "
-                          f"dtype=query.dtype)). {ATTN_EQ}")
+                          f"{tol['rtol']:g} |expected|.\nHint: keep the inputs' dtype throughout (every buffer and constant "
+                          f"you create too). {ATTN_EQ}")
     bugs = [(label, cand.to(dtype)) for label, cand in _sliced_bugs(q, k, v, s)] if diagnose else None
     assert_close(name, got, exact.to(dtype), **tol, diagnose=bugs, hint=ATTN_EQ)
     sdpa = F.scaled_dot_product_attention(q, k, v)
@@ -271,7 +274,7 @@ def _memory_case(fn, gen):
                "what slicing avoids. Compute them inside the loop, slice_size rows at a time.")
     elif n == s * H * Lq * Lk:
         why = ("you sliced the batch axis only: each slice holds all H heads. slice_size counts (batch, head) "
-               "pairs, as in diffusers' SlicedAttnProcessor: flatten (B, H) into B * H rows and slice those.")
+               "pairs, as in diffusers' SlicedAttnProcessor (read how its input is shaped before the loop).")
     else:
         why = "a tensor larger than one slice's scores, the inputs and the output was created."
     raise CheckFailed(
@@ -312,9 +315,9 @@ def check_sliced_attention(fn, gen):
 
 # --------------------------------------------------------------------------- chunked_feed_forward
 
-FF_EQ = ("diffusers' _chunked_feed_forward (diffusers/models/attention.py): ValueError unless "
-         "hidden_states.shape[chunk_dim] is a multiple of chunk_size; cut hidden_states into pieces of chunk_size "
-         "positions along chunk_dim, call ff on each piece in order, concatenate the outputs along chunk_dim.")
+FF_EQ = ("diffusers' _chunked_feed_forward (diffusers/models/attention.py, a few lines): when it raises "
+         "ValueError, what chunk_size means (a length, not a count), which axis it cuts and joins along, and "
+         "how often it calls ff; the output has the shape of ff on the whole input.")
 
 
 class _RecordingFF(torch.nn.Module):
@@ -351,7 +354,7 @@ def _ff_calls_bug(calls, shape, chunk_dim, chunk_size):
         why = (f"chunked along the wrong axis: the pieces must be cut along chunk_dim = {chunk_dim} "
                f"(0: batch, 1: tokens); you cut another axis.")
     elif calls and all(isinstance(c, tuple) and len(c) == len(shape) - 1 for c in calls):
-        why = "the pieces lost an axis (indexing x[i] instead of slicing x[i:i + chunk_size]): keep every axis."
+        why = "the pieces lost an axis (indexing x[i] instead of slicing): keep every axis."
     else:
         why = "ff was not called on chunk_size positions along chunk_dim, once per chunk."
     return f"Likely bug: {why}\n{said}"
@@ -476,13 +479,13 @@ def _param_bugs(model, dtype):
                                                for t in state)),
         ("a shared (tied) weight counted twice: named_parameters(remove_duplicate=False) lists it once per name; "
          "model.parameters() lists it once.", sum(p.numel() * size(p) for _, p in dup)),
-        ("bits, not bytes: bytes per element = dtype.itemsize (torch.finfo(dtype).bits // 8).",
+        ("bits, not bytes: torch.finfo(dtype).bits is in bits; dtype.itemsize is in bytes.",
          sum(p.numel() * size(p) * 8 for p in params)),
-        ("you returned the parameter count: multiply by the bytes per element.", numel),
+        ("you returned the parameter count; the question is in bytes.", numel),
     ]
     if dtype is not None:
         bugs.insert(0, (f"dtype ignored: the weights are stored in {params[0].dtype}, but the question is their "
-                        f"size in {dtype}: numel * dtype.itemsize.", sum(p.numel() * p.element_size() for p in params)))
+                        f"size in {dtype}.", sum(p.numel() * p.element_size() for p in params)))
         if dtype == torch.bfloat16:
             bugs.insert(0, ("bytes per element wrong for bfloat16: it is 2 bytes (16 bits), like float16; you used 4. "
                             "Use dtype.itemsize.", numel * 4))
@@ -527,8 +530,9 @@ def check_param_bytes(fn, gen):
         name = f"param_bytes(model, dtype={dtype}) [{what}]"
         got = fn(m, dtype)
         _int_result(name, got, expected, _param_bugs(m, dtype),
-                    "sum of p.numel() over model.parameters() (each shared parameter once, no buffers), times "
-                    "dtype.itemsize (or each parameter's p.element_size() when dtype is None). " + BYTES_HINT)
+                    "every parameter's elements, a shared parameter once and no buffers (diffusers' "
+                    "ModelMixin.num_parameters in models/modeling_utils.py counts the same), in bytes of `dtype` "
+                    "(of each parameter's own dtype when dtype is None). " + BYTES_HINT)
     config = _small_unet(gen)
     with torch.device("meta"):
         unet = UNet2DConditionModel(**config)
@@ -536,7 +540,7 @@ def check_param_bytes(fn, gen):
     got = fn(unet, dtype)
     _int_result(f"param_bytes(UNet2DConditionModel on the meta device, dtype={dtype})", got,
                 unet.num_parameters() * dtype.itemsize, _param_bugs(unet, dtype),
-                "diffusers' unet.num_parameters() * dtype.itemsize. " + BYTES_HINT)
+                "diffusers' unet.num_parameters(), in bytes of dtype. " + BYTES_HINT)
 
 
 # --------------------------------------------------------------------------- latent_shape
@@ -586,14 +590,15 @@ def check_latent_shape(fn, gen):
             ("channels last: the latent is channels-first, (C, H, W), as the UNet takes it.", (h // f, w // f, c)),
             ("multiplied by the factor: the VAE DOWNsamples, the latent is f times smaller per side.",
              (c, h * f, w * f)),
-            ("rounded up: prepare_latents uses floor division, int(height) // vae_scale_factor (and the pipeline's "
+            ("rounded up: prepare_latents rounds down (and the pipeline's "
              "check_inputs accepts only multiples of 8 anyway).", (c, -(-h // f), -(-w // f))),
-            (f"vae_scale_factor used as an exponent: f = {f} is already the factor (2 ** (number of VAE blocks - 1)).",
+            (f"vae_scale_factor used as an exponent: f = {f} is already the factor (StableDiffusionPipeline.__init__ "
+             f"derives it from the VAE's blocks).",
              (c, h // 2**f, w // 2**f)),
         ]
         lead = next((f"Likely bug: {label}\n" for label, value in bugs if value == tuple(got)), "")
-        raise CheckFailed(f"{lead}{name}: expected {expected}, got {got}.\nHint: (channels, height // f, width // f), "
-                          f"the shape StableDiffusionPipeline.prepare_latents uses (without the batch).")
+        raise CheckFailed(f"{lead}{name}: expected {expected}, got {got}.\nHint: the shape StableDiffusionPipeline.prepare_latents uses, without the batch: "
+                          f"(channels, rows, columns), each side of the image downsampled by f.")
 
 
 # --------------------------------------------------------------------------- estimate_peak_memory
@@ -641,31 +646,28 @@ def _estimate_variant(n_params, height, width, *, heads, vae_channels, dtype=tor
 ESTIMATE_BUGS = {
     "bf16": "bytes per element wrong for bfloat16: 2 bytes (16 bits), like float16; you used 4. Use dtype.itemsize.",
     "pixels": "tokens counted in PIXELS: the denoiser works on the latent, f = vae_scale_factor times smaller per "
-              "side: (h, w) = latent_shape(height, width, f)[1:].",
+              "side (your latent_shape).",
     "no_downsample": "attn_downsample ignored: the largest attention's token grid is (h // attn_downsample) x "
                      "(w // attn_downsample) (SDXL's first level has no attention; FLUX packs 2 x 2 latent pixels "
                      "per token).",
-    "downsample_area": "attn_downsample divides EACH side: L = (h // d) * (w // d), not (h * w) // d.",
-    "no_text": "text_tokens ignored: in FLUX's joint attention the text tokens are queries and keys too: "
-               "L = image tokens + text_tokens.",
+    "downsample_area": "attn_downsample divides EACH side of the token grid, not its area.",
+    "no_text": "text_tokens ignored: in FLUX's joint attention the text tokens are queries and keys too.",
     "no_cfg": "CFG ignored: with classifier-free guidance the denoiser runs on 2 * batch_size (uncond and cond).",
     "always_cfg": "cfg=False: the denoiser's batch is batch_size, not doubled (no unconditional branch).",
     "once": "the classic processor holds the scores AND their softmax at once (get_attention_scores: baddbmm, then "
-            "softmax before `del attention_scores`): 2 * attention_scores_bytes(...).",
-    "slice_ignored": "slice_size ignored: with slicing only min(slice_size, B' * heads) (batch, head) pairs have "
-                     "scores at a time.",
+            "softmax before `del attention_scores`).",
+    "slice_ignored": "slice_size ignored: with slicing only one slice of (batch, head) pairs has scores at a time.",
     "no_cap": "slice_size is larger than the B' * heads (batch, head) pairs there are: a slice cannot hold more "
-              "pairs than exist, min(slice_size, B' * heads) (diffusers' set_attention_slice even refuses a "
+              "pairs than exist (diffusers' set_attention_slice even refuses a "
               "slice_size larger than the heads).",
-    "slice_heads": "a slice holds slice_size (batch, head) PAIRS, not slice_size batches of all heads: "
-                   "min(slice_size, B' * heads) rows of (L, L) scores.",
-    "vae_dtype": "vae_dtype ignored: the VAE term uses bytes(vae_dtype or dtype) (SDXL's VAE decodes in float32).",
+    "slice_heads": "a slice holds slice_size (batch, head) PAIRS, not slice_size batches of all heads.",
+    "vae_dtype": "vae_dtype ignored: the VAE term is in the VAE's dtype when it is given (SDXL's VAE decodes in "
+                 "float32).",
     "vae_batch": "the VAE decodes every image: its term scales with batch_size.",
     "vae_latent": "the VAE decoder's largest feature maps are at the IMAGE resolution (height x width), not the "
                   "latent's.",
-    "sum": "the denoising loop and the VAE decode do not overlap in time: peak = weights + max(attention, "
-           "vae_decoder), not their sum.",
-    "max3": "the weights stay resident the whole time: peak = weights + max(attention, vae_decoder).",
+    "sum": "the denoising loop and the VAE decode do not overlap in time: their terms do not add up.",
+    "max3": "the weights stay resident the whole time: they add to whichever activation term is larger.",
 }
 
 
@@ -698,12 +700,10 @@ def _estimate_case(fn, gen, attention, dtype, *, cfg, text_tokens, attn_downsamp
     lead = _lead(labels)
     show = lambda x: f"{x:>16,}" if isinstance(x, int) else f"{x!r:>16}"  # noqa: E731
     lines = "\n".join(f"  {k:12s} expected {expected[k]:>16,}  got {show(got[k])}" for k in expected)
-    raise CheckFailed(f"{lead}{name}: wrong {', '.join(wrong)}:\n{lines}\nHint: weights = n_params * bytes(dtype); "
-                      f"L = (h // attn_downsample) * (w // attn_downsample) + text_tokens with (h, w) the latent's; "
-                      f"attention: 'classic' 2 * scores of B' = batch_size * (2 if cfg) rows, 'sliced' 2 * scores of "
-                      f"min(slice_size, B' * heads) pairs, 'sdpa' 0; vae_decoder = VAE_LIVE_TENSORS * batch_size * "
-                      f"vae_channels * height * width * bytes(vae_dtype or dtype); peak = weights + max(attention, "
-                      f"vae_decoder).")
+    raise CheckFailed(f"{lead}{name}: wrong {', '.join(wrong)}:\n{lines}\nHint: re-read the docstring's model for the wrong term(s), {', '.join(wrong)}: which "
+                      f"resolution each term lives at (latent tokens, image pixels), what CFG and text_tokens add, "
+                      f"what each attention setting holds at once (get_attention_scores, SlicedAttnProcessor), "
+                      f"and which terms overlap in time.")
 
 
 def check_estimate_peak_memory(fn, gen):
