@@ -36,19 +36,3 @@ def write_pristine_starter(lab: str, folder, monkeypatch):
     monkeypatch.delenv("DIFFUSION_LABS_MODE", raising=False)
     return path
 
-
-def fill_exercise(starter, lab: str, name: str) -> None:
-    """Solve ONE exercise in a pristine starter (``write_pristine_starter``): its TODO raise is
-    replaced by the reference's ``# BEGIN SOLUTION`` block, the other exercises stay TODO."""
-    import inspect
-
-    from helpers.exercise import reference
-    from helpers.make_starters import HINT
-
-    todo = f'    raise NotImplementedError("TODO({lab}): {name}")'
-    src = starter.read_text()
-    assert todo in src, f"{todo!r} not in {starter}"
-    fn_source = inspect.getsource(getattr(reference(lab), name))
-    block = fn_source.split("# BEGIN SOLUTION\n", 1)[1].split("# END SOLUTION", 1)[0]
-    code = [line for line in block.splitlines() if not HINT.match(line)]  # the starter has the hints
-    starter.write_text(src.replace(todo, "\n".join(code).rstrip()))

@@ -10,7 +10,7 @@ from diffusers import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from helpers.checks import lab02_denoising_step as checks
-from labtools import checker, fill_exercise, write_pristine_starter
+from labtools import checker
 from helpers.checks._core import CheckFailed, make_generator
 from helpers.solutions import lab02_denoising_step as ref
 
@@ -22,17 +22,6 @@ run, fails = checker(checks)  # tests/labtools.py
 
 
 # --------------------------------------------------------------------------- the reference
-
-def test_exercise_names_in_order():
-    assert ref.__all__ == NAMES
-    assert checks.LAB == "lab02"
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("name", NAMES)
-def test_reference_passes(name, seed):
-    run(name, getattr(ref, name), seed)
-
 
 @pytest.mark.parametrize("ptype", ["epsilon", "sample", "v_prediction"])
 @pytest.mark.parametrize("spacing,offset", [("leading", 1), ("leading", 0), ("trailing", 0), ("linspace", 0)])
@@ -377,17 +366,3 @@ def test_hard_coded_answer_fails(name):
         run(name, lambda *a, **k: fixed.clone())
 
 
-@pytest.fixture
-def pristine_starters(tmp_path, monkeypatch):
-    return write_pristine_starter("lab02", tmp_path, monkeypatch)
-
-
-def test_ddpm_step_is_judged_on_its_own_code(pristine_starters, capsys):
-    """The learner's ddpm_step calls their (TODO) pred_original_sample: the reference is
-    substituted for it, so a right ddpm_step passes."""
-    from helpers.exercise import exercise
-
-    fill_exercise(pristine_starters, "lab02", "ddpm_step")
-    ex = exercise("lab02", seed=0)
-    assert ex.status["ddpm_step"] == "passed" and ex.origin["ddpm_step"] == "yours"
-    assert ex.status["pred_original_sample"] == "todo"

@@ -12,7 +12,7 @@ from diffusers import StableDiffusionImg2ImgPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from helpers.checks import lab05_vae_latents as checks
-from labtools import checker, write_pristine_starter
+from labtools import checker
 from helpers.checks._core import CheckFailed
 from helpers.solutions import lab05_vae_latents as ref
 
@@ -25,21 +25,10 @@ run, fails = checker(checks)  # tests/labtools.py
 
 # --------------------------------------------------------------------------- the reference
 
-def test_exercise_names_in_order():
-    assert ref.__all__ == NAMES
-    assert checks.LAB == "lab05"
-
-
 def test_checks_use_tiny_sd_vae():
     assert (checks.TINY_SD_VAE / "diffusion_pytorch_model.safetensors").exists()
     vae, _ = checks._tiny_sd_vae()
     assert vae.config.latent_channels == 4 and len(vae.config.block_out_channels) == 4  # factor 8
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("name", NAMES)
-def test_reference_passes(name, seed):
-    run(name, getattr(ref, name), seed)
 
 
 @pytest.fixture(scope="module")
@@ -500,19 +489,6 @@ def test_hard_coded_answer_fails(name, answer):
     for seed in (0, 1, 2):
         with pytest.raises(CheckFailed):
             run(name, answer, seed)
-
-
-@pytest.fixture
-def pristine_starters(tmp_path, monkeypatch):
-    return write_pristine_starter("lab05", tmp_path, monkeypatch)
-
-
-def test_exercise_falls_back_to_the_reference(pristine_starters, capsys):
-    from helpers.exercise import exercise
-
-    ex = exercise("lab05", seed=0)
-    assert all(ex.origin[n] == "reference" for n in NAMES)
-    assert ex.compression_ratio((3, 512, 512), (4, 64, 64)) == 48.0
 
 
 # --------------------------------------------------------------------------- helpers the notebook uses

@@ -12,7 +12,7 @@ from diffusers import StableDiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from helpers.checks import lab06_pipeline_components as checks
-from labtools import checker, fill_exercise, write_pristine_starter
+from labtools import checker
 from helpers.checks._core import CheckFailed
 from helpers.evaluate import make_scheduler
 from helpers.solutions import lab06_pipeline_components as ref
@@ -30,18 +30,6 @@ def pipe():
 
 
 # --------------------------------------------------------------------------- the reference
-
-def test_exercise_names_in_order():
-    assert ref.__all__ == NAMES
-    assert checks.LAB == "lab06"
-    assert all(callable(getattr(checks, f"check_{n}")) for n in NAMES)
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("name", NAMES)
-def test_reference_passes(name, seed):
-    run(name, getattr(ref, name), seed)
-
 
 def test_encode_prompt_equals_pipeline(pipe):
     for prompts in (["a large red circle at the top left", "blue"], "", ["a b c " * 10]):
@@ -466,17 +454,4 @@ def test_img2img_timesteps_hard_coded_answer_fails():
 
 # --------------------------------------------------------------------------- machinery
 
-@pytest.fixture
-def pristine_starters(tmp_path, monkeypatch):
-    return write_pristine_starter("lab06", tmp_path, monkeypatch)
 
-
-def test_generate_is_judged_on_its_own_code(pristine_starters, capsys):
-    """The learner's generate calls their (TODO) encode_prompt and prepare_latents: the
-    references are substituted for them, so a right generate passes."""
-    from helpers.exercise import exercise
-
-    fill_exercise(pristine_starters, "lab06", "generate")
-    ex = exercise("lab06", seed=0)
-    assert ex.status["generate"] == "passed" and ex.origin["generate"] == "yours"
-    assert ex.status["encode_prompt"] == "todo" and ex.status["prepare_latents"] == "todo"

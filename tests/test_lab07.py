@@ -16,7 +16,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor
 from diffusers.models.embeddings import PatchEmbed, get_2d_sincos_pos_embed, get_timestep_embedding
 
 from helpers.checks import lab07_unet_dit_conditioning as checks
-from labtools import checker, fill_exercise, write_pristine_starter
+from labtools import checker, write_pristine_starter
 from helpers.checks._core import CheckFailed, make_generator
 from helpers.solutions import lab07_unet_dit_conditioning as ref
 
@@ -29,17 +29,6 @@ run, fails = checker(checks)  # tests/labtools.py
 
 
 # --------------------------------------------------------------------------- the reference
-
-def test_exercise_names_in_order():
-    assert ref.__all__ == NAMES
-    assert checks.LAB == "lab07"
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("name", NAMES)
-def test_reference_passes(name, seed):
-    run(name, getattr(ref, name), seed)
-
 
 @pytest.mark.parametrize("flip,shift,scale,dim", [(True, 0, 1, 320), (False, 1, 1, 33), (True, 1, 1000, 256),
                                                   (False, 0, 1, 7)])
@@ -487,16 +476,6 @@ def test_identity_answer_fails(name):
 @pytest.fixture
 def pristine_starters(tmp_path, monkeypatch):
     return write_pristine_starter("lab07", tmp_path, monkeypatch)
-
-
-def test_cross_attention_is_judged_on_its_own_code(pristine_starters, capsys):
-    """The learner's cross_attention calls their (TODO) attention: the reference is substituted."""
-    from helpers.exercise import exercise
-
-    fill_exercise(pristine_starters, "lab07", "cross_attention")
-    ex = exercise("lab07", seed=0)
-    assert ex.status["cross_attention"] == "passed" and ex.origin["cross_attention"] == "yours"
-    assert ex.status["attention"] == "todo"
 
 
 def test_a_learner_exception_names_the_learners_line(pristine_starters, capsys):
