@@ -44,25 +44,24 @@ TOL_GENERATE = dict(atol=1e-4, rtol=1e-4)
 
 SCHEDULERS = {"DDIM": DDIMScheduler, "Euler": EulerDiscreteScheduler, "DPM++ 2M": DPMSolverMultistepScheduler}
 
-ENCODE_HINT = ("tokenizer(prompts, padding=\"max_length\", max_length=tokenizer.model_max_length, truncation=True, "
-               "return_tensors=\"pt\").input_ids, then text_encoder(input_ids.to(device))[0], the last hidden state "
-               "(B, L, D), as StableDiffusionPipeline.encode_prompt.")
-PADDING_HINT = ("pad every prompt to tokenizer.model_max_length (padding=\"max_length\", max_length="
-                "tokenizer.model_max_length): the UNet was trained on (B, L, D) embeddings with L = model_max_length "
+ENCODE_HINT = ("StableDiffusionPipeline.encode_prompt, its `if prompt_embeds is None` branch with clip_skip=None: the "
+               "tokenizer call (padded to tokenizer.model_max_length, truncated), the ids on `device`, no attention "
+               "mask for this text encoder, and its last hidden state, (B, L, D).")
+PADDING_HINT = ("pad every prompt to tokenizer.model_max_length (read the tokenizer call in encode_prompt): the UNet was trained on (B, L, D) embeddings with L = model_max_length "
                 "(77 for SD, 16 for tiny-sd) and cross-attends to the padding positions too; padding=\"longest\" "
                 "pads only to the longest prompt of the batch.")
-TRUNCATION_HINT = ("padding=\"max_length\", max_length=tokenizer.model_max_length, truncation=True: a prompt longer "
-                   "than model_max_length tokens must be cut (the text encoder has only that many position "
-                   "embeddings); the pipeline warns and drops the rest.")
-LATENTS_HINT = ("latents = randn((batch_size, num_channels, height // vae_scale_factor, width // vae_scale_factor), "
-                "generator=generator, device=<the generator's device>, dtype=dtype).to(device) * init_noise_sigma; a "
-                "list of generators draws sample i from generator i, (1, C, h, w) each, then torch.cat "
-                "(diffusers' randn_tensor).")
-GENERATE_HINT = ("encode [negative or \"\", prompt] -> cat([uncond, cond]); set_timesteps(n) then prepare_latents(..., "
-                 "init_noise_sigma); each t: x_in = scale_model_input(cat([latents] * 2), t), eps_u, eps_c = "
-                 "unet(x_in, t, encoder_hidden_states=embeds).sample.chunk(2), eps = eps_u + w (eps_c - eps_u), "
-                 "latents = scheduler.step(eps, t, latents).prev_sample; images = (vae.decode(latents / "
-                 "scaling_factor).sample / 2 + 0.5).clamp(0, 1).")
+TRUNCATION_HINT = ("a prompt longer than model_max_length tokens must be cut (the text encoder has only that many "
+                   "position embeddings): read the tokenizer call in encode_prompt and the warning after it, where "
+                   "the pipeline drops the rest.")
+LATENTS_HINT = ("StableDiffusionPipeline.prepare_latents: the shape (B, C, height and width divided by "
+                "vae_scale_factor), noise drawn by diffusers' randn_tensor (utils/torch_utils.py: in `dtype`, on the "
+                "generator's device, then moved; a list of generators draws sample i from generator i), scaled by "
+                "the scheduler's init_noise_sigma (its last line).")
+GENERATE_HINT = ("follow the numbered steps of StableDiffusionPipeline.__call__: 3 encode the prompts and the negative "
+                 "ones (\"\" when none) into the batch [uncond, cond]; 4 set the timesteps; 5 prepare the latents; 7 "
+                 "the denoising loop (scale_model_input on the doubled latents, one UNet forward, the split, the "
+                 "guidance line, scheduler.step); then lab 05's decode and the image processor's postprocess to "
+                 "[0, 1].")
 
 
 # --------------------------------------------------------------------------- tiny-sd, once
@@ -183,13 +182,13 @@ def _encode_bugs(pipe, prompts):
          "config has no use_attention_mask): the UNet was trained on embeddings computed without it, and the "
          "padding positions' embeddings change with it.", te(tok.input_ids, attention_mask=tok.attention_mask)[0]),
         ("you took hidden_states[-1], the last layer BEFORE the final layer norm; the pipeline uses "
-         "text_encoder(input_ids)[0], the last_hidden_state (after final_layer_norm).", out.hidden_states[-1]),
+         "the last_hidden_state (after final_layer_norm; encode_prompt with clip_skip=None).", out.hidden_states[-1]),
         ("you took the penultimate layer (\"clip skip\", hidden_states[-2]); the pipeline's default (clip_skip=None) "
-         "is the last hidden state, text_encoder(input_ids)[0].", norm(out.hidden_states[-2])),
+         "is the last hidden state.", norm(out.hidden_states[-2])),
         ("you took the penultimate layer (hidden_states[-2], without the final layer norm); the pipeline uses the "
-         "last hidden state, text_encoder(input_ids)[0].", out.hidden_states[-2]),
+         "last hidden state (clip_skip=None).", out.hidden_states[-2]),
         ("you returned the token + position embeddings (the text encoder's input), not its output: run the whole "
-         "text encoder, text_encoder(input_ids)[0].", inner.embeddings(input_ids=tok.input_ids)),
+         "text encoder.", inner.embeddings(input_ids=tok.input_ids)),
     ]
 
 
@@ -223,9 +222,8 @@ def _encode_shape(name, got, expected):
                           f"pipeline's {L} (tokenizer.model_max_length).\n{name}: expected shape {tuple(expected.shape)}, "
                           f"got {tuple(got.shape)}.\nHint: {PADDING_HINT}")
     if got.ndim == 2 and tuple(got.shape) == (B, D):
-        raise CheckFailed(f"Likely bug: you returned the pooled output (one vector per prompt, text_encoder(...)[1] "
-                          f"or .pooler_output); SD 1.x/2.x condition the UNet on the whole sequence, the last hidden "
-                          f"state text_encoder(input_ids)[0].\n{name}: expected shape {tuple(expected.shape)}, got "
+        raise CheckFailed(f"Likely bug: you returned the pooled output (one vector per prompt, .pooler_output); "
+                          f"SD 1.x/2.x condition the UNet on the whole sequence, the last hidden state.\n{name}: expected shape {tuple(expected.shape)}, got "
                           f"{tuple(got.shape)}.\nHint: {ENCODE_HINT}")
     if got.ndim == 2 and tuple(got.shape) == (L, D):
         raise CheckFailed(f"Likely bug: one string is a batch of ONE prompt: return (1, L, D), as the pipeline does "
@@ -268,8 +266,9 @@ def check_encode_prompt(fn, gen):
         except NotImplementedError:
             raise
         except Exception as exc:
-            raise CheckFailed(f"Likely bug: device not kept.\n{name} raised {describe_exception(exc)}\nHint: move "
-                              f"the token ids to `device` (input_ids.to(device)) before the text encoder.") from exc
+            raise CheckFailed(f"Likely bug: device not kept.\n{name} raised {describe_exception(exc)}\nHint: the "
+                              f"token ids must be on `device` before the text encoder (read where encode_prompt "
+                              f"moves them).") from exc
         expected = ref.encode_prompt(pipe.tokenizer, te, prompts, torch.device("cuda"))
         assert_close(name, got, expected, atol=1e-4, rtol=1e-4, hint=ENCODE_HINT)
 
@@ -294,8 +293,9 @@ def _latent_bugs(B, C, H, W, f, seeds, sigma, dtype):
     s = float(sigma)
     bugs = [
         ("init_noise_sigma missing: the scheduler expects x_T with std init_noise_sigma (about sigma_max for Euler, "
-         "1 for DDIM); multiply the noise by it.", noise.clone()),
-        ("you divided by init_noise_sigma; the pipeline MULTIPLIES: latents * scheduler.init_noise_sigma.", noise / s),
+         "1 for DDIM); read the last line of prepare_latents.", noise.clone()),
+        ("you divided by init_noise_sigma; it is the std the noise must get (the last line of prepare_latents).",
+         noise / s),
         ("you multiplied by init_noise_sigma squared: init_noise_sigma is already a standard deviation.",
          noise * s * s),
         ("you multiplied by sqrt(init_noise_sigma): init_noise_sigma is already a standard deviation.",
@@ -303,12 +303,12 @@ def _latent_bugs(B, C, H, W, f, seeds, sigma, dtype):
     ]
     if dtype != torch.float32:
         cast = randn_tensor(shape, generator=_seeded(seeds), dtype=torch.float32).to(dtype)
-        bugs.append((f"drawn in float32, then cast to {dtype}: draw in `dtype` directly (torch.randn(..., dtype=dtype), "
-                     f"as diffusers' randn_tensor); the same seed gives other {dtype} numbers the other way.", cast * s))
+        bugs.append((f"drawn in float32, then cast to {dtype}: draw in `dtype` directly, "
+                     f"as diffusers' randn_tensor; the same seed gives other {dtype} numbers the other way.", cast * s))
     if isinstance(seeds, list):
         first = torch.randn(shape, generator=torch.Generator().manual_seed(seeds[0]), dtype=dtype)
         bugs.append(("a list of generators: you drew the whole batch from the first one. Sample i comes from "
-                     "generator i: torch.cat([randn((1, C, h, w), generator=g) for g in generators]).", first * s))
+                     "generator i (read randn_tensor's list branch).", first * s))
     return bugs
 
 
@@ -388,8 +388,8 @@ def check_prepare_latents(fn, gen):
             if isinstance(again, torch.Tensor) and not torch.equal(again, got):
                 raise CheckFailed(
                     f"Likely bug: the noise is not drawn from `generator`: two calls with generators seeded alike "
-                    f"gave different latents (the global random state was used?).\n{name}\nHint: pass "
-                    f"generator=generator to torch.randn; that is what makes a seed reproduce an image. "
+                    f"gave different latents (the global random state was used?).\n{name}\nHint: draw "
+                    f"the noise from `generator`; that is what makes a seed reproduce an image. "
                     f"{LATENTS_HINT}")
         assert_close(name, got, mine, **TOL_LATENTS[dtype], diagnose=_latent_bugs(B, C, H, W, f, seeds, sigma, dtype),
                      hint=LATENTS_HINT)
@@ -447,7 +447,7 @@ class _UNetWatch:
             raise CheckFailed(
                 f"Likely bug: wrong latent size: the UNet got latents of shape {tuple(sample.shape)}; for this image "
                 f"size they are (..., {h}, {w}), height // vae_scale_factor by width // vae_scale_factor "
-                f"(vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)).\nHint: {GENERATE_HINT}")
+                f"(read how StableDiffusionPipeline.__init__ derives vae_scale_factor from the VAE's config).\nHint: {GENERATE_HINT}")
         if self.max_calls and len(self.calls) > self.max_calls:
             raise CheckFailed(
                 f"your loop called the UNet more than {self.max_calls} times: more steps than the pipeline, which "
@@ -565,18 +565,18 @@ def _generate_bugs(pipe, sched_name, prompts, negative, steps, w, seed, height, 
     run = lambda **kw: _loop(pipe, sched_name, prompts, negative, steps, w, seed, height, width, **kw)  # noqa: E731
     bugs = [
         ("the unconditional branch is missing: with guidance_scale > 1 the UNet runs on [uncond, cond] and the "
-         "guided prediction is eps_u + w (eps_c - eps_u); you used eps_c alone.", run(no_cfg=True)),
+         "guidance line combines both (lab 04); you used eps_c alone.", run(no_cfg=True)),
         ("CFG order swapped: the two halves of noise_pred.chunk(2) are taken in the wrong order. Build the batch "
-         "[uncond, cond] (torch.cat([negative_embeds, prompt_embeds])) and split it in that order.", run(swap=True)),
+         "[uncond, cond], the pipeline's order (step 3), and split it in that order.", run(swap=True)),
         ("you used the paper's (1 + w) convention, eps_c + w (eps_c - eps_u); diffusers' guidance_scale is "
-         "eps_u + w (eps_c - eps_u).", run(paper_w=True)),
-        ("init_noise_sigma missing: x_T = randn(...) * scheduler.init_noise_sigma (about sigma_max for Euler, 1 for "
+         "the paper's 1 + w (lab 04).", run(paper_w=True)),
+        ("init_noise_sigma missing: x_T's std is scheduler.init_noise_sigma (about sigma_max for Euler, 1 for "
          "DDIM and DPM++ 2M).", run(no_init_sigma=True)),
         ("init_noise_sigma read BEFORE scheduler.set_timesteps: for Euler it is the sigma of the first timestep of "
-         "the schedule, so call set_timesteps(n) first, then prepare_latents(..., scheduler.init_noise_sigma, ...).",
+         "the schedule, so set the timesteps first (steps 4 and 5 of __call__, in that order).",
          run(sigma_early=True)),
-        ("scale_model_input missing: the UNet must see scheduler.scale_model_input(latent_model_input, t) (a "
-         "division by sqrt(sigma^2 + 1) for Euler, the identity for DDIM).", run(no_scale_input=True)),
+        ("scale_model_input missing: the UNet must see the scheduler's scaled input (scale_model_input in step 7; "
+         "it changes the input for Euler, not for DDIM).", run(no_scale_input=True)),
         ("you overwrote the latents with scale_model_input's output: the UNet sees the scaled latents, but "
          "scheduler.step must get the UNSCALED x_t.", run(step_scaled=True)),
     ]
@@ -596,14 +596,14 @@ def _image_bugs(pipe, latents):
         raw = pipe.vae.decode(latents / sf).sample
         bugs = [
             ("decoded without dividing by scaling_factor: the latent space was scaled by scaling_factor "
-             "(vae.config.scaling_factor) for the UNet; decode latents / scaling_factor.",
+             "(vae.config.scaling_factor) for the UNet; undo that before decoding (lab 05).",
              (pipe.vae.decode(latents).sample / 2 + 0.5).clamp(0, 1)),
-            ("decoded latents * scaling_factor; the pipeline DIVIDES: vae.decode(latents / scaling_factor).",
+            ("decoded latents * scaling_factor; the pipeline undoes encode's scaling before decoding (lab 05).",
              (pipe.vae.decode(latents * sf).sample / 2 + 0.5).clamp(0, 1)),
-            ("the images are the VAE's output in [-1, 1]; the pipeline maps them to [0, 1]: (x / 2 + 0.5).clamp(0, 1).",
+            ("the images are the VAE's output in [-1, 1]; the pipeline maps them to [0, 1] (VaeImageProcessor.postprocess).",
              raw),
-            ("not clamped: (x / 2 + 0.5).clamp(0, 1), as the pipeline's postprocess.", raw / 2 + 0.5),
-            ("mapped with (x + 1) without the / 2: [-1, 1] -> [0, 1] is x / 2 + 0.5.", (raw + 1).clamp(0, 1)),
+            ("not clamped to [0, 1], as VaeImageProcessor.denormalize does.", raw / 2 + 0.5),
+            ("mapped with (x + 1) without halving: read VaeImageProcessor.denormalize.", (raw + 1).clamp(0, 1)),
         ]
     return bugs
 
@@ -644,14 +644,13 @@ def _first_difference(calls, expected_calls, B):
     got_e = rows("encoder_hidden_states")
     if expected_rows(ee[-B:]) - got_e:
         return ("the text embeddings the UNet gets at the first step do not contain the prompts' embeddings "
-                "(encode_prompt(tokenizer, text_encoder, prompts, device)).")
+                "(your encode_prompt of the prompts).")
     if ee.shape[0] == 2 * B and expected_rows(ee[:B]) - got_e:
         return ("the text embeddings the UNet gets at the first step lack the unconditional ones (the negative "
                 "prompt, or \"\" when there is none).")
     if expected_rows(expected_calls[0]["sample"][:B]) - rows("sample"):
-        return ("the latents the UNet gets at the first step differ from the pipeline's "
-                "scale_model_input(init_noise_sigma * randn(..., generator), t): look at prepare_latents, "
-                "init_noise_sigma and scale_model_input.")
+        return ("the latents the UNet gets at the first step differ from the pipeline's scaled initial noise: "
+                "look at prepare_latents, init_noise_sigma and scale_model_input.")
     return ("the UNet's inputs at the first step are the pipeline's: look at the guidance line and at "
             "scheduler.step (unscaled latents, its prev_sample).")
 
@@ -735,8 +734,7 @@ def check_generate(fn, gen):
             images.dtype == exp_images.dtype and torch.allclose(images.double(), exp_images.double(), **TOL_GENERATE)
         if not ok:
             assert_close(f"{name}: images", images, exp_images, **TOL_GENERATE, diagnose=_image_bugs(pipe, exp_latents),
-                         hint="images = (vae.decode(latents / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1), "
-                              "as the pipeline's decode and postprocess.")
+                         hint="the pipeline's decode (lab 05) and VaeImageProcessor.postprocess to [0, 1] (its denormalize).")
 
 
 # --------------------------------------------------------------------------- img2img_timesteps
@@ -747,10 +745,10 @@ def check_generate(fn, gen):
 IMG2IMG_SCHEDULERS = {"DDIM": DDIMScheduler, "Euler": EulerDiscreteScheduler,
                       "DPM++ 2M": DPMSolverMultistepScheduler, "PNDM": PNDMScheduler,
                       "Heun": HeunDiscreteScheduler}
-IMG2IMG_HINT = ("set_timesteps(n) first; then, as StableDiffusionImg2ImgPipeline.get_timesteps, keep the last "
-                "min(int(n * strength), n) of the n steps, skip the others at the front of scheduler.timesteps in "
-                "units of scheduler.order entries, and set_begin_index(<that position>) where the scheduler has it. "
-                "Stuck? hint(\"lab06\", \"img2img_timesteps\").")
+IMG2IMG_HINT = ("StableDiffusionImg2ImgPipeline.__call__, step 4: retrieve_timesteps sets the full n-step schedule, "
+                "then get_timesteps keeps the steps strength asks for; read how it computes init_timestep and "
+                "t_start (the rounding, the cap at n, positions counted in scheduler.order entries) and where it "
+                "sets the begin index (only where the scheduler has set_begin_index).")
 # Typical strengths (n, s) as people pass them, where counting the skipped steps as
 # ceil(n * (1 - s)) gives another answer than diffusers' int(n * s) (1 - 0.7 is 0.30000000000000004
 # in floating point): (10, 0.7), (20, 0.85), ... Only pairs whose float product n * s is not just
@@ -785,7 +783,7 @@ def _img2img_bugs(sched, n, s):
     bugs = []
     if order > 1:
         bugs.append((f"scheduler.order missing: {type(sched).__name__} has order {order}, {order} entries of "
-                     f"scheduler.timesteps per step; skip (n - k) * scheduler.order entries, not n - k.", full[skip:]))
+                     f"scheduler.timesteps per step; positions count scheduler.order entries per step (get_timesteps' t_start).", full[skip:]))
     bugs += [
         ("you kept the FIRST steps of the schedule; img2img keeps the LAST k = int(n * strength) (the image enters "
          "part way down, at t_start, and the loop runs from there to the end).", full[:k * order]),
@@ -800,7 +798,7 @@ def _img2img_bugs(sched, n, s):
     if skip_ceil != skip:
         bugs.append((f"you counted the skipped steps as ceil(n * (1 - strength)) = {skip_ceil}; in floating point "
                      f"1 - strength is not exact (n * (1 - {s!r}) = {n * (1 - s)!r}). Count the kept steps as "
-                     f"diffusers does, int(n * strength) = {k}, and skip n - k.", full[skip_ceil * order:]))
+                     f"get_timesteps does (here {k}).", full[skip_ceil * order:]))
     return bugs
 
 
@@ -815,7 +813,7 @@ def _call_img2img(fn, name, sched, n, s, device):
         if "set_begin_index" in str(exc) or "begin_index" in str(exc):
             raise CheckFailed(f"Likely bug: {type(sched).__name__} has no set_begin_index (DDIM, PNDM and DDPM look "
                               f"timesteps up by value): call it only where the scheduler has it, "
-                              f"hasattr(scheduler, \"set_begin_index\"), as get_timesteps does.\n{name} raised "
+                              f"as get_timesteps checks.\n{name} raised "
                               f"{describe_exception(exc)}\nHint: {IMG2IMG_HINT}") from exc
         raise
 
