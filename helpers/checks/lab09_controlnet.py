@@ -34,13 +34,14 @@ LAB = "lab09"
 
 TOL = dict(atol=1e-5, rtol=1e-4)
 
-EQ_STEP = ("down, mid = controlnet(latents, t, encoder_hidden_states=text_embeddings, controlnet_cond=control, "
-           "return_dict=False); every down residual AND mid times conditioning_scale; "
-           "unet(latents, t, encoder_hidden_states=text_embeddings, down_block_additional_residuals=down, "
-           "mid_block_additional_residual=mid).sample; under guidance (2B latents, B maps) "
-           "control = torch.cat([control_image] * 2), as the pipeline's prepare_image")
-EQ_IMAGE = ("the pipeline's prepare_image on grey PIL images: RGB (3 equal channels), float32, values / 255 for "
-            "uint8, kept in [0, 1] (the control processor has do_normalize=False), shape (B, 3, H, W)")
+EQ_STEP = ("ControlNet (Zhang et al. 2023, sec. 3.2) as StableDiffusionControlNetPipeline.__call__'s denoising loop "
+           "(step 8): the ControlNet call (controlnet_cond, conditioning_scale), its down and mid residuals, and the "
+           "UNet call that takes both; ControlNetModel.forward's '# 6. scaling' shows which residuals "
+           "conditioning_scale multiplies; under guidance (2B latents, B maps) the control image is doubled in the "
+           "batch's [uncond; cond] order, as the pipeline's prepare_image does")
+EQ_IMAGE = ("the pipeline's prepare_image on grey PIL images (its control_image_processor, a VaeImageProcessor "
+            "with do_convert_rgb=True, do_normalize=False; read VaeImageProcessor.preprocess): RGB (3 equal "
+            "channels), float32, uint8 values brought to [0, 1] and kept there, shape (B, 3, H, W)")
 
 
 # --------------------------------------------------------------------------- zero_conv
@@ -56,7 +57,7 @@ def check_zero_conv(fn, gen):
         theirs = zero_module(nn.Conv2d(c, c, kernel_size=1))  # what ControlNetModel builds
         require(tuple(conv.kernel_size) == tuple(theirs.kernel_size),
                 f"Likely bug: not a 1x1 convolution.\n{name}: kernel_size {tuple(conv.kernel_size)}, expected (1, 1) "
-                f"(a zero conv only mixes channels; ControlNet uses nn.Conv2d(c, c, kernel_size=1)).")
+                f"(a zero conv only mixes channels; read how ControlNetModel.__init__ builds controlnet_down_blocks).")
         require((conv.in_channels, conv.out_channels) == (c, c),
                 f"{name}: expected {c} input and {c} output channels, got {conv.in_channels} -> {conv.out_channels}.")
         require(tuple(conv.stride) == (1, 1) and tuple(conv.dilation) == (1, 1) and conv.groups == 1,
@@ -70,7 +71,7 @@ def check_zero_conv(fn, gen):
             require(torch.count_nonzero(p.detach()) == 0,
                     f"Likely bug: a non-zero zero-conv: the {pname} is not zero-initialised "
                     f"(max |{pname}| = {p.detach().abs().max().item():.3g}).\n{name}: nn.Conv2d initialises weight and "
-                    f"bias randomly; set both to zero (nn.init.zeros_), as diffusers' zero_module does. A non-zero "
+                    f"bias randomly; both must start at zero, as diffusers' zero_module makes them. A non-zero "
                     f"zero conv makes a fresh ControlNet change the pretrained UNet's output before any training.")
             require(p.requires_grad,
                     f"Likely bug: the zero conv is frozen.\n{name}: {pname}.requires_grad is False. It is the part "
@@ -158,14 +159,16 @@ def _diagnose(unet, cn, x, t, emb, image, s):
             return _pipeline_call(unet, cn, x, t, emb, image, s, **kw)
         except RuntimeError:  # a bug that crashes is explained where the learner's call fails
             return None
-    out = [("conditioning_scale not applied to the mid residual: multiply mid_block_res_sample by it too.",
+    out = [("conditioning_scale not applied to the mid residual: it scales the mid residual too (ControlNetModel."
+            "forward, '# 6. scaling').",
             call(mid_scale=1.0)),
-           ("conditioning_scale not applied to the down residuals: multiply every one of them.", call(down_scale=1.0)),
+           ("conditioning_scale not applied to the down residuals: it scales every one of them.", call(down_scale=1.0)),
            ("conditioning_scale not applied at all: the pipeline multiplies every residual by it.",
             call(down_scale=1.0, mid_scale=1.0)),
            ("conditioning_scale applied twice (passed to the ControlNet AND multiplied afterwards).",
             call(down_scale=s * s, mid_scale=s * s)),
-           ("mid residual not added: pass mid_block_additional_residual=mid to the UNet.", call(no_mid=True)),
+           ("mid residual not added: the UNet takes it as an argument of its own (read the pipeline's unet call).",
+            call(no_mid=True)),
            ("residuals added at the wrong blocks: the mid residual went to the last skip connection and the last down "
             "residual to the mid block. Pass the ControlNet's lists as they come.", call(swap_mid=True)),
            ("the ControlNet's residuals are ignored: this is the UNet alone (diffusers adds them only when BOTH "
@@ -174,7 +177,7 @@ def _diagnose(unet, cn, x, t, emb, image, s):
             call(normalise=True))]
     if x.shape[0] != image.shape[0] and image.shape[0] > 1:
         out.append(("control image doubled with repeat_interleave: the guidance batch is [all uncond; all cond], so "
-                    "rows i and B + i need map i: torch.cat([control_image] * 2).", call(interleave=True)))
+                    "rows i and B + i need map i (see how prepare_image doubles it).", call(interleave=True)))
     return out
 
 
@@ -197,8 +200,8 @@ def _step_case(fn, gen, unet, cn, d, b, cfg, s, as_tensor):
         if cfg and b > 1:
             raise CheckFailed(f"Likely bug: control image not doubled for the guidance batch.\n{name} raised "
                               f"{describe_exception(exc)}\nHint: latents and text_embeddings have 2B rows "
-                              f"[uncond; cond], the control image B: torch.cat([control_image] * 2), as "
-                              f"prepare_image does.") from exc
+                              f"[uncond; cond], the control image B: double it in that order, as "
+                              f"prepare_image does under guidance.") from exc
         raise CheckFailed(f"Likely bug: residuals added at the wrong blocks (their order or number changed).\n"
                           f"{name} raised {describe_exception(exc)}\nHint: pass the ControlNet's down residuals "
                           f"as one list in the order it returns them (one per UNet skip connection), and its mid "
@@ -304,10 +307,10 @@ def check_make_control_image(fn, gen):
 
 # --------------------------------------------------------------------------- controlnet_keep
 
-EQ_KEEP = ("StableDiffusionControlNetPipeline.__call__ ('# align format for control guidance', '# 7.2 Create tensor "
-           "stating which controlnets to keep'): step i of N keeps a ControlNet (1.0) when i / N >= start and "
-           "(i + 1) / N <= end, else 0.0; a lone number is repeated to the other list's length (to K when both "
-           "are numbers); K = 1 gives one number per step, K > 1 a list of K")
+EQ_KEEP = ("StableDiffusionControlNetPipeline.__call__: the block under '# align format for control guidance' "
+           "(how a lone number is matched to the other list, or to K ControlNets) and the one under '# 7.2 Create "
+           "tensor stating which controlnets to keep' (which steps count as inside a window, ties included; one "
+           "number per step for K = 1, a list of K for K > 1); step i of N covers [i / N, (i + 1) / N]")
 
 
 def _diffusers_keep(num_steps, start, end, k):
@@ -374,14 +377,14 @@ def _keep_bugs(n, starts, ends, k):
         rows = [[1.0 if rule(i, s, e) else 0.0 for s, e in zip(starts, ends)] for i in range(n)]
         return [r[0] if k == 1 else r for r in rows]
     return [
-        ("a step that starts exactly at control_guidance_start is dropped: the pipeline keeps step i when "
-         "i / N >= start (a tie counts as inside).", make(lambda i, s, e: i / n > s and (i + 1) / n <= e)),
-        ("a step that ends exactly at control_guidance_end is dropped: the pipeline keeps step i when "
-         "(i + 1) / N <= end (a tie counts as inside).", make(lambda i, s, e: i / n >= s and (i + 1) / n < e)),
+        ("a step that starts exactly at control_guidance_start is dropped: in the pipeline a tie counts as inside "
+         "(read the comparison in step 7.2).", make(lambda i, s, e: i / n > s and (i + 1) / n <= e)),
+        ("a step that ends exactly at control_guidance_end is dropped: in the pipeline a tie counts as inside "
+         "(read the comparison in step 7.2).", make(lambda i, s, e: i / n >= s and (i + 1) / n < e)),
         ("the window's end is judged by where the step starts (i / N <= end): the pipeline requires the whole "
-         "step inside, (i + 1) / N <= end.", make(lambda i, s, e: i / n >= s and i / n <= e)),
+         "step inside.", make(lambda i, s, e: i / n >= s and i / n <= e)),
         ("the window's start is judged by where the step ends ((i + 1) / N >= start): the pipeline requires "
-         "i / N >= start.", make(lambda i, s, e: (i + 1) / n >= s and (i + 1) / n <= e)),
+         "the step to START inside the window.", make(lambda i, s, e: (i + 1) / n >= s and (i + 1) / n <= e)),
         ("the weights are inverted: 1.0 means the ControlNet is ON for that step.",
          make(lambda i, s, e: not (i / n >= s and (i + 1) / n <= e))),
         ("steps counted from 1 (i + 1 and i + 2 over N): step i (0-based) covers [i / N, (i + 1) / N].",
@@ -493,19 +496,19 @@ def check_controlnet_keep(fn, gen):
 
 # --------------------------------------------------------------------------- guess_mode_scales
 
-EQ_GUESS = ("ControlNetModel.forward, '# 6. scaling' with guess_mode: torch.logspace(-1, 0, N + 1) * "
-            "conditioning_scale (float32): 0.1 s for the first down residual up to s for the mid one, evenly "
-            "spaced in log scale; the first N go with the down residuals, the last with the mid one")
+EQ_GUESS = ("ControlNetModel.forward, '# 6. scaling', its guess_mode branch: N + 1 float32 factors, from 0.1 s for "
+            "the first down residual up to s for the mid one, evenly spaced in log scale; the first N go with the "
+            "down residuals, the last with the mid one (read the torch call there)")
 
 
 def _guess_bugs(n, s):
     import math
     m = n + 1
     return [("evenly spaced in linear scale (linspace from 0.1 to 1): the factors are evenly spaced in LOG "
-             "scale, 10 ** linspace(-1, 0, N + 1).", torch.linspace(0.1, 1.0, m) * s),
+             "scale.", torch.linspace(0.1, 1.0, m) * s),
             ("reversed: the first (shallowest) down residual gets 0.1 s and the mid one s.",
              torch.logspace(-1, 0, m).flip(0) * s),
-            ("conditioning_scale not applied: multiply every factor by s.", torch.logspace(-1, 0, m)),
+            ("conditioning_scale not applied: every factor includes s.", torch.logspace(-1, 0, m)),
             ("natural log scale (base e): the factors go from 10^-1 to 10^0 (torch.logspace's base is 10).",
              torch.logspace(-1, 0, m, base=math.e) * s),
             ("the exponents run from 0 to 1: from 10^-1 (0.1) to 10^0 (1), times s.", torch.logspace(0, 1, m) * s)]
