@@ -791,8 +791,8 @@ def _img2img_bugs(sched, n, s):
          "kept, n - k skipped (strength 1 runs everything).", full[int(n * s) * order:]),
         (f"round(n * strength); diffusers rounds DOWN: int(n * strength) (here n * strength = {n * s!r}).",
          full[(n - min(round(n * s), n)) * order:]),
-        (f"set_timesteps(int(n * strength)), a coarser schedule of k steps; img2img keeps the last k steps of the "
-         f"n-step schedule: set_timesteps(n), then slice.", _full_schedule(sched, max(k, 1)).timesteps),
+        ("set_timesteps(int(n * strength)), a coarser schedule of k steps; img2img keeps the last k steps of the "
+         "n-step schedule: set_timesteps(n), then slice.", _full_schedule(sched, max(k, 1)).timesteps),
     ]
     skip_ceil = math.ceil(n * (1 - s))
     if skip_ceil != skip:

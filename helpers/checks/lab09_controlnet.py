@@ -26,7 +26,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from helpers.checks._core import (CheckFailed, as_number, as_numbers, assert_close, choice, describe,
+from helpers.checks._core import (CheckFailed, as_numbers, assert_close, choice, describe,
                                   describe_exception, randint, require, uniform)
 from helpers.solutions import lab09_controlnet as ref
 
@@ -448,7 +448,7 @@ def _keep_raises(fn, n, start, end, k, why):
         return
     except NotImplementedError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the learner's own error, reported as such
+    except Exception as exc:
         raise CheckFailed(f"{name} raised {describe_exception(exc)}\nexpected ValueError: {why} (as the pipeline's "
                           f"check_inputs).") from exc
     raise CheckFailed(f"Likely bug: an invalid window accepted.\n{name} returned {_short(got)}; expected ValueError: "
