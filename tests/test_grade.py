@@ -40,19 +40,17 @@ def reference_function(name: str) -> str:
     return inspect.getsource(getattr(ref01, name)).rstrip() + "\n"
 
 
-def current_lab01(text: str, keep: tuple = ()) -> str:
-    """A corpus file brought up to date with lab 01: ``make_betas`` replaced by the reference's
-    (the lab added schedules) unless ``keep`` names it, and ``rescale_zero_terminal_snr`` (added
-    to the lab later) appended from the reference unless the file defines it."""
-    header = "import math\nimport torch\n"
-    if "make_betas" not in keep and "def make_betas(" in text:
-        head, rest = text.split("def make_betas(", 1)
-        tail = re.split(r"(?m)^(?=def |class )", rest, maxsplit=1)
-        after = tail[1] if len(tail) > 1 else ""
-        text = head + reference_function("make_betas") + "\n\n" + after
-    if "def rescale_zero_terminal_snr(" not in text:
-        text = text.rstrip() + "\n\n\n" + reference_function("rescale_zero_terminal_snr")
-    return header + text
+ON_TOP = "# On top of lab 01's reference"
+
+
+def current_lab01(text: str) -> str:
+    """A corpus file as a learner's: a case written "on top of lab 01's reference" (its first
+    line says so) is the reference solution with the case's text appended, so its definitions
+    replace the reference's and its top-level code runs at load; any other file (a case that must
+    stand alone, like one that imports the reference instead of defining a function) as it is."""
+    if not text.startswith(ON_TOP):
+        return text
+    return LAB01.read_text(encoding="utf-8").rstrip() + "\n\n\n# ---- the case ----\n" + text
 
 
 def statuses(rows):
@@ -265,19 +263,11 @@ def _copy_solutions(folder: Path, keys=None):
 
 def build_corpus(root: Path) -> Path:
     subs = root / "corpus"
-    keep = {"typical_bugs": ("make_betas",), "uses_reference": ("make_betas",), "hardcoded": ("make_betas",),
-            "network_and_processes": ("make_betas",), "huge_output": ("make_betas",)}  # hostile make_betas
     for case in sorted(p for p in CORPUS.iterdir() if p.is_dir() and p.name != "parts"):
         shutil.copytree(case, subs / case.name)
         f = subs / case.name / "lab01_forward_noise.py"
-        if f.exists() and case.name not in ("syntax_error", "import_error"):
-            f.write_text(current_lab01(f.read_text(), keep.get(case.name, ())))
-        if case.name == "huge_output":  # keep its 8 MB of printing, with the lab's five schedules
-            f.write_text(f.read_text() + "\n\n_printing = make_betas\n\n\n"
-                         + reference_function("make_betas").replace("def make_betas(", "def _schedule(", 1)
-                         + "\n\ndef make_betas(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):\n"
-                         "    _printing(\"linear\", 10)\n"
-                         "    return _schedule(schedule, num_train_timesteps, beta_start, beta_end)\n")
+        if f.exists():
+            f.write_text(current_lab01(f.read_text()))
     _copy_solutions(subs / "perfect", ["lab01"])
     (subs / "pristine").mkdir()
     shutil.copy(repo_root() / "starters/lab01_forward_noise.py", subs / "pristine")
@@ -341,11 +331,9 @@ def make_class(root: Path) -> tuple[Path, dict[str, dict[str, str]]]:
     """Twenty learners: sixteen with every mix of correct/buggy functions (in a shuffled
     order of names), a zip, and three from the hostile corpus. Returns the folder and each
     learner's expected statuses."""
-    head, good = _function_sources(CORPUS / "parts/good.py")
-    _, bad = _function_sources(CORPUS / "parts/buggy.py")
+    head, bad = _function_sources(CORPUS / "parts/buggy.py")
     head = "import math\nimport torch\n" + head
-    good["make_betas"] = reference_function("make_betas") + "\n\n"  # the lab's five schedules
-    good["rescale_zero_terminal_snr"] = reference_function("rescale_zero_terminal_snr") + "\n\n"
+    good = {f: reference_function(f) + "\n\n" for f in FUNCS}  # the one good file: lab 01's reference
     bad["rescale_zero_terminal_snr"] = ("def rescale_zero_terminal_snr(betas):\n"
                                         "    return betas.clone()  # forgot to rescale\n\n\n")
     subs, expected = root / "class", {}

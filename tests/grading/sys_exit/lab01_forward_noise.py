@@ -1,31 +1,8 @@
-# add_noise calls sys.exit
+# On top of lab 01's reference (tests/test_grade.py, build_corpus): the definitions below replace
+# the reference's, and any code at the end runs when the file is loaded.
+# add_noise calls sys.exit.
 import sys
-import math
-
-import torch
-
-__all__ = ["make_betas", "alphas_cumprod", "add_noise", "snr"]
-
-
-def make_betas(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
-    T = num_train_timesteps
-    if schedule == "linear":
-        return torch.linspace(beta_start, beta_end, T, dtype=torch.float32)
-    if schedule == "scaled_linear":
-        return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float32) ** 2
-    if schedule == "squaredcos_cap_v2":
-        f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
-        return torch.tensor([min(1 - f((t + 1) / T) / f(t / T), 0.999) for t in range(T)], dtype=torch.float32)
-    raise ValueError(schedule)
-
-
-def alphas_cumprod(betas):
-    return torch.cumprod(1.0 - betas, dim=0)
 
 
 def add_noise(original_samples, noise, timesteps, alphas_cumprod):
     sys.exit(3)
-
-
-def snr(alphas_cumprod):
-    return alphas_cumprod / (1.0 - alphas_cumprod)

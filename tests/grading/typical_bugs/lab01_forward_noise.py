@@ -1,24 +1,14 @@
-# scaled_linear is linear; no sqrt on the noise coefficient
-import math
-
-import torch
-
-__all__ = ["make_betas", "alphas_cumprod", "add_noise", "snr"]
+# On top of lab 01's reference (tests/test_grade.py, build_corpus): the definitions below replace
+# the reference's, and any code at the end runs when the file is loaded.
+# Two typical bugs: 'scaled_linear' returns the plain linear schedule; no square root on the
+# noise coefficient.
+_reference_betas = make_betas  # noqa: F821 - the reference's, defined above in the composed file
 
 
 def make_betas(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02):
     # bug: 'scaled_linear' returns the plain linear schedule
-    T = num_train_timesteps
-    if schedule in ("linear", "scaled_linear"):
-        return torch.linspace(beta_start, beta_end, T, dtype=torch.float32)
-    if schedule == "squaredcos_cap_v2":
-        f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
-        return torch.tensor([min(1 - f((t + 1) / T) / f(t / T), 0.999) for t in range(T)], dtype=torch.float32)
-    raise ValueError(schedule)
-
-
-def alphas_cumprod(betas):
-    return torch.cumprod(1.0 - betas, dim=0)
+    schedule = "linear" if schedule == "scaled_linear" else schedule
+    return _reference_betas(schedule, num_train_timesteps, beta_start, beta_end)
 
 
 def add_noise(original_samples, noise, timesteps, alphas_cumprod):
@@ -26,7 +16,3 @@ def add_noise(original_samples, noise, timesteps, alphas_cumprod):
     abar = alphas_cumprod.to(device=original_samples.device, dtype=original_samples.dtype)
     abar_t = abar[timesteps.to(original_samples.device)].reshape(-1, *[1] * (original_samples.ndim - 1))
     return abar_t**0.5 * original_samples + (1 - abar_t) * noise
-
-
-def snr(alphas_cumprod):
-    return alphas_cumprod / (1.0 - alphas_cumprod)
