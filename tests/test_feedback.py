@@ -167,3 +167,25 @@ def test_importing_any_check_prints_no_library_notice():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr
     assert "torchvision" not in res.stdout + res.stderr
+
+
+def test_require_raises_judges_the_invalid_input_call():
+    """_core.require_raises: the one place that checks 'raises ValueError like diffusers'."""
+    import pytest
+
+    from helpers.checks._core import CheckFailed, require_raises
+
+    def bad(_):
+        raise ValueError("no")
+
+    require_raises("f('x')", lambda: bad("x"), "an unknown name")  # raises: passes
+    with pytest.raises(CheckFailed, match=r"Likely bug: accepted\.\nf\('x'\): expected a ValueError \(an unknown "
+                                          r"name\), but it returned .*int.*\. See diffusers\."):
+        require_raises("f('x')", lambda: 3, "an unknown name", likely="Likely bug: accepted.\n", note=" See diffusers.")
+    with pytest.raises(CheckFailed, match=r"expected a ValueError \(an unknown name\), got KeyError"):
+        require_raises("f('x')", lambda: {}["x"], "an unknown name")
+    with pytest.raises(NotImplementedError):  # a TODO stays a TODO
+        require_raises("f('x')", lambda: (_ for _ in ()).throw(NotImplementedError("TODO")), "an unknown name")
+    with pytest.raises(CheckFailed, match="got NotImplementedError"):  # where raising it is the bug
+        require_raises("f('x')", lambda: (_ for _ in ()).throw(NotImplementedError("no")), "an unknown name",
+                       passthrough=())

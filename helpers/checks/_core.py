@@ -72,6 +72,26 @@ def describe(t: Any) -> str:
     return type(t).__name__ if t is not None else "None"
 
 
+def require_raises(name: str, call: Callable[[], Any], why: str, *, error: type = ValueError,
+                   likely: str = "", note: str = "", passthrough: tuple = (NotImplementedError,),
+                   learner_file: str | os.PathLike | None = None) -> None:
+    """Check that ``call()`` (the learner's function on an invalid input, described by ``name``)
+    raises ``error``, as diffusers does. Another exception, or a return, fails with "expected a
+    ValueError (``why``)"; ``likely`` (a "Likely bug: ..." line) opens the message when the call
+    returned, ``note`` ends both messages. Exceptions in ``passthrough`` are re-raised (a TODO's
+    NotImplementedError by default; pass ``()`` where raising it is the typical bug)."""
+    try:
+        got = call()
+    except passthrough:
+        raise
+    except error:
+        return
+    except Exception as exc:
+        raise CheckFailed(f"{name}: expected a {error.__name__} ({why}), got "
+                          f"{describe_exception(exc, learner_file)}.{note}") from exc
+    raise CheckFailed(f"{likely}{name}: expected a {error.__name__} ({why}), but it returned {describe(got)}.{note}")
+
+
 def require_unchanged(name: str, before, after, what: str = "its inputs") -> None:
     """Fail when a tensor of ``before`` (copies taken before the call) differs from the same
     position of ``after`` (the objects after the call): the learner's function wrote into

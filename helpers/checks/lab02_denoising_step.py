@@ -13,7 +13,7 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from helpers.checks._core import (CheckFailed, as_number, assert_close, choice, describe, describe_exception,
+from helpers.checks._core import (require_raises, CheckFailed, as_number, assert_close, choice, describe, describe_exception,
                                  distinct, randint, randn)
 from helpers.solutions import lab02_denoising_step as ref
 
@@ -267,18 +267,10 @@ def check_pred_original_sample(fn, gen):
 
     # An unknown prediction type must raise ValueError (diffusers raises ValueError too).
     x = randn(gen, (2, 3))
-    try:
-        got = fn(x, torch.tensor([1, 2]), x, abar, "flow")
-    except NotImplementedError:
-        raise
-    except ValueError:
-        return
-    except Exception as exc:
-        raise CheckFailed(f"pred_original_sample(..., prediction_type='flow'): expected a ValueError, got "
-                          f"{type(exc).__name__}.") from exc
-    raise CheckFailed(f"pred_original_sample(..., prediction_type='flow'): expected a ValueError for an "
-                      f"unknown prediction_type, but it returned {describe(got)}. Like DDPMScheduler.step, "
-                      f"raise ValueError(...) for anything but 'epsilon', 'sample', 'v_prediction'.")
+    require_raises("pred_original_sample(..., prediction_type='flow')",
+                   lambda: fn(x, torch.tensor([1, 2]), x, abar, "flow"),
+                   "an unknown prediction_type: like DDPMScheduler.step, for anything but 'epsilon', 'sample', "
+                   "'v_prediction'")
 
 
 # --------------------------------------------------------------------------- get_velocity
@@ -804,14 +796,5 @@ def check_ddpm_variance(fn, gen):
         for index in (randint(gen, 1, n - 3), n - 2, n - 1):
             _variance_case(fn, gen, sched, desc, n, index, vtype)
     sched, _ = _random_scheduler(gen)
-    try:
-        got = fn(5, 4, sched.alphas_cumprod, "fixed_medium", None)
-    except NotImplementedError:
-        raise
-    except ValueError:
-        return
-    except Exception as exc:
-        raise CheckFailed(f"ddpm_variance(5, 4, alphas_cumprod, 'fixed_medium'): expected a ValueError, got "
-                          f"{describe_exception(exc)}.") from exc
-    raise CheckFailed(f"ddpm_variance(5, 4, alphas_cumprod, 'fixed_medium'): expected a ValueError for an unknown "
-                      f"variance_type, but it returned {describe(got)}.")
+    require_raises("ddpm_variance(5, 4, alphas_cumprod, 'fixed_medium')",
+                   lambda: fn(5, 4, sched.alphas_cumprod, "fixed_medium", None), "an unknown variance_type")

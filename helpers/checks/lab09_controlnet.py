@@ -26,7 +26,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from helpers.checks._core import (CheckFailed, as_numbers, assert_close, choice, describe,
+from helpers.checks._core import (require_raises, CheckFailed, as_numbers, assert_close, choice, describe,
                                   describe_exception, randint, require, uniform)
 from helpers.solutions import lab09_controlnet as ref
 
@@ -441,23 +441,8 @@ def _aligned(start, end, k):
 
 
 def _keep_raises(fn, n, start, end, k, why):
-    name = f"controlnet_keep({n}, {start!r}, {end!r}, num_controlnets={k})"
-    try:
-        got = fn(n, start, end, k)
-    except ValueError:
-        return
-    except NotImplementedError:
-        raise
-    except Exception as exc:
-        raise CheckFailed(f"{name} raised {describe_exception(exc)}\nexpected ValueError: {why} (as the pipeline's "
-                          f"check_inputs).") from exc
-    raise CheckFailed(f"Likely bug: an invalid window accepted.\n{name} returned {_short(got)}; expected ValueError: "
-                      f"{why} (as the pipeline's check_inputs).")
-
-
-def _short(x):
-    text = repr(x)
-    return text if len(text) <= 200 else text[:200] + " ..."
+    require_raises(f"controlnet_keep({n}, {start!r}, {end!r}, num_controlnets={k})", lambda: fn(n, start, end, k),
+                   f"{why}, as the pipeline's check_inputs", likely="Likely bug: an invalid window accepted.\n")
 
 
 def check_controlnet_keep(fn, gen):

@@ -19,7 +19,7 @@ from diffusers.models.attention import FeedForward, _chunked_feed_forward
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from helpers.checks._core import (CheckFailed, as_number, as_numbers, assert_close, choice, describe, randint,
+from helpers.checks._core import (require_raises, CheckFailed, as_number, as_numbers, assert_close, choice, describe, randint,
                                   require_unchanged)
 from helpers.solutions import lab10_memory as ref
 
@@ -438,14 +438,10 @@ def check_chunked_feed_forward(fn, gen):
     L = randint(gen, 2, 5) * 3 + 1
     ff = FeedForward(8, mult=2)
     x = torch.randn(2, L, 8, generator=gen)
-    try:
-        with torch.no_grad():
-            fn(ff, x, 1, 3)
-    except ValueError:
-        return
-    raise CheckFailed(f"chunked_feed_forward(ff, hidden_states {tuple(x.shape)}, chunk_dim=1, chunk_size=3): "
-                      f"expected a ValueError ({L} positions are not a multiple of 3), as diffusers' "
-                      f"_chunked_feed_forward raises.\nHint: {FF_EQ}")
+    with torch.no_grad():
+        require_raises(f"chunked_feed_forward(ff, hidden_states {tuple(x.shape)}, chunk_dim=1, chunk_size=3)",
+                       lambda: fn(ff, x, 1, 3), f"{L} positions are not a multiple of 3, as diffusers' "
+                       "_chunked_feed_forward raises", note=f"\nHint: {FF_EQ}")
 
 
 # --------------------------------------------------------------------------- param_bytes
@@ -724,9 +720,6 @@ def check_estimate_peak_memory(fn, gen):
                    vae_channels=32, slice_size=2 * 2 * heads + randint(gen, 1, 6))
     _estimate_case(fn, gen, "sdpa", torch.bfloat16, cfg=choice(gen, (True, False)), text_tokens=0,
                    attn_downsample=1, vae_dtype=choice(gen, (None, torch.float32)))
-    try:
-        fn(10**6, 512, 512, heads=8, vae_channels=256, attention="flash-v9")
-    except ValueError:
-        return
-    raise CheckFailed("estimate_peak_memory(..., attention='flash-v9'): expected a ValueError for an unknown "
-                      "attention setting (only 'classic', 'sliced' and 'sdpa' are modelled).")
+    require_raises("estimate_peak_memory(..., attention='flash-v9')",
+                   lambda: fn(10**6, 512, 512, heads=8, vae_channels=256, attention="flash-v9"),
+                   "an unknown attention setting: only 'classic', 'sliced' and 'sdpa' are modelled")
