@@ -32,11 +32,21 @@ def notebook_times(xml_path: str) -> dict[str, tuple[float, int, int]]:
     return {k: (round(v[0], 1), v[1], v[2]) for k, v in sorted(times.items())}
 
 
+RUN_BY_RUN = "## Per notebook, run by run"
+
+
 def history(markdown: str) -> dict[str, list[float]]:
     """{notebook: [seconds of each recorded run]} from the run-by-run table of docs/BUDGETS.md
-    (rows ``| 01_forward_noise | 8.1 s | ... |``; cells without a number are skipped)."""
+    (rows ``| 01_forward_noise | 8.1 s | ... |`` in its section RUN_BY_RUN, up to the next
+    heading of that level; the page's other tables of notebooks are not runs; cells without a
+    number are skipped). A page without that section: every such row counts."""
+    lines = markdown.splitlines()
+    if RUN_BY_RUN in lines:
+        start = lines.index(RUN_BY_RUN) + 1
+        end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines = lines[start:end]
     runs: dict[str, list[float]] = {}
-    for line in markdown.splitlines():
+    for line in lines:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) < 2 or not re.fullmatch(r"\d\d_\w+", cells[0]):
             continue

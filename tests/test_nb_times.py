@@ -30,3 +30,19 @@ def test_summary_of_the_run_by_run_table():
     table = nb_times.summary_table(runs, budget=90)
     assert "| 01_a | 3 | 5.9 s | 8.1 s | 9.9 s | 90 s |" in table
     assert "| 03_c | 3 | 48.1 s | 89.3 s | **96.4 s** | 90 s |" in table
+
+
+def test_history_reads_only_the_run_by_run_section():
+    """docs/BUDGETS.md has other tables of notebooks (times under load, the browser check):
+    only the rows of the run-by-run section are runs."""
+    md = ("## Under load\n\n| notebook | wall |\n|---|---|\n| 01_a | 99.0 s |\n\n"
+          f"{nb_times.RUN_BY_RUN}\n\n| notebook | run 1 | run 2 |\n|---|---|---|\n| 01_a | 8.1 s | 9.9 s |\n\n"
+          "## In a real browser\n\n| notebook | wall |\n|---|---|\n| 01_a | 35.9 s |\n")
+    assert nb_times.history(md) == {"01_a": [8.1, 9.9]}
+
+
+def test_the_budgets_page_summary_counts_every_recorded_run():
+    from helpers.labs import repo_root
+
+    runs = nb_times.history((repo_root() / "docs/BUDGETS.md").read_text(encoding="utf-8"))
+    assert len(runs) == 10 and len({len(v) for v in runs.values()}) == 1 and min(map(len, runs.values())) >= 11
