@@ -31,8 +31,8 @@ FUNCS = ["make_betas", "alphas_cumprod", "add_noise", "snr", "rescale_zero_termi
 
 
 def reference_function(name: str) -> str:
-    """The source of lab 01's reference ``name`` (markers and all), to keep the hostile corpus
-    current with the lab: each case keeps its own hostile function and takes the rest from here."""
+    """The source of lab 01's reference ``name`` (markers and all): the good functions of the
+    class of twenty, current with the lab."""
     import inspect
 
     from helpers.solutions import lab01_forward_noise as ref01
