@@ -31,6 +31,7 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 MANIFEST = "checksums.sha256"
 PIPELINES = {"tiny-sd": "StableDiffusionPipeline"}
 LFS_HEADER = b"version https://git-lfs.github.com/spec/"
+WEIGHTS_BUDGET = 45e6  # bytes of safetensors in helpers/assets/ all together (DESIGN.md, Budgets)
 
 
 class ZooError(RuntimeError):

@@ -43,7 +43,7 @@ def test_sd_like_configuration(pipe):
 def test_weights_budget():
     total = sum(p.stat().st_size for p in zoo.ASSETS.rglob("*.safetensors"))
     mine = sum(p.stat().st_size for p in TINY_SD.rglob("*.safetensors"))
-    assert mine <= 15e6 and total <= 25e6, (mine, total)
+    assert mine <= 15e6 and total <= zoo.WEIGHTS_BUDGET, (mine, total)
 
 
 def test_checksums_verified_and_damage_explained(tmp_path):

@@ -92,7 +92,7 @@ def test_damaged_weights_are_refused(tmp_path, monkeypatch):
 def test_weights_budget():
     mine = sum(p.stat().st_size for d in (CN, DIT) for p in d.rglob("*.safetensors"))
     total = sum(p.stat().st_size for p in zoo.ASSETS.rglob("*.safetensors"))
-    assert mine <= 10e6 and total <= 25e6, (mine, total)
+    assert mine <= 10e6 and total <= zoo.WEIGHTS_BUDGET, (mine, total)
 
 
 def test_redirect_settings_point_at_other_folders(tmp_path, monkeypatch):
