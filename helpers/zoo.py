@@ -29,7 +29,7 @@ from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 MANIFEST = "checksums.sha256"
-PIPELINES = {"tiny-sd": "StableDiffusionPipeline"}
+PIPELINES = {"tiny-sd": "StableDiffusionPipeline", "tiny-sd3": "StableDiffusion3Pipeline"}
 LFS_HEADER = b"version https://git-lfs.github.com/spec/"
 WEIGHTS_BUDGET = 45e6  # bytes of safetensors in helpers/assets/ all together (DESIGN.md, Budgets)
 
@@ -125,6 +125,9 @@ def load_pipeline(name: str = "tiny-sd", device=None, dtype=None, **kwargs):
     if cls is diffusers.StableDiffusionPipeline:
         kwargs.setdefault("safety_checker", None)
         kwargs.setdefault("requires_safety_checker", False)
+    if cls is diffusers.StableDiffusion3Pipeline:      # tiny-sd3 has no T5 (SD3's documented way to drop it)
+        kwargs.setdefault("text_encoder_3", None)
+        kwargs.setdefault("tokenizer_3", None)
     pipe = cls.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
@@ -137,12 +140,17 @@ def load_pipeline(name: str = "tiny-sd", device=None, dtype=None, **kwargs):
 OTHER_LOADERS = {  # zoo models that stand on tiny-sd's components: load_pipeline(name) calls
     "tiny-controlnet": "load_controlnet_pipeline",
     "tiny-dit": "load_dit",
+    "tiny-ip-adapter": "load_ip_adapter_pipeline",
 }
 BASE_FILES = {  # the tiny-sd files each model was trained against
     "tiny-controlnet": ("unet/diffusion_pytorch_model.safetensors",
                         "text_encoder/model.safetensors", "tokenizer/vocab.json"),
     "tiny-dit": ("vae/diffusion_pytorch_model.safetensors",
                  "text_encoder/model.safetensors", "tokenizer/vocab.json"),
+    "tiny-sd3": ("vae/diffusion_pytorch_model.safetensors",   # copied into its own folder: provenance only
+                 "text_encoder/model.safetensors", "tokenizer/vocab.json"),
+    "tiny-ip-adapter": ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                        "text_encoder/model.safetensors", "tokenizer/vocab.json"),
 }
 
 
@@ -260,3 +268,56 @@ def load_dit(device=None, dtype=None):
     sd = load_pipeline("tiny-sd", device=device, dtype=dtype)
     return TinyDiT(transformer=transformer.eval(), vae=sd.vae, text_encoder=sd.text_encoder,
                    tokenizer=sd.tokenizer, scheduler=scheduler).to(_device(device))
+
+
+IP_ADAPTER_LAYOUT = {"subfolder": "models", "weight_name": "ip-adapter_tiny-sd.safetensors"}  # h94/IP-Adapter's
+
+
+def load_ip_adapter_pipeline(device=None, dtype=None, folder=None):
+    """tiny-sd's `StableDiffusionPipeline` with tiny-ip-adapter loaded by diffusers' own
+    `pipe.load_ip_adapter(folder, subfolder="models", weight_name=...)`, which also loads the
+    image encoder (`models/image_encoder`) and builds the feature extractor:
+
+        pipe = load_ip_adapter_pipeline()
+        pipe.set_ip_adapter_scale(0.8)
+        image = pipe("a red circle", ip_adapter_image=reference_pil).images[0]
+
+    folder: another folder of the same layout (default: the shipped one, checksum-verified
+    and checked to belong to the shipped tiny-sd; `DIFFUSION_LABS_MODEL_TINY_IP_ADAPTER`
+    redirects it, e.g. to "h94/IP-Adapter" with `DIFFUSION_LABS_MODEL_TINY_SD` set to SD 1.5,
+    whose weight_name is then "ip-adapter_sd15.safetensors")."""
+    if folder is None:
+        path, shipped = _local_or_verified("tiny-ip-adapter")
+        if shipped and not os.environ.get(env_var("tiny-sd")):
+            check_base("tiny-ip-adapter", path, model_path("tiny-sd"))
+    else:
+        path = str(folder)
+    pipe = load_pipeline("tiny-sd", device=device, dtype=dtype)
+    kwargs = {"local_files_only": True} if Path(path).exists() else {}
+    weight_name = IP_ADAPTER_LAYOUT["weight_name"] if Path(path).exists() else "ip-adapter_sd15.safetensors"
+    pipe.load_ip_adapter(path, subfolder=IP_ADAPTER_LAYOUT["subfolder"], weight_name=weight_name, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(_device(device))
+
+
+# ---------------------------------------------------------------------------------------
+# tiny-pixel (Lab 11): a class-conditional pixel-space UNet2DModel, and its variants
+# ---------------------------------------------------------------------------------------
+
+PIXEL_MODELS = ("tiny-pixel", "tiny-pixel-linear", "tiny-pixel-sqrt", "tiny-pixel-nominsnr")
+
+
+def load_pixel(name: str = "tiny-pixel", device=None, dtype=None, folder=None):
+    """A pixel-space zoo model as (diffusers `UNet2DModel`, `DDPMScheduler`), checksum-verified
+    (`folder`: a trained folder instead, unverified). The weights are stored in float16 and
+    loaded as `dtype` (default float32). Sample with `helpers.evaluate.sample_pixel`.
+    `DIFFUSION_LABS_MODEL_TINY_PIXEL` (etc.) points a name at another folder of the same layout."""
+    import torch
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    if folder is None:
+        folder, _ = _local_or_verified(name)
+    unet = UNet2DModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype or torch.float32,
+                                       local_files_only=True)
+    scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
+    return unet.to(_device(device)).eval(), scheduler

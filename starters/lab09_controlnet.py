@@ -44,14 +44,28 @@ Sec. 3.1-3.2).
 The functions below are, in order: the zero convolution, one ControlNet-conditioned UNet call
 (equal to the call inside `StableDiffusionControlNetPipeline.__call__`), the control image in
 the format the pipeline's `prepare_image` produces, the per-step on/off weights the pipeline
-builds from `control_guidance_start` / `control_guidance_end` (`controlnet_keep`), and the
-per-residual scales of guess mode (`ControlNetModel.forward`).
+builds from `control_guidance_start` / `control_guidance_end` (`controlnet_keep`), the
+per-residual scales of guess mode (`ControlNetModel.forward`), and, for the third way to
+condition, IP-Adapter's decoupled cross-attention (`IPAdapterAttnProcessor2_0`).
+
+IP-Adapter (Ye et al. 2023, "IP-Adapter: Text Compatible Image Prompt Adapter for
+Text-to-Image Diffusion Models", sec. 3.2; diffusers' names on the right):
+
+    c_t = text tokens      (B, L, D)    the text encoder's states       (`encoder_hidden_states`)
+    c_i = image tokens     (B, T, D)    the image embedding projected   (`ImageProjection(image_embeds)`,
+                                        to T = 4 tokens                  `unet.encoder_hid_proj`)
+    W'_k, W'_v             new projections for c_i only                 (`to_k_ip`, `to_v_ip`)
+    lambda                 the image prompt's weight                    (`set_ip_adapter_scale`)
+
+    Z = Attention(Q, K, V) + lambda * Attention(Q, K', V')              (paper eq. 5)
+      Q = Z_in W_q,   K = c_t W_k,   V = c_t W_v,   K' = c_i W'_k,   V' = c_i W'_v
 """
 
 import torch
 from torch import nn
 
-__all__ = ["zero_conv", "controlnet_unet_step", "make_control_image", "controlnet_keep", "guess_mode_scales"]
+__all__ = ["zero_conv", "controlnet_unet_step", "make_control_image", "controlnet_keep", "guess_mode_scales",
+           "ip_adapter_attention"]
 
 
 def zero_conv(channels):
@@ -162,8 +176,12 @@ def controlnet_keep(num_steps, control_guidance_start=0.0, control_guidance_end=
     with start and end). Several ControlNets (a `MultiControlNetModel`) have one window each:
 
     - start and end both numbers: every ControlNet gets that window;
-    - one a list (or tuple) and the other a number: the number is repeated to the list's length;
+    - one a list and the other a number: the number is repeated to the list's length;
     - both lists: pair them up, entry by entry.
+
+    Only a Python list counts as "several windows", as in the pipeline: a tuple is not
+    accepted (diffusers' alignment tests `isinstance(..., list)`; a tuple would reach
+    `check_inputs` unaligned and fail there with a TypeError), so it need not be handled.
 
     Invalid windows raise ValueError, as `check_inputs` does: lists of different lengths; with
     num_controlnets > 1, lists whose length is not num_controlnets; any start >= end, start < 0,
@@ -172,8 +190,8 @@ def controlnet_keep(num_steps, control_guidance_start=0.0, control_guidance_end=
 
     Args:
         num_steps: an integer N >= 1, the number of denoising steps (`len(timesteps)`).
-        control_guidance_start: a number in [0, 1), or a list/tuple of them (one per ControlNet).
-        control_guidance_end: a number in (0, 1], or a list/tuple of them.
+        control_guidance_start: a number in [0, 1), or a list of them (one per ControlNet).
+        control_guidance_end: a number in (0, 1], or a list of them.
         num_controlnets: an integer K >= 1, how many ControlNets the pipeline holds.
 
     Returns:
@@ -212,3 +230,39 @@ def guess_mode_scales(num_down, conditioning_scale=1.0):
     # TODO: (diffusers/models/controlnets/controlnet.py); f_k as in the docstring.
     # Stuck? hint("lab09", "guess_mode_scales") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab09): guess_mode_scales")
+
+
+def ip_adapter_attention(attn, hidden_states, text_states, image_states, to_k_ip, to_v_ip, scale=1.0):
+    """One cross-attention layer with an IP-Adapter, as `IPAdapterAttnProcessor2_0.__call__`
+    computes it for one adapter and one reference image, no attention mask, 3-D hidden states
+    (what the UNet's transformer blocks pass):
+
+        Z = Attention(Q, K, V) + lambda * Attention(Q, K', V')      (IP-Adapter paper, eq. 5)
+
+    Q comes from hidden_states through the layer's own query projection; K, V from the text
+    states through its own key / value projections; K', V' from the image tokens through the
+    adapter's to_k_ip / to_v_ip. Both attentions are multi-head (the layer's number of heads,
+    each head of width inner_dim / heads) with the softmax scaled as the layer's usual
+    attention (scaled dot product). They are TWO separate softmaxes ("decoupled"): the image
+    tokens do not compete with the text tokens for attention weight. The sum then goes
+    through the layer's output projection and dropout (`attn.to_out`), and the layer's last
+    two steps apply as in the processor: read its final lines for the optional residual
+    connection and the output rescaling (in Stable Diffusion's cross-attention they leave the
+    output as it is; the check also tries layers where they do not).
+
+    Args:
+        attn: a diffusers `Attention` module (a cross-attention: `attn2` of a transformer block),
+            with heads, to_q, to_k, to_v, to_out; no group_norm, spatial_norm or norm_cross.
+        hidden_states: (B, N, C) the image features (queries), N = h * w positions.
+        text_states: (B, L, D) the text encoder's states.
+        image_states: (B, T, D) the image tokens (the adapter's ImageProjection output).
+        to_k_ip, to_v_ip: nn.Linear(D, inner_dim, bias=False), the adapter's projections.
+        scale: float lambda; 0 gives the layer without the adapter.
+
+    Returns:
+        (B, N, C): the layer's output.
+    """
+    # TODO: IP-Adapter's decoupled cross-attention, as IPAdapterAttnProcessor2_0.__call__
+    # TODO: (diffusers/models/attention_processor.py; IP-Adapter paper sec. 3.2, eq. 5) for one adapter.
+    # Stuck? hint("lab09", "ip_adapter_attention") in the notebook shows the next hint.
+    raise NotImplementedError("TODO(lab09): ip_adapter_attention")

@@ -12,7 +12,8 @@ from helpers.checks._core import CheckFailed
 from helpers.solutions import lab09_controlnet as ref
 
 SEEDS = [0, 1, 2, 7, 2024]
-NAMES = ["zero_conv", "controlnet_unet_step", "make_control_image", "controlnet_keep", "guess_mode_scales"]
+NAMES = ["zero_conv", "controlnet_unet_step", "make_control_image", "controlnet_keep", "guess_mode_scales",
+         "ip_adapter_attention"]
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -387,6 +388,119 @@ def test_guess_equivalent_forms_pass_30_seeds(form):
 ])
 def test_guess_bugs(bug, phrase):
     fails("guess_mode_scales", guess_variant(bug), phrase, seeds=(0, 1))
+
+
+# --------------------------------------------------------------------------- fixes: tuples, warnings
+
+def test_keep_tuple_window_is_rejected_like_the_pipeline():
+    """diffusers aligns lists only (isinstance(..., list)); a tuple of windows fails in check_inputs with a
+    TypeError. The docstring says a tuple is not accepted, and the reference fails the same way."""
+    with pytest.raises(TypeError):
+        checks._diffusers_keep(10, (0.0, 0.2), 1.0, 2)
+    with pytest.raises(TypeError):
+        ref.controlnet_keep(10, (0.0, 0.2), 1.0, 2)
+    assert "tuple" not in ref.controlnet_keep.__doc__.split("Args:")[1]  # the Args name lists only
+
+
+def test_step_check_bug_probes_print_no_future_warning():
+    """The check's typical-bug probes include diffusers' deprecated T2I-Adapter path (down residuals without a
+    mid one), which raises a FutureWarning; the check silences it (the learner did not cause it)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckFailed):
+            run("controlnet_unet_step", step_variant("unscaled"))
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
+
+
+# --------------------------------------------------------------------------- ip_adapter_attention
+
+def ip_variant(form):
+    """Equivalent correct forms (None: scaled_dot_product_attention; "classic": diffusers' AttnProcessor way;
+    "einsum") and typical bugs."""
+    import torch.nn.functional as F
+
+    def fn(attn, hidden_states, text_states, image_states, to_k_ip, to_v_ip, scale=1.0):
+        x, b, n = hidden_states, hidden_states.shape[0], hidden_states.shape[1]
+        h = 1 if form == "one_head" else attn.heads
+        q = attn.to_q(x)
+        k, v = attn.to_k(text_states), attn.to_v(text_states)
+        if form == "shared_kv":
+            ki, vi = attn.to_k(image_states), attn.to_v(image_states)
+        else:
+            ki, vi = to_k_ip(image_states), to_v_ip(image_states)
+        if form == "classic":  # diffusers' AttnProcessor: heads folded into the batch, get_attention_scores
+            def att(q_, k_, v_):
+                probs = attn.get_attention_scores(attn.head_to_batch_dim(q_), attn.head_to_batch_dim(k_), None)
+                return attn.batch_to_head_dim(torch.bmm(probs, attn.head_to_batch_dim(v_)))
+        elif form == "einsum":
+            def att(q_, k_, v_):
+                d = q_.shape[-1] // h
+                qh, kh, vh = (t.reshape(b, -1, h, d) for t in (q_, k_, v_))
+                w = torch.einsum("bnhd,blhd->bhnl", qh, kh).mul(d ** -0.5).softmax(-1)
+                return torch.einsum("bhnl,blhd->bnhd", w, vh).reshape(b, n, h * d)
+        else:
+            def att(q_, k_, v_):
+                d = q_.shape[-1] // h
+                sp = lambda t: t.view(b, -1, h, d).transpose(1, 2)  # noqa: E731
+                if form == "unscaled":
+                    w = (sp(q_) @ sp(k_).transpose(-1, -2)).softmax(-1)
+                    o = w @ sp(v_)
+                else:
+                    o = F.scaled_dot_product_attention(sp(q_), sp(k_), sp(v_))
+                return o.transpose(1, 2).reshape(b, n, h * d)
+        if form == "concat":
+            z = att(q, torch.cat([k, ki], 1), torch.cat([v, scale * vi], 1))
+        elif form == "text_scaled":
+            z = scale * att(q, k, v) + att(q, ki, vi)
+        elif form == "no_scale":
+            z = att(q, k, v) + att(q, ki, vi)
+        else:
+            z = att(q, k, v) + scale * att(q, ki, vi)
+        if form == "out_twice":
+            out = attn.to_out[0](att(q, k, v)) + scale * attn.to_out[0](att(q, ki, vi))
+        else:
+            out = attn.to_out[1](attn.to_out[0](z))
+        if form == "no_residual":
+            return out
+        if attn.residual_connection:
+            out = out + x
+        return out / attn.rescale_output_factor
+    return fn
+
+
+@pytest.mark.parametrize("form", [None, "classic", "einsum"])
+def test_ip_adapter_attention_equivalent_forms_pass(form):
+    for seed in SEEDS:
+        run("ip_adapter_attention", ip_variant(form), seed)
+
+
+def test_ip_adapter_attention_reference_passes():
+    for seed in SEEDS:
+        run("ip_adapter_attention", ref.ip_adapter_attention, seed)
+
+
+@pytest.mark.parametrize("bug,phrase", [
+    ("concat", "one softmax over the text and image tokens together"),
+    ("text_scaled", "the scale multiplies the text attention"),
+    ("no_scale", "the scale is not applied"),
+    ("shared_kv", "the layer's own to_k / to_v"),
+    ("out_twice", "through attn.to_out separately"),
+    ("one_head", "a single head"),
+    ("unscaled", "not divided by sqrt(head_dim)"),
+    ("no_residual", "residual connection / rescale_output_factor"),
+])
+def test_ip_adapter_attention_bugs(bug, phrase):
+    fails("ip_adapter_attention", ip_variant(bug), phrase)
+
+
+def test_ip_adapter_attention_in_place_fails():
+    def fn(attn, hidden_states, text_states, image_states, to_k_ip, to_v_ip, scale=1.0):
+        out = ref.ip_adapter_attention(attn, hidden_states, text_states, image_states, to_k_ip, to_v_ip, scale)
+        image_states.mul_(0)
+        return out
+    fails("ip_adapter_attention", fn, "in place")
 
 
 # --------------------------------------------------------------------------- hard-coded answers, machinery

@@ -32,9 +32,12 @@ EXERCISES = {
     "lab07": ["timestep_embedding", "attention", "cross_attention", "patchify", "unpatchify",
               "sincos_pos_embed_2d", "modulate"],
     "lab08": ["LoRALinear", "inject_lora", "merge_lora", "dora_weight"],
-    "lab09": ["zero_conv", "controlnet_unet_step", "make_control_image", "controlnet_keep", "guess_mode_scales"],
+    "lab09": ["zero_conv", "controlnet_unet_step", "make_control_image", "controlnet_keep", "guess_mode_scales",
+              "ip_adapter_attention"],
     "lab10": ["attention_scores_bytes", "sliced_attention", "chunked_feed_forward", "param_bytes", "latent_shape",
               "estimate_peak_memory"],
+    "lab12": ["flow_interpolate", "flow_velocity_target", "shift_sigmas", "calculate_shift", "time_shift_exponential",
+              "flow_euler_step"],
 }
 # Seeds of the reference run: the checks draw fresh inputs from each. Labs whose checks run a
 # pipeline (04, 06, 09) take fewer.

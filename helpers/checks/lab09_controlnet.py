@@ -17,6 +17,10 @@ reference solution AND with diffusers on the same inputs:
   ``check_inputs``' ValueErrors;
 - ``guess_mode_scales``: ``torch.logspace`` as ``ControlNetModel.forward`` uses it, and the
   forward itself (its residuals with ``guess_mode=True`` against ``guess_mode=False``).
+- ``ip_adapter_attention``: diffusers' ``IPAdapterAttnProcessor2_0`` called on a real
+  ``Attention`` module (the ``attn2`` of a random UNet, and Attention layers with other widths,
+  a residual connection and an output rescale), with random to_k_ip / to_v_ip, text and image
+  tokens and scales (0 included: then the layer's plain ``AttnProcessor2_0``).
 
 When the output matches what a typical bug returns, the message names that bug (the
 ``diagnose`` candidates below).
@@ -27,7 +31,7 @@ import torch
 from torch import nn
 
 from helpers.checks._core import (require_raises, CheckFailed, as_numbers, assert_close, choice, describe,
-                                  describe_exception, randint, require, uniform)
+                                  describe_exception, randint, randn, require, require_unchanged, uniform)
 from helpers.solutions import lab09_controlnet as ref
 
 LAB = "lab09"
@@ -155,8 +159,11 @@ def _pipeline_call(unet, cn, x, t, emb, image, s, *, mid_scale=None, down_scale=
 
 def _diagnose(unet, cn, x, t, emb, image, s):
     def call(**kw):
+        import warnings
         try:
-            return _pipeline_call(unet, cn, x, t, emb, image, s, **kw)
+            with warnings.catch_warnings():  # the no-mid probe is diffusers' deprecated T2I-Adapter path:
+                warnings.simplefilter("ignore", FutureWarning)  # its FutureWarning is ours, not the learner's
+                return _pipeline_call(unet, cn, x, t, emb, image, s, **kw)
         except RuntimeError:  # a bug that crashes is explained where the learner's call fails
             return None
     out = [("conditioning_scale not applied to the mid residual: it scales the mid residual too (ControlNetModel."
@@ -340,8 +347,7 @@ def _diffusers_keep(num_steps, start, end, k):
         net = module.MultiControlNetModel.__new__(module.MultiControlNetModel)
         object.__setattr__(net, "nets", [None] * k)
     scope = dict(vars(module), controlnet=net, timesteps=list(range(num_steps)),
-                 control_guidance_start=list(start) if isinstance(start, (list, tuple)) else start,
-                 control_guidance_end=list(end) if isinstance(end, (list, tuple)) else end)
+                 control_guidance_start=start, control_guidance_end=end)
     exec(compile(code, "<diffusers StableDiffusionControlNetPipeline.__call__>", "exec"), scope)
     return scope["controlnet_keep"]
 
@@ -430,7 +436,7 @@ def _keep_case(fn, n, start, end, k):
 
 
 def _aligned(start, end, k):
-    many = (list, tuple)
+    many = list  # the pipeline aligns lists only (isinstance(..., list)), as the docstring says
     if isinstance(start, many) and not isinstance(end, many):
         return list(start), [end] * len(start)
     if isinstance(end, many) and not isinstance(start, many):
@@ -456,10 +462,8 @@ def check_controlnet_keep(fn, gen):
         n, k = randint(gen, 2, 25), randint(gen, 2, 3)
         windows = [_window(gen, n) for _ in range(k)]
         starts, ends = [w[0] for w in windows], [w[1] for w in windows]
-        form = choice(gen, ("lists", "tuple start", "number start", "number end", "numbers"))
-        if form == "tuple start":
-            starts = tuple(starts)
-        elif form == "number start":
+        form = choice(gen, ("lists", "number start", "number end", "numbers"))
+        if form == "number start":
             starts = min(starts)  # below every end: each window had start < end
         elif form == "number end":
             ends = max(ends)
@@ -538,3 +542,137 @@ def check_guess_mode_scales(fn, gen):
         assert_close(f"ControlNetModel(..., conditioning_scale={s:g}, guess_mode=True): {which} against the normal "
                      f"one times your factor {factors[i]:.7g}", r * factors[i], gr, atol=1e-6 * max(top, 1.0),
                      rtol=1e-5, hint=EQ_GUESS)
+
+
+# --------------------------------------------------------------------------- ip_adapter_attention
+
+EQ_IP = ("IP-Adapter (Ye et al. 2023, sec. 3.2, eq. 5) as IPAdapterAttnProcessor2_0.__call__ "
+         "(diffusers/models/attention_processor.py): the text attention with the layer's to_q/to_k/to_v, a SECOND "
+         "attention of the same queries over the image tokens with to_k_ip/to_v_ip (its own softmax, the same "
+         "heads), added times the scale BEFORE attn.to_out; then the residual connection and rescale_output_factor "
+         "as the processor's last lines")
+
+
+def _mha(attn, q_in, kv_in, to_k, to_v, heads=None, scaled=True):
+    """Multi-head attention of the layer's queries over kv_in (no output projection): (B, N, inner)."""
+    h = attn.heads if heads is None else heads
+    q, k, v = attn.to_q(q_in), to_k(kv_in), to_v(kv_in)
+    b, n, inner = q.shape
+    split = lambda t: t.view(b, -1, h, inner // h).transpose(1, 2)  # noqa: E731
+    q, k, v = split(q), split(k), split(v)
+    w = q @ k.transpose(-1, -2)
+    if scaled:
+        w = w / (inner // h) ** 0.5
+    return (w.softmax(-1) @ v).transpose(1, 2).reshape(b, n, inner)
+
+
+def _finish(attn, out, x):
+    if attn.residual_connection:
+        out = out + x
+    return out / attn.rescale_output_factor
+
+
+def _ip_bugs(attn, x, c, im, k_ip, v_ip, s):
+    """What typical bugs return on the same inputs."""
+    out = lambda t: _finish(attn, attn.to_out[1](attn.to_out[0](t)), x)  # noqa: E731
+    text = _mha(attn, x, c, attn.to_k, attn.to_v)
+    image = _mha(attn, x, im, k_ip, v_ip)
+
+    class _Cat:  # keys/values of the text and the image tokens side by side: ONE softmax over both
+        def __init__(self, text_proj, image_proj, image_scale=1.0):
+            self.t, self.i, self.s = text_proj, image_proj, image_scale
+
+        def __call__(self, states):
+            return torch.cat([self.t(states[:, :c.shape[1]]), self.s * self.i(states[:, c.shape[1]:])], dim=1)
+
+    both = torch.cat([c, im], dim=1)
+    bugs = [
+        ("one softmax over the text and image tokens together (concatenated keys and values): IP-Adapter's "
+         "attention is DECOUPLED, two softmaxes whose outputs are added, so the image tokens do not take attention "
+         "weight away from the text.", out(_mha(attn, x, both, _Cat(attn.to_k, k_ip), _Cat(attn.to_v, v_ip, s)))),
+        ("one softmax over the text and image tokens together, the scale not applied: two separate softmaxes, "
+         "the image one times the scale.", out(_mha(attn, x, both, _Cat(attn.to_k, k_ip), _Cat(attn.to_v, v_ip)))),
+        ("the scale multiplies the text attention instead of the image one.", out(s * text + image)),
+        ("the scale is not applied: the image attention is added times scale.", out(text + image)),
+        ("the image tokens went through the layer's own to_k / to_v: they have their own projections, to_k_ip "
+         "and to_v_ip (the 'decoupled' part of the adapter's weights).",
+         out(text + s * _mha(attn, x, im, attn.to_k, attn.to_v))),
+        ("the two attentions went through attn.to_out separately (to_out(text) + scale * to_out(image)): the "
+         "processor adds them BEFORE the output projection, whose bias then counts once.",
+         _finish(attn, attn.to_out[0](text) + s * attn.to_out[0](image), x)),
+        ("a single head: split the projections into attn.heads heads, as the processor's view/transpose do.",
+         out(_mha(attn, x, c, attn.to_k, attn.to_v, heads=1) + s * _mha(attn, x, im, k_ip, v_ip, heads=1))),
+        ("the attention logits are not divided by sqrt(head_dim) (scaled_dot_product_attention does it).",
+         out(_mha(attn, x, c, attn.to_k, attn.to_v, scaled=False) + s * _mha(attn, x, im, k_ip, v_ip, scaled=False))),
+        ("the residual connection / rescale_output_factor of the layer are not applied (the processor's last "
+         "lines).", attn.to_out[1](attn.to_out[0](text + s * image))),
+    ]
+    return bugs
+
+
+def _ip_layers(gen):
+    """Real diffusers Attention layers: the attn2 of a random SD-shaped UNet, and layers built
+    directly with other widths, a residual connection and an output rescale."""
+    from diffusers.models.attention_processor import Attention
+
+    unet, _, d = _models(gen)
+    attn2 = [m for n, m in unet.named_modules() if n.endswith("attn2")]
+    layers = [(choice(gen, attn2), d)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(randint(gen, 0, 2**31 - 1))
+        c, d2 = choice(gen, (12, 16, 24)), choice(gen, (8, 20))
+        layers.append((Attention(query_dim=c, cross_attention_dim=d2, heads=choice(gen, (2, 4)), dim_head=6), d2))
+        layers.append((Attention(query_dim=c, cross_attention_dim=d2, heads=3, dim_head=4, bias=True,
+                                 residual_connection=True, rescale_output_factor=uniform(gen, 1.5, 3.0)), d2))
+    return [(a.eval(), dim) for a, dim in layers]
+
+
+def _ip_case(fn, gen, attn, d, s):
+    from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttnProcessor2_0
+
+    c = attn.to_q.in_features
+    b, n, n_text, t = randint(gen, 1, 3), randint(gen, 4, 20), randint(gen, 3, 9), choice(gen, (4, randint(gen, 2, 6)))
+    inner = attn.to_q.out_features
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(randint(gen, 0, 2**31 - 1))
+        proc = IPAdapterAttnProcessor2_0(hidden_size=inner, cross_attention_dim=d, num_tokens=(t,), scale=s)
+        with torch.no_grad():  # weights large enough that the image attention matters
+            for lin in (proc.to_k_ip[0], proc.to_v_ip[0]):
+                lin.weight.normal_(0, 1.0 / d ** 0.5)
+    k_ip, v_ip = proc.to_k_ip[0], proc.to_v_ip[0]
+    x = randn(gen, (b, n, c))
+    text = randn(gen, (b, n_text, d))
+    image = 2 * randn(gen, (b, t, d))  # distinct from the text tokens, sharper softmax
+    name = (f"ip_adapter_attention(attn (heads={attn.heads}, inner {inner}, residual_connection="
+            f"{attn.residual_connection}, rescale_output_factor={attn.rescale_output_factor:.3g}), hidden_states "
+            f"{tuple(x.shape)}, text_states {tuple(text.shape)}, image_states {tuple(image.shape)}, scale={s:.3g})")
+    before = [x.clone(), text.clone(), image.clone()]
+    with torch.no_grad():
+        got = fn(attn, x, text, image, k_ip, v_ip, s)
+        expected = proc(attn, x, encoder_hidden_states=(text, [image[:, None]]))  # (B, 1 image, T, D)
+    require_unchanged(name, before, [x, text, image])
+    top = max(expected.abs().max().item(), 1.0)
+    tol = dict(atol=2e-5 * top, rtol=1e-4)
+    try:
+        assert_close(name + " against IPAdapterAttnProcessor2_0", got, expected, **tol, hint=EQ_IP)
+    except CheckFailed:
+        with torch.no_grad():
+            bugs = _ip_bugs(attn, x, text, image, k_ip, v_ip, s)
+        assert_close(name + " against IPAdapterAttnProcessor2_0", got, expected, **tol, hint=EQ_IP, diagnose=bugs)
+    if s == 0:
+        with torch.no_grad():
+            plain = AttnProcessor2_0()(attn, x, encoder_hidden_states=text)
+        assert_close(name + " against the layer without the adapter (AttnProcessor2_0): at scale 0 the processor "
+                     "skips the image branch", got, plain, **tol, hint=EQ_IP)
+    with torch.no_grad():
+        mine = ref.ip_adapter_attention(attn, x, text, image, k_ip, v_ip, s)
+    assert_close(name + " (against the reference)", got, mine, **tol, hint=EQ_IP)
+
+
+def check_ip_adapter_attention(fn, gen):
+    scale = lambda: round(choice(gen, (0.3, 0.6, 1.3)) + 0.2 * uniform(gen, 0, 1), 3)  # noqa: E731
+    layers = _ip_layers(gen)
+    for attn, d in layers:
+        _ip_case(fn, gen, attn, d, scale())
+    _ip_case(fn, gen, *layers[0], 1.0)  # the default
+    _ip_case(fn, gen, *layers[0], 0.0)  # the adapter off: the plain layer

@@ -35,14 +35,28 @@ Sec. 3.1-3.2).
 The functions below are, in order: the zero convolution, one ControlNet-conditioned UNet call
 (equal to the call inside `StableDiffusionControlNetPipeline.__call__`), the control image in
 the format the pipeline's `prepare_image` produces, the per-step on/off weights the pipeline
-builds from `control_guidance_start` / `control_guidance_end` (`controlnet_keep`), and the
-per-residual scales of guess mode (`ControlNetModel.forward`).
+builds from `control_guidance_start` / `control_guidance_end` (`controlnet_keep`), the
+per-residual scales of guess mode (`ControlNetModel.forward`), and, for the third way to
+condition, IP-Adapter's decoupled cross-attention (`IPAdapterAttnProcessor2_0`).
+
+IP-Adapter (Ye et al. 2023, "IP-Adapter: Text Compatible Image Prompt Adapter for
+Text-to-Image Diffusion Models", sec. 3.2; diffusers' names on the right):
+
+    c_t = text tokens      (B, L, D)    the text encoder's states       (`encoder_hidden_states`)
+    c_i = image tokens     (B, T, D)    the image embedding projected   (`ImageProjection(image_embeds)`,
+                                        to T = 4 tokens                  `unet.encoder_hid_proj`)
+    W'_k, W'_v             new projections for c_i only                 (`to_k_ip`, `to_v_ip`)
+    lambda                 the image prompt's weight                    (`set_ip_adapter_scale`)
+
+    Z = Attention(Q, K, V) + lambda * Attention(Q, K', V')              (paper eq. 5)
+      Q = Z_in W_q,   K = c_t W_k,   V = c_t W_v,   K' = c_i W'_k,   V' = c_i W'_v
 """
 
 import torch
 from torch import nn
 
-__all__ = ["zero_conv", "controlnet_unet_step", "make_control_image", "controlnet_keep", "guess_mode_scales"]
+__all__ = ["zero_conv", "controlnet_unet_step", "make_control_image", "controlnet_keep", "guess_mode_scales",
+           "ip_adapter_attention"]
 
 
 def zero_conv(channels):
@@ -192,8 +206,12 @@ def controlnet_keep(num_steps, control_guidance_start=0.0, control_guidance_end=
     with start and end). Several ControlNets (a `MultiControlNetModel`) have one window each:
 
     - start and end both numbers: every ControlNet gets that window;
-    - one a list (or tuple) and the other a number: the number is repeated to the list's length;
+    - one a list and the other a number: the number is repeated to the list's length;
     - both lists: pair them up, entry by entry.
+
+    Only a Python list counts as "several windows", as in the pipeline: a tuple is not
+    accepted (diffusers' alignment tests `isinstance(..., list)`; a tuple would reach
+    `check_inputs` unaligned and fail there with a TypeError), so it need not be handled.
 
     Invalid windows raise ValueError, as `check_inputs` does: lists of different lengths; with
     num_controlnets > 1, lists whose length is not num_controlnets; any start >= end, start < 0,
@@ -202,8 +220,8 @@ def controlnet_keep(num_steps, control_guidance_start=0.0, control_guidance_end=
 
     Args:
         num_steps: an integer N >= 1, the number of denoising steps (`len(timesteps)`).
-        control_guidance_start: a number in [0, 1), or a list/tuple of them (one per ControlNet).
-        control_guidance_end: a number in (0, 1], or a list/tuple of them.
+        control_guidance_start: a number in [0, 1), or a list of them (one per ControlNet).
+        control_guidance_end: a number in (0, 1], or a list of them.
         num_controlnets: an integer K >= 1, how many ControlNets the pipeline holds.
 
     Returns:
@@ -224,7 +242,7 @@ def controlnet_keep(num_steps, control_guidance_start=0.0, control_guidance_end=
     # HINT 3: keeps = [1.0 - float(i / N < s or (i + 1) / N > e) for s, e in zip(starts, ends)];
     # HINT 3: keep.append(keeps[0] if K == 1 else keeps) for i in range(N)
     starts, ends = control_guidance_start, control_guidance_end
-    many = (list, tuple)
+    many = list  # the pipeline's isinstance(..., list): a tuple is not aligned
     if isinstance(starts, many) and not isinstance(ends, many):
         ends = [ends] * len(starts)
     elif isinstance(ends, many) and not isinstance(starts, many):
@@ -280,4 +298,67 @@ def guess_mode_scales(num_down, conditioning_scale=1.0):
     exponents = torch.linspace(-1.0, 0.0, num_down + 1)  # (N + 1,) from 10^-1 up to 10^0
     factors = torch.pow(10.0, exponents)  # (N + 1,) float32
     return factors * conditioning_scale
+    # END SOLUTION
+
+
+def ip_adapter_attention(attn, hidden_states, text_states, image_states, to_k_ip, to_v_ip, scale=1.0):
+    """One cross-attention layer with an IP-Adapter, as `IPAdapterAttnProcessor2_0.__call__`
+    computes it for one adapter and one reference image, no attention mask, 3-D hidden states
+    (what the UNet's transformer blocks pass):
+
+        Z = Attention(Q, K, V) + lambda * Attention(Q, K', V')      (IP-Adapter paper, eq. 5)
+
+    Q comes from hidden_states through the layer's own query projection; K, V from the text
+    states through its own key / value projections; K', V' from the image tokens through the
+    adapter's to_k_ip / to_v_ip. Both attentions are multi-head (the layer's number of heads,
+    each head of width inner_dim / heads) with the softmax scaled as the layer's usual
+    attention (scaled dot product). They are TWO separate softmaxes ("decoupled"): the image
+    tokens do not compete with the text tokens for attention weight. The sum then goes
+    through the layer's output projection and dropout (`attn.to_out`), and the layer's last
+    two steps apply as in the processor: read its final lines for the optional residual
+    connection and the output rescaling (in Stable Diffusion's cross-attention they leave the
+    output as it is; the check also tries layers where they do not).
+
+    Args:
+        attn: a diffusers `Attention` module (a cross-attention: `attn2` of a transformer block),
+            with heads, to_q, to_k, to_v, to_out; no group_norm, spatial_norm or norm_cross.
+        hidden_states: (B, N, C) the image features (queries), N = h * w positions.
+        text_states: (B, L, D) the text encoder's states.
+        image_states: (B, T, D) the image tokens (the adapter's ImageProjection output).
+        to_k_ip, to_v_ip: nn.Linear(D, inner_dim, bias=False), the adapter's projections.
+        scale: float lambda; 0 gives the layer without the adapter.
+
+    Returns:
+        (B, N, C): the layer's output.
+    """
+    # BEGIN SOLUTION
+    # TODO: IP-Adapter's decoupled cross-attention, as IPAdapterAttnProcessor2_0.__call__
+    # TODO: (diffusers/models/attention_processor.py; IP-Adapter paper sec. 3.2, eq. 5) for one adapter.
+    # HINT 1: In diffusers/models/attention_processor.py read IPAdapterAttnProcessor2_0.__call__: the text part
+    # HINT 1: (to_q, to_k, to_v, the head reshapes, scaled_dot_product_attention), then the loop after
+    # HINT 1: "# for ip-adapter" (its branch without masks), then "# linear proj" to the end.
+    # HINT 2: Split the queries, the text keys/values and the image keys/values (made by the adapter's own two
+    # HINT 2: layers) into heads. Run two separate attentions that share the queries, merge the heads of each,
+    # HINT 2: add the image one times the scale to the text one, then the output projection and dropout; finish
+    # HINT 2: with the residual connection (if the layer has one) and the division by rescale_output_factor.
+    # HINT 3: q = heads(attn.to_q(x)); text = sdpa(q, heads(attn.to_k(c_t)), heads(attn.to_v(c_t)));
+    # HINT 3: img = sdpa(q, heads(to_k_ip(c_i)), heads(to_v_ip(c_i))); out = attn.to_out[1](attn.to_out[0](
+    # HINT 3: merge(text) + scale * merge(img))); + hidden_states if residual_connection; / rescale_output_factor
+    b, n, _ = hidden_states.shape
+    h = attn.heads
+
+    def split(t):  # (B, S, inner) -> (B, h, S, inner / h)
+        return t.reshape(b, t.shape[1], h, t.shape[2] // h).permute(0, 2, 1, 3)
+
+    def attend(q, k, v):  # one softmax over the keys k, per head
+        weights = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(dim=-1)
+        return (weights @ v).permute(0, 2, 1, 3).reshape(b, n, -1)  # heads merged: (B, N, inner)
+
+    q = split(attn.to_q(hidden_states))
+    from_text = attend(q, split(attn.to_k(text_states)), split(attn.to_v(text_states)))
+    from_image = attend(q, split(to_k_ip(image_states)), split(to_v_ip(image_states)))
+    out = attn.to_out[1](attn.to_out[0](from_text + scale * from_image))  # (B, N, C)
+    if attn.residual_connection:
+        out = out + hidden_states
+    return out.div(attn.rescale_output_factor)
     # END SOLUTION

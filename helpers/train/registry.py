@@ -11,9 +11,11 @@ A model module has:
 
 from __future__ import annotations
 
-from helpers.train import tiny_controlnet, tiny_dit, tiny_sd
+from helpers.train import tiny_controlnet, tiny_dit, tiny_ip_adapter, tiny_sd, tiny_sd3
+from helpers.train import tiny_pixel
 
-MODELS = {m.NAME: m for m in (tiny_sd, tiny_controlnet, tiny_dit)}
+MODELS = {m.NAME: m for m in (tiny_sd, tiny_controlnet, tiny_dit, tiny_ip_adapter, tiny_sd3)}
+MODELS.update({tiny_pixel.NAME: tiny_pixel, **tiny_pixel.VARIANTS})   # Lab 11's pixel model and its variants
 
 
 def model(name: str):
