@@ -32,6 +32,8 @@ CATALOG: list[tuple[int, str, str]] = [
     (8, "lab08_lora", "LoRA Injection Reading"),
     (9, "lab09_controlnet", "ControlNet / Conditioning Reading"),
     (10, "lab10_memory", "Memory Optimization Reading"),
+    (11, "lab11_from_scratch", "Train a Diffusion Model from Scratch"),
+    (12, "lab12_flow_matching", "Flow Matching (SD3 / FLUX)"),
 ]
 
 _SLUG = re.compile(r"^lab(\d{2})_(\w+)$")

@@ -36,6 +36,7 @@ EXERCISES = {
               "ip_adapter_attention"],
     "lab10": ["attention_scores_bytes", "sliced_attention", "chunked_feed_forward", "param_bytes", "latent_shape",
               "estimate_peak_memory"],
+    "lab11": ["ResBlock", "TinyUNet", "diffusion_target", "min_snr_loss_weights", "training_step", "sample_cfg"],
     "lab12": ["flow_interpolate", "flow_velocity_target", "shift_sigmas", "calculate_shift", "time_shift_exponential",
               "flow_euler_step"],
 }
