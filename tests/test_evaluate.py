@@ -48,3 +48,55 @@ def test_when_no_run_works_all_runs_are_used():
     runs = [run("a", 1, 0.5, accuracy=0.2), run("b", 2, 0.1, accuracy=0.2)]
     knee, front = pareto_knee(runs, 0.9)
     assert names(front) == ["a", "b"] and knee["sampler"] == "b"
+
+
+# ------------------------------------------------ Lab 11: the pixel world and its Fréchet distance
+
+def _pixel_sets():
+    import torch
+
+    from helpers import evaluate
+    a, _, _ = evaluate.pixel_dataset(240, seed=1)
+    b, labels, attrs = evaluate.pixel_dataset(240, seed=2)
+    return torch, evaluate, a, b, labels, attrs
+
+
+def test_world_fid_is_about_zero_for_two_real_sets_and_grows_with_corruption():
+    torch, evaluate, a, b, _, _ = _pixel_sets()
+    g = torch.Generator().manual_seed(0)
+    real = evaluate.world_fid(a, b)
+    noisy = [evaluate.world_fid(a, (b + s * torch.randn(b.shape, generator=g)).clamp(-1, 1)) for s in (0.03, 0.1, 0.3)]
+    blurred = [evaluate.world_fid(a, torch.nn.functional.avg_pool2d(
+        torch.nn.functional.pad(b, (k // 2,) * 4, mode="replicate"), k, 1)) for k in (3, 5)]
+    assert real < 1.0
+    assert real < noisy[0] < noisy[1] < noisy[2] and noisy[0] > 3 * real
+    assert real < blurred[0] < blurred[1] and blurred[0] > 3 * real
+
+
+def test_world_fid_sees_wrong_shapes_and_colours():
+    """Real images of other classes only (all circles; all red): far from the real mix."""
+    torch, evaluate, a, b, _, attrs = _pixel_sets()
+    circles = b[torch.tensor([x.shape == "circle" for x in attrs])]
+    reds = b[torch.tensor([x.color == "red" for x in attrs])]
+    real = evaluate.world_fid(a, b)
+    assert evaluate.world_fid(a, circles) > 5 * real and evaluate.world_fid(a, reds) > 5 * real
+
+
+def test_frechet_distance_of_gaussians_matches_the_closed_form():
+    import torch
+
+    from helpers.evaluate import frechet_distance
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200_000, 2, generator=g, dtype=torch.float64)
+    y = torch.randn(200_000, 2, generator=g, dtype=torch.float64) * 2 + torch.tensor([1.0, 0.0], dtype=torch.float64)
+    # |mu|^2 = 1; Tr(I + 4I - 2 * 2I) = 2 -> 3
+    assert abs(frechet_distance(x, y) - 3.0) < 0.05
+    assert abs(frechet_distance(x, x)) < 1e-9
+
+
+def test_real_32px_images_are_judged_right_after_upsampling():
+    torch, evaluate, _, b, labels, _ = _pixel_sets()
+    acc = evaluate.pixel_accuracy(b, labels)
+    assert acc["color"] == 1.0 and acc["shape"] >= 0.99
+    assert all(evaluate.pixel_label(type("A", (), {"color": c, "shape": s})) == k
+               for k in range(evaluate.NUM_PIXEL_CLASSES) for c, s in [evaluate.label_attributes(k)])
