@@ -64,7 +64,7 @@ def flow_interpolate(sample, noise, sigmas):
 
 def flow_velocity_target(sample, noise):
     """The regression target of rectified-flow training (Esser et al. 2024, eq. 3 and sec. 3.1;
-    the loss of diffusers' examples/dreambooth/train_dreambooth_sd3.py): the velocity of the
+    the loss of diffusers' examples/dreambooth/train_dreambooth_sd3.py on GitHub): the velocity of the
     point `flow_interpolate(sample, noise, sigma)` as sigma grows, the same at every sigma on a
     straight path. What an SD3 or FLUX transformer outputs, and what
     `FlowMatchEulerDiscreteScheduler.step` multiplies by the step in sigma.
@@ -76,8 +76,8 @@ def flow_velocity_target(sample, noise):
     Returns:
         like sample: the velocity d x_sigma / d sigma.
     """
-    # TODO: the derivative of your flow_interpolate with respect to sigma (it does not depend on sigma). Check the
-    # TODO: sign against the loss of diffusers' examples/dreambooth/train_dreambooth_sd3.py.
+    # TODO: the derivative of your flow_interpolate with respect to sigma (it does not depend on sigma): what
+    # TODO: FlowMatchEulerDiscreteScheduler.step multiplies by (sigma_next - sigma) to move a point along the path.
     # Stuck? hint("lab12", "flow_velocity_target") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab12): flow_velocity_target")
 

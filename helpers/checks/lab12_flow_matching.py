@@ -22,8 +22,8 @@ LAB = "lab12"
 EQ_INTERP = ("the forward path of rectified flow, as the last lines of FlowMatchEulerDiscreteScheduler.scale_noise "
              "(scheduling_flow_match_euler_discrete.py) compute it: the sample at sigma = 0, the noise at sigma = 1, "
              "straight in between; one sigma per batch element, broadcast over every other axis")
-EQ_TARGET = ("the velocity of the point on the path as sigma grows (the derivative of flow_interpolate by sigma), "
-             "the target of diffusers' examples/dreambooth/train_dreambooth_sd3.py")
+EQ_TARGET = ("the velocity of the point on the path as sigma grows (the derivative of flow_interpolate by sigma): "
+             "what FlowMatchEulerDiscreteScheduler.step multiplies by (sigma_next - sigma)")
 EQ_SHIFT = ("the line after `if not use_dynamic_shifting` in FlowMatchEulerDiscreteScheduler.__init__ (the same line "
             "in step 2 of set_timesteps): it keeps 0 and 1 fixed and is the identity for shift = 1")
 EQ_MU = "the three lines of calculate_shift in diffusers/pipelines/flux/pipeline_flux.py"

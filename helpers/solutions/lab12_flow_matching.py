@@ -71,7 +71,7 @@ def flow_interpolate(sample, noise, sigmas):
 
 def flow_velocity_target(sample, noise):
     """The regression target of rectified-flow training (Esser et al. 2024, eq. 3 and sec. 3.1;
-    the loss of diffusers' examples/dreambooth/train_dreambooth_sd3.py): the velocity of the
+    the loss of diffusers' examples/dreambooth/train_dreambooth_sd3.py on GitHub): the velocity of the
     point `flow_interpolate(sample, noise, sigma)` as sigma grows, the same at every sigma on a
     straight path. What an SD3 or FLUX transformer outputs, and what
     `FlowMatchEulerDiscreteScheduler.step` multiplies by the step in sigma.
@@ -84,10 +84,11 @@ def flow_velocity_target(sample, noise):
         like sample: the velocity d x_sigma / d sigma.
     """
     # BEGIN SOLUTION
-    # TODO: the derivative of your flow_interpolate with respect to sigma (it does not depend on sigma). Check the
-    # TODO: sign against the loss of diffusers' examples/dreambooth/train_dreambooth_sd3.py.
-    # HINT 1: Differentiate the expression of flow_interpolate by sigma; in diffusers'
-    # HINT 1: examples/dreambooth/train_dreambooth_sd3.py (search "flow matching loss") the target is written out.
+    # TODO: the derivative of your flow_interpolate with respect to sigma (it does not depend on sigma): what
+    # TODO: FlowMatchEulerDiscreteScheduler.step multiplies by (sigma_next - sigma) to move a point along the path.
+    # HINT 1: Differentiate the expression of flow_interpolate by sigma. The step() line "sample + dt * model_output"
+    # HINT 1: fixes the sign; diffusers' examples/dreambooth/train_dreambooth_sd3.py (on GitHub, "flow matching loss")
+    # HINT 1: writes the target out.
     # HINT 2: The point goes from the sample (sigma = 0) to the noise (sigma = 1) in a straight line, so its
     # HINT 2: velocity is the displacement from the start to the end.
     # HINT 3: return noise - sample.
