@@ -32,7 +32,7 @@ __all__ = ["flow_interpolate", "flow_velocity_target", "shift_sigmas", "calculat
 def flow_interpolate(sample, noise, sigmas):
     """The point at noise level sigma on the straight path from `sample` to `noise`: the
     training input of a rectified-flow model (Esser et al. 2024, eq. 3 with the rectified-flow
-    coefficients of sec. 3.1; Liu et al. 2022, eq. 1), what
+    coefficients of sec. 3.1; Liu et al. 2022, sec. 2), what
     `FlowMatchEulerDiscreteScheduler.scale_noise` returns at the same sigmas.
 
     At sigma = 0 it is the sample, at sigma = 1 the noise, and in between it moves along the
