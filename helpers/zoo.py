@@ -4,6 +4,7 @@
     pipe = load_pipeline("tiny-sd")                 # a diffusers StableDiffusionPipeline
     pipe = load_pipeline("tiny-controlnet")         # StableDiffusionControlNetPipeline (tiny-sd + ControlNet)
     dit = load_pipeline("tiny-dit")                 # helpers.dit.TinyDiT (PixArt transformer + tiny-sd parts)
+    pipe = load_pipeline("tiny-sd3")                # a diffusers StableDiffusion3Pipeline (flow matching, no T5)
 
 Each model is a diffusers-format folder under `helpers/assets/<name>/` with safetensors
 weights, a model card (README.md) and a checksum manifest (`checksums.sha256`). Loading
