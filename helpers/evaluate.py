@@ -310,22 +310,36 @@ def ip_adapter_embeds(pipe, images01) -> torch.Tensor:
 
 @torch.no_grad()
 def ip_adapter_generate(pipe, captions, references, guidance_scale=7.5, steps=25, seed=0,
-                        batch_size=64, **pipe_kwargs) -> torch.Tensor:
-    """Images (n, 3, H, W) in [0, 1], image i from captions[i] and reference image i.
-    The per-image references go in as `ip_adapter_image_embeds` (`ip_adapter_image_embeds`
-    is diffusers' documented way to give one embedding per prompt: [negative; positive] along
-    the batch when guidance is on, zeros as the negative, exactly what `encode_image` makes);
-    seeded per batch like `generate`."""
+                        batch_size=64, control=None, **pipe_kwargs) -> torch.Tensor:
+    """Images (n, 3, H, W) in [0, 1], image i from captions[i] and reference image i (in
+    [0, 1], through the pipeline's own feature extractor and image encoder).
+
+    diffusers' pipelines take ONE reference per adapter for the whole batch: the embeddings
+    they prepare (`prepare_ip_adapter_image_embeds`, also from `ip_adapter_image_embeds`) are
+    repeated for every prompt. To give prompt i its own reference in one batched call, the
+    pipeline's `prepare_ip_adapter_image_embeds` is replaced, for the call only, by one that
+    returns the rows as they are: [zeros (the unconditional image, as `encode_image` makes
+    it); the embeddings] when guidance is on. Equal, row by row, to one call per prompt with
+    `ip_adapter_image=` (tested). Seeded per batch like `generate`. control: control images
+    (n, 3, H, W) for a ControlNet pipeline with the adapter loaded, cut into the same batches
+    and passed as `image=`."""
     embeds = ip_adapter_embeds(pipe, references)
     out = []
     for i in range(0, len(captions), batch_size):
         chunk = captions[i:i + batch_size]
         e = embeds[i:i + batch_size, None]                                   # (b, 1, D)
         if guidance_scale > 1:
-            e = torch.cat([torch.zeros_like(e), e])
+            e = torch.cat([torch.zeros_like(e), e])                          # (2b, 1, D) [uncond; cond]
+        rows = [e.to(pipe.device, pipe.unet.dtype)]
+        if control is not None:
+            pipe_kwargs["image"] = control[i:i + batch_size]
         gen = torch.Generator(device="cpu").manual_seed(seed + i)
-        res = pipe(prompt=chunk, num_inference_steps=steps, guidance_scale=guidance_scale, generator=gen,
-                   output_type="pt", ip_adapter_image_embeds=[e.to(pipe.device, pipe.unet.dtype)], **pipe_kwargs)
+        pipe.prepare_ip_adapter_image_embeds = lambda *args, **kwargs: rows  # one row per prompt, not repeated
+        try:
+            res = pipe(prompt=chunk, num_inference_steps=steps, guidance_scale=guidance_scale, generator=gen,
+                       output_type="pt", ip_adapter_image_embeds=rows, **pipe_kwargs)
+        finally:
+            del pipe.prepare_ip_adapter_image_embeds                           # the class's method again
         out.append(res.images.float().cpu())
     return torch.cat(out)
 

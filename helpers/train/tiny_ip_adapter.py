@@ -81,11 +81,11 @@ class TinyIPAdapterConfig:
     num_tokens: int = 4          # what diffusers' ImageProjection loader assumes
     steps: int = 5_000
     batch: int = 48
-    lr: float = 1e-3
+    lr: float = 1.5e-3
     warmup: int = 100
     ema_decay: float = 0.995
-    p_other_color: float = 0.35  # caption of the same image in another colour
-    p_no_caption: float = 0.35   # caption "" with the image
+    p_other_color: float = 0.6   # caption of the same image in another colour (run 1: 0.35)
+    p_no_caption: float = 0.25   # caption "" with the image (run 1: 0.35)
     p_drop_image: float = 0.1    # zero image embedding (the unconditional image)
 
     @classmethod
@@ -311,6 +311,14 @@ def train(out: Path, cfg: TinyIPAdapterConfig, base: str | None = None) -> dict:
 
 # ---------------------------------------------------------------------------- measuring
 
+RUN_1 = {"text": (  # the recipe's first run (same seed and sizes), measured before it was replaced
+    "a first run with 35% other-colour captions, 35% none and 30% own, learning rate 1e-3, "
+    "took the reference's colour against a conflicting prompt in 66% of images at scale 1 and in 91% "
+    "with no prompt (32 prompts, 15 DPM++ 2M steps, guidance 7.5: a smaller measurement than this "
+    "card's). It carried the colour, but lost it to a prompt naming another colour too often for the "
+    "80% target, so this run raised the other-colour share to 60% (none 25%, own 15%) and the "
+    "learning rate to 1.5e-3.")}
+
 SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
 GUIDANCE, STEPS = 7.5, 25
 
@@ -428,13 +436,14 @@ world's train split (stream {cfg['data_seed']}).
 
 Captions: the paper's recipe keeps each image's caption and drops text and image 5% of the
 time each. Here the adapter must take the colour from the reference against a prompt that
-names another colour, so the captions were changed from the start (this was the first and
-only recipe run): {pct(caps['other_color'])} of the samples carry the caption of the same image in
-*another colour* (the reference is then the only right source of the colour), {pct(caps['none'])} carry
-no caption (the adapter must draw what the image shows on its own), {pct(caps['own'])} their own caption;
-independently, {pct(caps['image_dropped'])} have the image embedding replaced by zeros, which is what
-diffusers feeds the unconditional half of classifier-free guidance (`encode_image`'s
-`uncond_image_embeds = torch.zeros_like(image_embeds)`).
+names another colour, so the captions were changed: {pct(caps['other_color'])} of the samples carry the
+caption of the same image in *another colour* (the reference is then the only right source of
+the colour), {pct(caps['none'])} carry no caption (the adapter must draw what the image shows on its
+own), {pct(caps['own'])} their own caption; independently, {pct(caps['image_dropped'])} have the image embedding replaced
+by zeros, which is what diffusers feeds the unconditional half of classifier-free guidance
+(`encode_image`'s `uncond_image_embeds = torch.zeros_like(image_embeds)`).
+
+Why these shares: {RUN_1['text']}
 
 Hardware: {info['hardware']}. Time: {t['total_s'] / 60:.1f} min in all{cpu_time(t)} (image
 encoder {t['image_encoder_s'] / 60:.1f} min, adapter {t['adapter_s'] / 60:.1f} min), while other work may have shared the machine.
