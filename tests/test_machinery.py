@@ -22,9 +22,10 @@ def quad(x):
 
 # --------------------------------------------------------------------------- registry
 
-def test_catalog_has_the_ten_labs_in_order():
+def test_catalog_has_the_labs_in_order():
+    """The ten handbook labs, then the labs beyond it (11, 12, ...), numbered without gaps."""
     cat = labs.catalog()
-    assert [i.number for i in cat] == list(range(1, 11))
+    assert len(cat) >= 10 and [i.number for i in cat] == list(range(1, len(cat) + 1))
     assert cat[0].slug == "lab01_forward_noise" and cat[0].title == "Forward Noise Process"
     assert cat[9].slug == "lab10_memory" and cat[9].title == "Memory Optimization Reading"
     assert cat[0].stem == "01_forward_noise"
