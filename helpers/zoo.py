@@ -305,7 +305,7 @@ def load_ip_adapter_pipeline(device=None, dtype=None, folder=None):
 # tiny-pixel (Lab 11): a class-conditional pixel-space UNet2DModel, and its variants
 # ---------------------------------------------------------------------------------------
 
-PIXEL_MODELS = ("tiny-pixel", "tiny-pixel-linear", "tiny-pixel-sqrt", "tiny-pixel-nominsnr")
+PIXEL_MODELS = ("tiny-pixel", "tiny-pixel-linear", "tiny-pixel-sqrt", "tiny-pixel-minsnr", "tiny-pixel-eps")
 
 
 def load_pixel(name: str = "tiny-pixel", device=None, dtype=None, folder=None):
