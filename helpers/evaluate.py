@@ -334,7 +334,7 @@ def ip_adapter_generate(pipe, captions, references, guidance_scale=7.5, steps=25
         if control is not None:
             pipe_kwargs["image"] = control[i:i + batch_size]
         gen = torch.Generator(device="cpu").manual_seed(seed + i)
-        pipe.prepare_ip_adapter_image_embeds = lambda *args, **kwargs: rows  # one row per prompt, not repeated
+        pipe.prepare_ip_adapter_image_embeds = lambda *args, rows=rows, **kwargs: rows  # one row per prompt, unrepeated
         try:
             res = pipe(prompt=chunk, num_inference_steps=steps, guidance_scale=guidance_scale, generator=gen,
                        output_type="pt", ip_adapter_image_embeds=rows, **pipe_kwargs)
