@@ -74,10 +74,11 @@ def encode_images(pipe, pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 def tokenize(pipe, captions) -> torch.Tensor:
-    """(N, L) token ids, padded to the tokenizer's max length, as the pipeline pads prompts."""
+    """(N, L) token ids, padded to the tokenizer's max length, as the pipeline pads prompts; on
+    the text encoder's device, ready for it."""
     tok = pipe.tokenizer
     return tok(list(captions), padding="max_length", max_length=tok.model_max_length, truncation=True,
-               return_tensors="pt").input_ids
+               return_tensors="pt").input_ids.to(pipe.text_encoder.device)
 
 
 def subject_data(pipe, subject: Subject, renders: int = 4, prior: int = 40, seed: int = 0) -> dict:
@@ -97,7 +98,7 @@ def subject_data(pipe, subject: Subject, renders: int = 4, prior: int = 40, seed
         images += list(batch["pixel_values"])
         captions += batch["captions"]
     pixel_values = torch.stack(images)
-    return {"latents": encode_images(pipe, pixel_values).cpu(), "input_ids": tokenize(pipe, captions),
+    return {"latents": encode_images(pipe, pixel_values).cpu(), "input_ids": tokenize(pipe, captions).cpu(),
             "captions": captions, "pixel_values": pixel_values}
 
 
@@ -240,8 +241,8 @@ def truncated_lora(model, rank: int):
             dtype = layer.down.weight.dtype
             down = (S[:r, None].sqrt() * Vh[:r]).to(dtype)  # (r, d_in)
             up = (U[:, :r] * S[:r].sqrt()).to(dtype)  # (d_out, r)
-        layer.down = torch.nn.Linear(down.shape[1], r, bias=False, dtype=dtype)
-        layer.up = torch.nn.Linear(r, up.shape[0], bias=False, dtype=dtype)
+        layer.down = torch.nn.Linear(down.shape[1], r, bias=False, dtype=dtype, device=down.device)
+        layer.up = torch.nn.Linear(r, up.shape[0], bias=False, dtype=dtype, device=up.device)
         with torch.no_grad():
             layer.down.weight.copy_(down)
             layer.up.weight.copy_(up)
