@@ -48,3 +48,26 @@ def test_step_options_apply_only_to_models_that_have_them(tmp_path, capsys):
             cli.main(argv + ["--quick", "--no-eval", "--out", str(tmp_path / "never")])
         assert "does not apply" in capsys.readouterr().err
     assert not (tmp_path / "never").exists() and not (tmp_path / "never.tmp").exists()
+
+
+def test_set_overrides_config_fields_typed_as_their_defaults(tmp_path, capsys):
+    """--set FIELD=VALUE: ints, floats, bools and tuples as the default's type; an unknown field
+    or a missing value is refused before anything trains."""
+    assert cli.config_value(3, "7") == 7 and isinstance(cli.config_value(3, "7"), int)
+    assert cli.config_value(0.5, "1e-3") == 1e-3
+    assert cli.config_value(True, "false") is False and cli.config_value(False, "1") is True
+    assert cli.config_value((16, 32), "8,16") == (8, 16)
+    assert cli.config_value(None, "12.5") == 12.5
+    with pytest.raises(ValueError):
+        cli.config_value(True, "maybe")
+    for bad in ("nope=1", "batch="):
+        with pytest.raises(SystemExit):
+            cli.main(["tiny-sd", "--quick", "--no-eval", "--set", bad, "--out", str(tmp_path / "never")])
+        assert "--set" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
+
+def test_set_reaches_the_trained_config(tmp_path):
+    out = tmp_path / "tiny-sd"
+    cli.main(["tiny-sd", "--quick", "--no-eval", "--set", "unet_steps=3", "--out", str(out)])
+    assert json.loads((out / "train_info.json").read_text())["config"]["unet_steps"] == 3

@@ -184,3 +184,19 @@ def test_shipped_card_renders_from_its_stored_measurements():
     assert one["color_reference"] - zero["color_reference"] >= 0.5 and one["color_prompt"] < zero["color_prompt"]
     target = "target met" if one["color_reference"] >= 0.8 else "TARGET MISSED"   # the issue's 80%: the card says which
     assert target in (IPA / "README.md").read_text()
+
+
+def test_a_deadline_fits_the_adapter_steps_and_keeps_the_schedule(tmp_path):
+    """deadline: after the warm-up the loop's speed is measured and `steps` lowered to end in
+    time; train_info records both, and the learning rate still ends its cosine at 10 %."""
+    import csv
+    import time
+
+    out = tmp_path / "fit"
+    cli.main(["tiny-ip-adapter", "--quick", "--no-eval", "--out", str(out), "--set", "steps=100000",
+              "--set", "warmup=5", "--set", f"deadline={time.time() + 3}"])
+    cfg = json.loads((out / "train_info.json").read_text())["config"]
+    assert cfg["steps_planned"] == 100000 and 5 < cfg["steps"] < 100000
+    rows = [r for r in csv.DictReader(open(out / "train_log.csv")) if r["phase"] == "adapter"]
+    assert int(rows[-1]["step"]) == cfg["steps"] - 1
+    assert float(rows[-1]["lr"]) < 0.12 * cfg["lr"]

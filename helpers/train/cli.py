@@ -3,6 +3,7 @@ write its checksum manifest.
 
     python -m helpers.train tiny-sd [--out DIR] [--seed 0] [--quick] [--threads N]
     python -m helpers.train tiny-controlnet [--steps N] [--base DIR] [...]
+    python -m helpers.train tiny-ip-adapter --set batch=128 --set enc_steps=6000 [--no-eval]
     accelerate launch -m helpers.train tiny-sd          (several GPUs)
 """
 
@@ -21,8 +22,21 @@ from helpers.zoo import ASSETS, write_manifest
 STEP_OPTIONS = {  # option -> config field; a model whose config lacks the field refuses it
     "unet_steps": "tiny-sd: UNet + text encoder steps",
     "vae_steps": "tiny-sd: VAE steps",
-    "steps": "tiny-controlnet / tiny-dit: training steps",
+    "steps": "tiny-controlnet, tiny-dit, tiny-ip-adapter (the adapter), tiny-pixel*, tiny-sd3: training steps",
 }
+
+
+def config_value(default, text: str):
+    """`text` typed like the config field's `default` (a None default takes a float)."""
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"not a boolean: {text!r}")
+        return text.lower() in ("true", "1")
+    if default is None:
+        return float(text)
+    if isinstance(default, tuple):
+        return tuple(type(default[0])(x) for x in text.split(",")) if default else tuple(text.split(","))
+    return type(default)(text)
 
 
 def main(argv=None):
@@ -38,6 +52,8 @@ def main(argv=None):
                     help="tiny-controlnet / tiny-dit: the tiny-sd folder to build on (default: the zoo's)")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for torch (1 is fastest on a CPU shared with other work)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override any field of the model's config (typed as its default), e.g. --set batch=128")
     ap.add_argument("--no-eval", action="store_true", help="skip the judge evaluation and model card")
     args = ap.parse_args(argv)
     if args.threads:
@@ -51,6 +67,11 @@ def main(argv=None):
             if not hasattr(cfg, field):
                 ap.error(f"--{field.replace('_', '-')} does not apply to {args.model}")
             setattr(cfg, field, value)
+    for item in args.set:
+        field, _, value = item.partition("=")
+        if not hasattr(cfg, field) or not value:
+            ap.error(f"--set {item}: {args.model}'s config has no field {field!r} (or no value given)")
+        setattr(cfg, field, config_value(getattr(cfg, field), value))
     if args.base is not None and args.model == "tiny-sd":
         ap.error("--base does not apply to tiny-sd (it is trained from scratch)")
     out = args.out or ASSETS / args.model

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from helpers import evaluate, shapes, zoo
 from helpers.diffusion import q_sample
 from helpers.train.core import (Run, cached, caption_bank, config_record, count, cpu_time, encoded_dataset,
-                                frozen_tiny_sd, make_optimizer, measured_by, optimizer_step, pct, pool,
+                                frozen_tiny_sd, lr_lambda, make_optimizer, measured_by, optimizer_step, pct, pool,
                                 posterior_sample, safetensors_bytes)
 
 NAME = "tiny-ip-adapter"
@@ -87,6 +87,10 @@ class TinyIPAdapterConfig:
     p_other_color: float = 0.6   # caption of the same image in another colour (run 1: 0.35)
     p_no_caption: float = 0.25   # caption "" with the image (run 1: 0.35)
     p_drop_image: float = 0.1    # zero image embedding (the unconditional image)
+    # when set: a wall-clock time (Unix seconds) the adapter loop must end by. After `warmup`
+    # steps its speed is measured and `steps` lowered to fit (the warm-up's learning rates do
+    # not depend on the total, so the schedule stays exact); train_info records the steps run.
+    deadline: float | None = None
 
     @classmethod
     def quick(cls):
@@ -101,8 +105,8 @@ Config = TinyIPAdapterConfig
 
 def clip_normalize(images01: torch.Tensor) -> torch.Tensor:
     """[0, 1] images (B, 3, 64, 64) as CLIPImageProcessor(size=64) hands them to the encoder."""
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(CLIP_MEAN, device=images01.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=images01.device).view(1, 3, 1, 1)
     return (images01 - mean) / std
 
 
@@ -170,17 +174,20 @@ def attribute_targets(attrs) -> dict:
 
 
 def train_image_encoder(run, cfg, pixels01, attrs, gen):
-    """Step 1: the encoder's image_embeds must tell the four attributes apart."""
-    enc = build_image_encoder(cfg)
-    heads = torch.nn.ModuleDict({k: torch.nn.Linear(cfg.enc_proj, len(v)) for k, v in HEADS.items()})
-    targets = attribute_targets(attrs)
+    """Step 1: the encoder's image_embeds must tell the four attributes apart. Trains on
+    run.device; returns the encoder and heads on the CPU."""
+    dev = run.device
+    enc = build_image_encoder(cfg).to(dev)
+    heads = torch.nn.ModuleDict({k: torch.nn.Linear(cfg.enc_proj, len(v)) for k, v in HEADS.items()}).to(dev)
+    targets = {k: v.to(dev) for k, v in attribute_targets(attrs).items()}
     params = list(enc.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.enc_lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.enc_lr, total_steps=cfg.enc_steps, pct_start=0.1)
     enc.train()
     for step in run.progress(range(cfg.enc_steps), "image encoder"):
         idx = torch.randint(0, len(pixels01), (cfg.enc_batch,), generator=gen)
-        emb = enc(pixel_values=clip_normalize(pixels01[idx])).image_embeds
+        emb = enc(pixel_values=clip_normalize(pixels01[idx].to(dev))).image_embeds
+        idx = idx.to(dev)
         loss = sum(F.cross_entropy(heads[k](emb), targets[k][idx]) for k in HEADS)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -190,7 +197,7 @@ def train_image_encoder(run, cfg, pixels01, attrs, gen):
         if step % 20 == 0 or step == cfg.enc_steps - 1:
             run.log("image_encoder", step, loss.item(), sched.get_last_lr()[0])
     enc.eval()
-    return enc, heads
+    return enc.cpu(), heads.cpu()
 
 
 @torch.no_grad()
@@ -268,9 +275,17 @@ def train(out: Path, cfg: TinyIPAdapterConfig, base: str | None = None) -> dict:
         p.requires_grad_(True)
     opt, sched, ema = make_optimizer(params, cfg.lr, 0.0, cfg.warmup, cfg.steps, cfg.ema_decay)
     unet_acp = noise_sched.alphas_cumprod.to(dev)
+    steps_planned = cfg.steps
     with run.timed("adapter_s"):
         bar = run.progress(range(cfg.steps), "ip-adapter")
+        t_loop = time.time()
         for step in bar:
+            if step == cfg.steps:
+                break
+            if cfg.deadline is not None and step == cfg.warmup:
+                fit = cfg.warmup + int((cfg.deadline - time.time()) / ((time.time() - t_loop) / step))
+                cfg.steps = max(cfg.warmup + 1, min(cfg.steps, fit))
+                sched.lr_lambdas = [lr_lambda(cfg.warmup, cfg.steps)]
             B = cfg.batch
             idx = torch.randint(0, len(means), (B,), generator=gen)
             z0 = posterior_sample(means, stds, idx, scale, gen)
@@ -296,7 +311,7 @@ def train(out: Path, cfg: TinyIPAdapterConfig, base: str | None = None) -> dict:
     n_kinds = {k: round(kinds.count(k) / len(kinds), 3) for k in ("own", "other_color", "none")}
     info = {
         "model": NAME,
-        "config": config_record(cfg),
+        "config": config_record(cfg) | ({"steps_planned": steps_planned} if cfg.deadline else {}),
         "base": zoo.base_record(base, NAME),
         "layout": {"subfolder": SUBFOLDER, "weight_name": WEIGHT_NAME, "image_encoder_folder": IMAGE_ENCODER},
         "params": {"adapter": sum(p.numel() for p in params), "image_encoder": count(enc),
