@@ -56,17 +56,12 @@ class ResBlock(nn.Module):
     Komodakis 2016): its output, for the same weights, and its parameter names, so that
     `ResnetBlock2D.load_state_dict(block.state_dict())` works (strict).
 
-    Attributes, with these exact names and diffusers' shapes:
-        norm1          GroupNorm(groups, in_channels, eps=1e-6)
-        conv1          Conv2d in_channels -> out_channels, 3x3, padding 1
-        time_emb_proj  Linear emb_dim -> out_channels
-        norm2          GroupNorm(groups, out_channels, eps=1e-6)
-        conv2          Conv2d out_channels -> out_channels, 3x3, padding 1
-        conv_shortcut  Conv2d in_channels -> out_channels, 1x1 (with bias), only when the two
-                       widths differ; None otherwise (the input is added as it is)
-    The non-linearity is SiLU; there is no dropout, no up/down-sampling inside the block and
-    no output scale (diffusers' defaults). Read `ResnetBlock2D.forward` for the order of the
-    operations: where the embedding enters, and what it goes through first.
+    The state dict is the contract: the attributes are named as diffusers names them (norm1,
+    conv1, time_emb_proj, norm2, conv2, and conv_shortcut, which is None when diffusers'
+    block has no shortcut layer), with diffusers' shapes. Which layers those are, their kernel
+    sizes and epsilons: `ResnetBlock2D.__init__` for the defaults above (no dropout, no
+    up/down-sampling, time_embedding_norm "default"). The order of the operations, where the
+    embedding enters and what it goes through first: `ResnetBlock2D.forward`.
 
     Args:
         in_channels, out_channels: widths (each divisible by groups).
@@ -140,13 +135,15 @@ class TinyUNet(nn.Module):
 
 def diffusion_target(sample, noise, timesteps, alphas_cumprod, prediction_type):
     """The regression target of diffusion training, as diffusers' training scripts compute it
-    (examples/text_to_image/train_text_to_image.py, "Get the target for loss depending on the
-    prediction type"):
+    ("Get the target for loss depending on the prediction type" in
+    examples/text_to_image/train_text_to_image.py, a file of diffusers' repository, not of the
+    installed package; the page says what it does). One target per prediction type:
 
-        "epsilon"       the noise eps                                    (Ho et al. 2020, eq. 14)
-        "v_prediction"  v_t = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0, as
-                        `DDPMScheduler.get_velocity(sample, noise, timesteps)` (Salimans & Ho 2022)
-        "sample"        x_0 itself
+        "epsilon"       what the model should predict for eps-prediction (Ho et al. 2020, eq. 14)
+        "v_prediction"  v (Salimans & Ho 2022, sec. 4), exactly as the installed
+                        `DDPMScheduler.get_velocity` computes it (read it: the dtype, device and
+                        broadcasting of abar_t matter as much as the formula)
+        "sample"        x_0-prediction's target
 
     Any other prediction_type raises ValueError (as the script does).
 
@@ -154,12 +151,12 @@ def diffusion_target(sample, noise, timesteps, alphas_cumprod, prediction_type):
         sample: (B, ...) x_0.
         noise: (B, ...) eps, same shape.
         timesteps: (B,) long.
-        alphas_cumprod: (T,) the schedule's abar (float32; get_velocity casts it to the
-            sample's dtype and device before indexing, like add_noise).
+        alphas_cumprod: (T,) the schedule's abar, float32.
         prediction_type: "epsilon", "v_prediction" or "sample".
 
     Returns:
-        (B, ...) the target, same shape, dtype and device as sample.
+        (B, ...) the target, same shape, dtype and device as sample (checked in float64 too,
+        to 1e-10: compute it in the sample's dtype, as get_velocity does).
     """
     # TODO: the three cases of the training script (see the docstring), v exactly as
     # TODO: DDPMScheduler.get_velocity computes it (diffusers/schedulers/scheduling_ddpm.py).
@@ -168,17 +165,17 @@ def diffusion_target(sample, noise, timesteps, alphas_cumprod, prediction_type):
 
 
 def min_snr_loss_weights(timesteps, alphas_cumprod, gamma, prediction_type):
-    """Min-SNR-gamma loss weights (Hang et al. 2023, eq. 8 and sec. 3.4), as the text-to-image
-    training example computes them (train_text_to_image.py, `if args.snr_gamma`), with SNR_t
-    from `diffusers.training_utils.compute_snr` (Lab 01's snr):
+    """Min-SNR-gamma loss weights (Hang et al. 2023, sec. 3.4), per sample, as diffusers'
+    text-to-image training example applies them (its `if args.snr_gamma` branch).
 
-        "epsilon"       w_t = min(SNR_t, gamma) / SNR_t
-        "v_prediction"  w_t = min(SNR_t, gamma) / (SNR_t + 1)
-        "sample"        w_t = min(SNR_t, gamma)          (the script divides by nothing)
-
-    The weight turns the loss of any of the three targets into the same "truncated-SNR"
-    weighting of the x_0 error. At t = 0 in the cosine schedule SNR is huge and w_t tiny;
-    where SNR_t <= gamma the epsilon weight is 1.
+    Min-SNR-gamma's idea, in x_0 terms: the loss of sample i should be its x_0 error
+    |x_0 - x0_hat|^2 times min(SNR_t, gamma), SNR_t = abar_t / (1 - abar_t) as
+    `diffusers.training_utils.compute_snr` computes it (Lab 01's snr). But the model is
+    trained on another target, and for each target the plain MSE already equals the x_0 error
+    times some factor of SNR_t. Work that factor out for each prediction type (write x0_hat in
+    terms of the predicted eps, of the predicted v, or of itself; Lab 02's pred_original_sample
+    has all three), and return the weight that turns the plain MSE into the Min-SNR loss.
+    (diffusers' example gives "sample" the weight min(SNR_t, gamma) too.)
 
     Args:
         timesteps: (B,) long.
@@ -202,18 +199,16 @@ def training_step(model, x0, labels, alphas_cumprod, add_noise, generator, p_unc
     (Ho & Salimans 2022, Algorithm 1). Random numbers, drawn from `generator` in THIS order
     (so a check can repeat them):
 
-        1. t ~ U{0 .. T-1}, one per sample           torch.randint, shape (B,)
-        2. eps ~ N(0, I), x0's shape                 torch.randn
-        3. u ~ U[0, 1), one per sample               torch.rand, shape (B,); the label of
-           sample i is replaced by null_label where u_i < p_uncond
+        1. t ~ U{0 .. T-1}, one per sample         (B,) integers
+        2. eps ~ N(0, I), x0's shape
+        3. u ~ U[0, 1), one per sample             (B,); sample i gets the null label where
+                                                   u_i < p_uncond
 
-    then x_t = add_noise(x0, eps, t, alphas_cumprod) (Lab 01), the prediction
-    model(x_t, t, labels), the target diffusion_target(...), and the loss
-
-        loss = mean_i  w_i * mean_{c,h,w} (prediction_i - target_i)^2
-
-    with w_i = min_snr_loss_weights(t, ...) when snr_gamma is a number, w_i = 1 when None
-    (diffusers' `F.mse_loss(..., reduction="none").mean(dim=[1, 2, 3]) * weights`, then the mean).
+    The rest is DDPM's Algorithm 1 with your own pieces: the noisy images by the given
+    `add_noise` (Lab 01), the model's prediction on the labels after dropout, your
+    diffusion_target, and the squared error. Its reduction is that of diffusers' training
+    example with snr_gamma set: one mean squared error per sample, weighted by your
+    min_snr_loss_weights (no weights when snr_gamma is None), then the batch mean.
 
     Args:
         model: a callable model(x_t, t, labels) -> (B, C, H, W) (a TinyUNet, or a UNet2DModel
@@ -239,20 +234,14 @@ def training_step(model, x0, labels, alphas_cumprod, add_noise, generator, p_unc
 
 @torch.no_grad()
 def sample_cfg(model, x_T, labels, timesteps, step, guidance_scale, null_label):
-    """Sampling with classifier-free guidance, the loop of a diffusers pipeline written out
-    (StableDiffusionPipeline.__call__, "Denoising loop"; Ho & Salimans 2022, eq. 6):
-
-        x = x_T
-        for each t in timesteps (descending), t' = the next one in the list (-1 after the last):
-            eps_c = model(x, t, labels),   eps_u = model(x, t, null labels)    (one batched call)
-            eps   = eps_u + guidance_scale * (eps_c - eps_u)
-            x     = step(eps, t, t', x)
-        return x
-
-    `step` is the reverse update, e.g. Lab 03's DDIM step or Lab 02's DDPM step with the
-    schedule bound in: step(model_output, timestep, prev_timestep, sample) -> x_{t'}. The
-    pipelines evaluate both halves in ONE model call on a doubled batch (half the Python
-    overhead, the same numbers).
+    """Sampling with classifier-free guidance: the denoising loop of a diffusers pipeline
+    (StableDiffusionPipeline.__call__, "7. Denoising loop"), written out for a class-conditional
+    pixel model, with the guidance of Lab 04 (Ho & Salimans 2022, eq. 6) and the reverse update
+    `step` given to you (Lab 03's DDIM step or Lab 02's DDPM step with the schedule bound in:
+    step(model_output, timestep, prev_timestep, sample) -> x at prev_timestep). The update
+    after the last timestep goes to prev_timestep -1, as Lab 03's steps expect. The pipeline
+    evaluates the two predictions a timestep needs in one model call; so may you (the check
+    accepts both, the numbers are the same).
 
     Args:
         model: model(x (N, C, H, W), t (N,) long, labels (N,) long) -> (N, C, H, W).

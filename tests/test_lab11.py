@@ -280,7 +280,7 @@ def target_bug(bug):
             return sample if bug == "swap" else noise
         if prediction_type == "sample":
             return noise if bug == "swap" else sample
-        a = alphas_cumprod.to(sample)[timesteps]
+        a = (alphas_cumprod.to(sample.device) if bug == "float32_abar" else alphas_cumprod.to(sample))[timesteps]
         while a.dim() < sample.dim():
             a = a.unsqueeze(-1)
         if bug == "sign":
@@ -297,7 +297,7 @@ def test_diffusion_target_equivalent_form_passes():
 
 
 @pytest.mark.parametrize("bug,phrase", [("swap", "they are swapped"), ("sign", "sign or the order"),
-                                        ("no_sqrt", "square roots")])
+                                        ("no_sqrt", "square roots"), ("float32_abar", "abar_t stayed float32")])
 def test_diffusion_target_bugs(bug, phrase):
     fails("diffusion_target", target_bug(bug), phrase)
 

@@ -242,6 +242,11 @@ def check_diffusion_target(fn, gen):
                      (1 - a).sqrt() * eps - a.sqrt() * x0),
                     ("the square roots of abar_t and 1 - abar_t are missing.", a * eps - (1 - a) * x0),
                     ("epsilon's target is the noise, sample's is x_0: they are swapped.", eps if ptype == "sample" else x0)]
+            if dtype != torch.float32:  # abar_t's roots taken in float32, then promoted: off by ~1e-7
+                a32 = acp[t].reshape(-1, *([1] * (len(shape) - 1)))
+                diag.append(("abar_t stayed float32: its square roots lose digits a float64 sample keeps. Cast "
+                             "alphas_cumprod to the sample's dtype (and device) before indexing, as get_velocity does.",
+                             a32.sqrt() * eps - (1 - a32).sqrt() * x0))
             assert_close(f"diffusion_target({ptype!r}, {dtype})", got, expected, hint=EQ_TARGET, diagnose=diag, **tol)
         require_unchanged("diffusion_target", before, (x0, eps, t, acp))
     require_raises("diffusion_target(prediction_type='velocity')",
