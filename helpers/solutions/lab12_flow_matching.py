@@ -166,9 +166,9 @@ def time_shift_exponential(mu, sigma, t):
     with `use_dynamic_shifting=True` and `time_shift_type="exponential"`, the default; the
     pipeline computes mu with `calculate_shift` and passes it to `set_timesteps(mu=...)`).
 
-    In logit terms it adds mu to logit(t) (after scaling it by `sigma`, which the scheduler sets
-    to 1.0): the odds of noise against signal are multiplied by exp(mu). With sigma = 1 it is
-    `shift_sigmas(t, exp(mu))`: FLUX's mu is the log of an SD3 shift. Keeps t = 1 at 1.
+    Read the scheduler's exponential time shift and write it for tensors and arrays. Then, on
+    paper: what does it do to logit(t), and which SD3 shift (your shift_sigmas) is it at
+    sigma = 1? The page's experiments use the answer. It keeps t = 1 at 1.
 
     Args:
         mu: a float (the log of the shift).
