@@ -136,12 +136,10 @@ def make_control_image(mask):
     """A one-channel map (a shape mask or an edge map) as the control image the pipeline feeds
     the ControlNet: what `StableDiffusionControlNetPipeline.prepare_image` returns for the same
     map given as grey-scale PIL images (at the pipeline's height and width, one image per
-    prompt, before the guidance doubling):
-
-        PIL "L" -> RGB (do_convert_rgb): the grey value copied to 3 channels
-        8-bit levels v -> v / 255 in [0, 1], and NO normalisation to [-1, 1] (the control
-        processor is built with do_normalize=False, unlike the VAE's image processor)
-        -> float32 (B, 3, H, W), channels first
+    prompt, before the guidance doubling). Read how the pipeline builds its control image
+    processor (`__init__`: which of VaeImageProcessor's conversions it turns on and off) and
+    what `prepare_image` does with a PIL image; the float32 result, channels first, is what
+    this function returns for the map given as a tensor.
 
     A tensor with one channel is NOT converted by the pipeline (`prepare_image` passes it on
     with 1 channel, and the ControlNet's first conv expects 3): this function makes the
@@ -166,14 +164,11 @@ def controlnet_keep(num_steps, control_guidance_start=0.0, control_guidance_end=
     guidance" and the checks of `check_inputs`). At step i the pipeline calls each ControlNet
     with conditioning_scale = s * keep[i] (its own s for each of several ControlNets).
 
-    The window [start, end] is a fraction of the N sampling steps, counted from the noisiest.
-    Step i (0-based) covers the fractions [i / N, (i + 1) / N] and is kept (weight 1.0) when
-    that interval lies inside the window:
-
-        keep_i = 1.0   if   i / N >= start   and   (i + 1) / N <= end,   else 0.0
-
-    (a tie counts as inside; the pipeline compares the Python floats i / N and (i + 1) / N
-    with start and end). Several ControlNets (a `MultiControlNetModel`) have one window each:
+    The window [start, end] is a fraction of the N sampling steps, counted from the noisiest;
+    step i (0-based) covers the fractions [i / N, (i + 1) / N]. Which steps get weight 1.0 and
+    which 0.0, and what happens to a step that touches an end of the window: read the 7.2
+    block (the check tries windows that fall exactly on step boundaries). Several
+    ControlNets (a `MultiControlNetModel`) have one window each:
 
     - start and end both numbers: every ControlNet gets that window;
     - one a list and the other a number: the number is repeated to the list's length;
@@ -211,13 +206,9 @@ def guess_mode_scales(num_down, conditioning_scale=1.0):
     single conditioning scale s of the normal mode.
 
     Guess mode (ControlNet paper Sec. 4, "without prompts") weights the residuals from the
-    shallowest to the deepest by a geometric progression from 0.1 to 1, times s: with
-    M = num_down + 1 factors in all,
-
-        f_k = s * 10 ** (-1 + k / (M - 1)),   k = 0 .. M - 1    (f_0 = 0.1 s, f_{M-1} = s)
-
-    f_0 .. f_{M-2} multiply the down residuals r_0 .. r_{N-1} in order (the first comes from
-    conv_in), and the LAST factor f_{M-1} = s multiplies the mid residual.
+    shallowest to the deepest by growing factors, times s: one factor per down residual
+    (r_0 from conv_in first) and one for the mid residual. Which progression, from what to
+    what, and which factor the mid residual gets: read "# 6. scaling".
 
     Args:
         num_down: an integer N >= 1, the number of down residuals (6 for tiny-sd, 12 for SD 1.5).
@@ -242,13 +233,13 @@ def ip_adapter_attention(attn, hidden_states, text_states, image_states, to_k_ip
     Q comes from hidden_states through the layer's own query projection; K, V from the text
     states through its own key / value projections; K', V' from the image tokens through the
     adapter's to_k_ip / to_v_ip. Both attentions are multi-head (the layer's number of heads,
-    each head of width inner_dim / heads) with the softmax scaled as the layer's usual
-    attention (scaled dot product). They are TWO separate softmaxes ("decoupled"): the image
-    tokens do not compete with the text tokens for attention weight. The sum then goes
-    through the layer's output projection and dropout (`attn.to_out`), and the layer's last
-    two steps apply as in the processor: read its final lines for the optional residual
-    connection and the output rescaling (in Stable Diffusion's cross-attention they leave the
-    output as it is; the check also tries layers where they do not).
+    each head of width inner_dim / heads), each softmax scaled by 1 / sqrt(head width) as the
+    processor's scaled_dot_product_attention calls do (they do not pass attn.scale). They are
+    TWO separate softmaxes ("decoupled"): the image tokens do not compete with the text tokens
+    for attention weight. Where lambda enters, what happens to the sum, and the layer's last
+    steps (an optional residual connection and an output rescaling, which leave Stable
+    Diffusion's cross-attention output as it is; the check also tries layers where they do
+    not): read the processor's `__call__` after the two attentions.
 
     Args:
         attn: a diffusers `Attention` module (a cross-attention: `attn2` of a transformer block),
