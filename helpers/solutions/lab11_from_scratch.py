@@ -271,8 +271,8 @@ def min_snr_loss_weights(timesteps, alphas_cumprod, gamma, prediction_type):
     # BEGIN SOLUTION
     # TODO: SNR_t as compute_snr does (diffusers/training_utils.py), then the example's weights
     # TODO: for each prediction type (see the docstring).
-    # HINT 1: Read compute_snr in diffusers/training_utils.py and the `if args.snr_gamma is not None` branch of
-    # HINT 1: examples/text_to_image/train_text_to_image.py.
+    # HINT 1: Read compute_snr in diffusers/training_utils.py (installed), then write x0_hat from a predicted eps
+    # HINT 1: (Lab 02's pred_original_sample): x0 - x0_hat is a multiple of eps - eps_hat. Square that multiple.
     # HINT 2: SNR_t = abar_t / (1 - abar_t) per sample (float32, on the timesteps' device); clamp it at gamma
     # HINT 2: from above; divide by SNR_t (epsilon), by SNR_t + 1 (v) or by nothing (sample).
     # HINT 3: a = alphas_cumprod.to(timesteps.device)[timesteps].float(); snr = a / (1 - a);
