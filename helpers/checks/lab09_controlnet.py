@@ -485,9 +485,9 @@ def check_controlnet_keep(fn, gen):
 
 # --------------------------------------------------------------------------- guess_mode_scales
 
-EQ_GUESS = ("ControlNetModel.forward, '# 6. scaling', its guess_mode branch: N + 1 float32 factors, from 0.1 s for "
-            "the first down residual up to s for the mid one, evenly spaced in log scale; the first N go with the "
-            "down residuals, the last with the mid one (read the torch call there)")
+EQ_GUESS = ("ControlNetModel.forward, '# 6. scaling', its guess_mode branch: N + 1 float32 factors times s, the "
+            "first N for the down residuals in order, the last for the mid one (read the torch call there: "
+            "its endpoints and its spacing)")
 
 
 def _guess_bugs(n, s):
@@ -495,7 +495,8 @@ def _guess_bugs(n, s):
     m = n + 1
     return [("evenly spaced in linear scale (linspace from 0.1 to 1): the factors are evenly spaced in LOG "
              "scale.", torch.linspace(0.1, 1.0, m) * s),
-            ("reversed: the first (shallowest) down residual gets 0.1 s and the mid one s.",
+            ("reversed: your first factor is the largest and your last the smallest; read which end of the "
+             "progression the shallowest residual gets.",
              torch.logspace(-1, 0, m).flip(0) * s),
             ("conditioning_scale not applied: every factor includes s.", torch.logspace(-1, 0, m)),
             ("natural log scale (base e): the factors go from 10^-1 to 10^0 (torch.logspace's base is 10).",
