@@ -74,15 +74,15 @@ class TinyIPAdapterConfig:
     enc_layers: int = 2
     enc_heads: int = 4
     enc_proj: int = 64           # image_embeds width (CLIP's projection_dim)
-    enc_steps: int = 1_500
-    enc_batch: int = 64
+    enc_steps: int = 3_000       # run 2: 1,500 of batch 64 (colour head 97%)
+    enc_batch: int = 128
     enc_lr: float = 2e-3
     # adapter
     num_tokens: int = 4          # what diffusers' ImageProjection loader assumes
-    steps: int = 5_000
-    batch: int = 48
+    steps: int = 14_000          # run 2: 5,000 of batch 48; the H200 runs ~5,000 of 128 (see HISTORY)
+    batch: int = 128
     lr: float = 1.5e-3
-    warmup: int = 100
+    warmup: int = 200
     ema_decay: float = 0.995
     p_other_color: float = 0.6   # caption of the same image in another colour (run 1: 0.35)
     p_no_caption: float = 0.25   # caption "" with the image (run 1: 0.35)
@@ -326,16 +326,28 @@ def train(out: Path, cfg: TinyIPAdapterConfig, base: str | None = None) -> dict:
 
 # ---------------------------------------------------------------------------- measuring
 
-RUN_1 = {"text": (  # the recipe's first run (same seed and sizes), measured before it was replaced
-    "a first run with 35% other-colour captions, 35% none and 30% own, learning rate 1e-3, "
-    "took the reference's colour against a conflicting prompt in 66% of images at scale 1 and in 91% "
-    "with no prompt (32 prompts, 15 DPM++ 2M steps, guidance 7.5: a smaller measurement than this "
-    "card's). It carried the colour, but lost it to a prompt naming another colour too often for the "
-    "80% target, so this run raised the other-colour share to 60% (none 25%, own 15%) and the "
-    "learning rate to 1.5e-3.")}
+HISTORY = (  # the recipe's earlier runs (seed 0), measured before they were replaced: why it is what it is
+    "Run 1 (CPU; 5,000 steps of batch 48; 35% other-colour captions, 35% none, 30% own; lr 1e-3) took the "
+    "reference's colour against a conflicting prompt in 66% of images at scale 1 (32 prompts, 15 DPM++ 2M steps, "
+    "guidance 7.5). Run 2 (the same with 60% other-colour captions, 25% none, 15% own and lr 1.5e-3): 69% at "
+    "scale 1 on this card's 128 prompts, 21% of the images in neither colour, 86% with no prompt: the limit was "
+    "how faithfully the image tokens carried the colour, not the prompt's competition. Three runs on an NVIDIA "
+    "H200 (2026-12-04), each with its adapter loop fitted to the time left (about 5,000 steps of batch 128): "
+    "run 2's recipe with a better-trained encoder (5,000 steps of batch 256; colour head 98%) 77% at guidance "
+    "7.5 and 83% at guidance 4; a wider encoder (hidden 128, 4 layers, 128-wide embedding; colour head 100%) "
+    "76%; the wider encoder with 50% other-colour and 35% empty captions 73% (128 prompts each, guidance 7.5). "
+    "More adapter training helped; a stronger encoder did not: this run keeps the small encoder and trains "
+    "the adapter longer (the steps below).")
 
 SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
-GUIDANCE, STEPS = 7.5, 25
+GUIDANCE, STEPS = 7.5, 25   # diffusers' default guidance; the card measures tiny-sd's best guidance too
+
+
+def best_guidance() -> float:
+    """tiny-sd's best guidance scale, as its card measured it (metrics.json)."""
+    import json
+
+    return float(json.loads((zoo.ASSETS / "tiny-sd" / "metrics.json").read_text())["best_guidance"])
 
 
 def _load_pipe(folder):
@@ -347,7 +359,7 @@ def _load_pipe(folder):
 def _job(folder, job):
     torch.set_num_threads(1)
     pipe = cached(NAME, folder, _load_pipe)
-    r = evaluate.ip_adapter_accuracy(pipe, n=job["n"], scale=job["scale"], guidance_scale=GUIDANCE,
+    r = evaluate.ip_adapter_accuracy(pipe, n=job["n"], scale=job["scale"], guidance_scale=job["guidance"],
                                      steps=STEPS, prompt=job["prompt"])
     print(f"{job} -> {r}", flush=True)
     return r
@@ -355,17 +367,20 @@ def _job(folder, job):
 
 def measure(folder: Path, quick=False, n=128, workers=WORKERS) -> dict:
     """Over SCALES: how often the judged colour is the reference's and the prompt's, with a
-    prompt naming another colour ("conflicting") and with no prompt ("none")."""
+    prompt naming another colour ("conflicting") and with no prompt ("none"), at guidance
+    GUIDANCE, and with the conflicting prompt at tiny-sd's best guidance ("conflicting_best")."""
     folder = Path(folder)
     n = 8 if quick else n
     scales = (0.0, 1.0) if quick else SCALES
     t0 = time.perf_counter()
-    jobs = [dict(n=n, scale=s, prompt=p) for p in ("conflicting", "none") for s in scales]
+    best = best_guidance()
+    jobs = [dict(n=n, scale=s, prompt=p, guidance=GUIDANCE, key=p) for p in ("conflicting", "none") for s in scales]
+    jobs += [dict(n=n, scale=s, prompt="conflicting", guidance=best, key="conflicting_best") for s in scales]
     results = pool(_job, folder, jobs, workers)
-    m = {"n_prompts": n, "steps": STEPS, "guidance": GUIDANCE, "scheduler": "DPM++ 2M",
-         "conflicting": {}, "none": {}}
+    m = {"n_prompts": n, "steps": STEPS, "guidance": GUIDANCE, "best_guidance": best, "scheduler": "DPM++ 2M",
+         "conflicting": {}, "none": {}, "conflicting_best": {}}
     for j, r in zip(jobs, results):
-        m[j["prompt"]][f"{j['scale']:g}"] = r
+        m[j["key"]][f"{j['scale']:g}"] = r
     pipe = _load_pipe(folder)
     m["params"] = {"adapter": evaluate.param_count(pipe.unet.encoder_hid_proj) + sum(
         evaluate.param_count(p) for p in pipe.unet.attn_processors.values() if isinstance(p, torch.nn.Module)),
@@ -377,6 +392,30 @@ def measure(folder: Path, quick=False, n=128, workers=WORKERS) -> dict:
 
 # --------------------------------------------------------------------------------- card
 
+def target_verdict(m: dict) -> str:
+    """The card's sentence on the target: with a prompt naming another colour, the reference's
+    colour at scale 1 in at least 80% of images, at each measured guidance, with its 95% Wilson
+    interval; "target met" where the rate reaches 80%, "TARGET MISSED" where it does not."""
+    from helpers.claims import wilson
+
+    n, parts = m["n_prompts"], []
+    for key, g, why in (("conflicting", m["guidance"], "diffusers' default"),
+                        ("conflicting_best", m.get("best_guidance"), "tiny-sd's best")):
+        one, zero = m.get(key, {}).get("1"), m.get(key, {}).get("0")
+        if not one:
+            continue
+        k = round(one["color_reference"] * n)
+        lo, hi = wilson(k, n)
+        parts.append(f"at guidance {g:g} ({why}) the colour is the reference's in {pct(zero['color_reference'])} of "
+                     f"images at scale 0 and {pct(one['color_reference'])} [{pct(lo)}, {pct(hi)}] at scale 1, the "
+                     f"prompt's in {pct(zero['color_prompt'])} and {pct(one['color_prompt'])}: "
+                     f"{'target met' if one['color_reference'] >= 0.8 else 'TARGET MISSED'}")
+    if not parts:
+        return ""
+    return ("With a prompt naming another colour (target: the reference's colour in at least 80% of images at "
+            "scale 1; 95% Wilson intervals): " + "; ".join(parts) + ".")
+
+
 def render_card(folder: Path, m: dict, info: dict) -> str:
     cfg, p, t = info["config"], m["params"], info["times_s"]
     conf, none = m["conflicting"], m["none"]
@@ -385,23 +424,15 @@ def render_card(folder: Path, m: dict, info: dict) -> str:
         return "\n".join(f"| {s} | {pct(r['color_reference'])} | {pct(r['color_prompt'])} | {pct(r['shape_reference'])} "
                          f"| {pct(r['readable'])} |" for s, r in d.items())
 
-    one = conf.get("1", {})
-    zero = conf.get("0", {})
-    verdict = ""
-    if one:
-        ok = one["color_reference"] >= 0.8
-        verdict = (f"With a prompt naming another colour, the colour is the reference's in {pct(zero.get('color_reference', 0))} "
-                   f"of images at scale 0 and {pct(one['color_reference'])} at scale 1 (target >= 80%): "
-                   f"{'target met' if ok else 'TARGET MISSED'}. The prompt's colour: "
-                   f"{pct(zero.get('color_prompt', 0))} at scale 0, {pct(one['color_prompt'])} at scale 1.")
-        if not ok and "1" in none:
-            lost = 1 - one["color_reference"] - one["color_prompt"]
-            verdict += (f" At scale 1 the prompt has almost lost the colour; what is missing is fidelity: "
-                        f"{pct(lost)} of the images take neither colour, and even with no prompt at all the "
-                        f"reference's colour comes out in only {pct(none['1']['color_reference'])} of them. The limit is "
-                        f"how well the 4 image tokens carry the colour, not the prompt's competition (raising the "
-                        f"other-colour captions from 35% to 60% between the two runs moved the scale-1 rate by "
-                        f"a few points only). Not tried yet: a longer adapter training, a stronger image encoder.")
+    verdict = target_verdict(m)
+    best = m.get("conflicting_best", {})
+    best_table = "" if not best else f"""
+
+The same conflicting prompts at guidance {m['best_guidance']:g}, tiny-sd's best guidance (its card):
+
+| scale | colour (reference) | colour (prompt) | shape (reference) | readable |
+|---|---|---|---|---|
+{rows(best)}"""
     caps = info["captions"]
     total_bytes = sum(m["bytes"].values())
     enc_acc = ", ".join(f"{k} {pct(v)}" for k, v in info["image_encoder_accuracy"].items())
@@ -466,7 +497,7 @@ own), {pct(caps['own'])} their own caption; independently, {pct(caps['image_drop
 by zeros, which is what diffusers feeds the unconditional half of classifier-free guidance
 (`encode_image`'s `uncond_image_embeds = torch.zeros_like(image_embeds)`).
 
-Why these shares: {RUN_1['text']}
+Why this recipe: {HISTORY}
 
 Hardware: {info['hardware']}. Time: {t['total_s'] / 60:.1f} min in all{cpu_time(t)} (image
 encoder {t['image_encoder_s'] / 60:.1f} min, adapter {t['adapter_s'] / 60:.1f} min), while other work may have shared the machine.
@@ -485,7 +516,7 @@ Conflicting prompt (names another colour):
 
 | scale | colour (reference) | colour (prompt) | shape (reference) | readable |
 |---|---|---|---|---|
-{rows(conf)}
+{rows(conf)}{best_table}
 
 {verdict}
 
