@@ -57,7 +57,7 @@ Text-to-Image Diffusion Models", sec. 3.2; diffusers' names on the right):
     W'_k, W'_v             new projections for c_i only                 (`to_k_ip`, `to_v_ip`)
     lambda                 the image prompt's weight                    (`set_ip_adapter_scale`)
 
-    Z = Attention(Q, K, V) + lambda * Attention(Q, K', V')              (paper eq. 5)
+    Z = Attention(Q, K, V) + lambda * Attention(Q, K', V')              (paper eq. 5; lambda: sec. 3.3)
       Q = Z_in W_q,   K = c_t W_k,   V = c_t W_v,   K' = c_i W'_k,   V' = c_i W'_v
 """
 
@@ -228,7 +228,7 @@ def ip_adapter_attention(attn, hidden_states, text_states, image_states, to_k_ip
     computes it for one adapter and one reference image, no attention mask, 3-D hidden states
     (what the UNet's transformer blocks pass):
 
-        Z = Attention(Q, K, V) + lambda * Attention(Q, K', V')      (IP-Adapter paper, eq. 5)
+        Z = Attention(Q, K, V) + lambda * Attention(Q, K', V')      (IP-Adapter paper eq. 5; lambda, sec. 3.3)
 
     Q comes from hidden_states through the layer's own query projection; K, V from the text
     states through its own key / value projections; K', V' from the image tokens through the
