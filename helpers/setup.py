@@ -123,8 +123,9 @@ def exact_float32() -> None:
 
 def setup(seed: int = 0, quiet: bool = False):
     """Choose the device (CUDA if available, else CPU), seed ``random``/numpy/torch, make
-    float32 mean float32 on a GPU (:func:`exact_float32`), set matplotlib defaults, quiet the libraries' notices and progress bars
-    (:func:`quiet_libraries`), print the versions, and return the device.
+    float32 mean float32 on a GPU (:func:`exact_float32`), set matplotlib defaults, quiet the
+    libraries' notices and progress bars (:func:`quiet_libraries`), print the versions, and
+    return the device.
 
     Args:
         seed: the seed of every random generator (so figures are the same on every run).

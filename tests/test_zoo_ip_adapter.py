@@ -200,3 +200,14 @@ def test_a_deadline_fits_the_adapter_steps_and_keeps_the_schedule(tmp_path):
     rows = [r for r in csv.DictReader(open(out / "train_log.csv")) if r["phase"] == "adapter"]
     assert int(rows[-1]["step"]) == cfg["steps"] - 1
     assert float(rows[-1]["lr"]) < 0.12 * cfg["lr"]
+
+
+def test_a_deadline_without_warm_up_times_one_step_first(tmp_path):
+    """warmup = 0: the speed is measured over the first step (no division by zero)."""
+    import time
+
+    out = tmp_path / "fit0"
+    cli.main(["tiny-ip-adapter", "--quick", "--no-eval", "--out", str(out), "--set", "steps=100000",
+              "--set", "warmup=0", "--set", f"deadline={time.time() + 3}"])
+    cfg = json.loads((out / "train_info.json").read_text())["config"]
+    assert cfg["steps_planned"] == 100000 and 1 <= cfg["steps"] < 100000

@@ -282,8 +282,8 @@ def train(out: Path, cfg: TinyIPAdapterConfig, base: str | None = None) -> dict:
         for step in bar:
             if step == cfg.steps:
                 break
-            if cfg.deadline is not None and step == cfg.warmup:
-                fit = cfg.warmup + int((cfg.deadline - time.time()) / ((time.time() - t_loop) / step))
+            if cfg.deadline is not None and step == max(cfg.warmup, 1):  # at least one step timed
+                fit = step + int((cfg.deadline - time.time()) / ((time.time() - t_loop) / step))
                 cfg.steps = max(cfg.warmup + 1, min(cfg.steps, fit))
                 sched.lr_lambdas = [lr_lambda(cfg.warmup, cfg.steps)]
             B = cfg.batch
