@@ -409,9 +409,12 @@ def benchmark(pipe, n=8, steps=25, guidance_scale=7.5, repeats=3) -> float:
 
 def count_flops(fn) -> int:
     """FLOPs of one call of fn() (torch.utils.flop_counter: matmuls and convolutions, a
-    multiply-add counted as 2)."""
+    multiply-add counted as 2). `F.scaled_dot_product_attention` runs on its math backend
+    inside, so that its two matmuls are counted: the counter has no formula for the fused
+    CPU kernel and would count it as 0."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as fc:
+    with FlopCounterMode(display=False) as fc, sdpa_kernel(SDPBackend.MATH):
         fn()
     return int(fc.get_total_flops())
 

@@ -100,3 +100,18 @@ def test_real_32px_images_are_judged_right_after_upsampling():
     assert acc["color"] == 1.0 and acc["shape"] >= 0.99
     assert all(evaluate.pixel_label(type("A", (), {"color": c, "shape": s})) == k
                for k in range(evaluate.NUM_PIXEL_CLASSES) for c, s in [evaluate.label_attributes(k)])
+
+
+def test_count_flops_counts_fused_attention_as_its_two_matmuls():
+    """On a CPU the fused scaled_dot_product_attention kernel has no flop formula (it counted 0:
+    a learner's attention written with it failed lab 07's head-count claim); count_flops runs
+    it on the math backend: 2 * B H N M d for q k^T plus the same for the weights times v."""
+    import torch
+    import torch.nn.functional as F
+
+    from helpers.evaluate import count_flops
+    B, H, N, M, d = 2, 3, 10, 7, 8
+    q, k, v = torch.randn(B, H, N, d), torch.randn(B, H, M, d), torch.randn(B, H, M, d)
+    assert count_flops(lambda: F.scaled_dot_product_attention(q, k, v)) == 4 * B * H * N * M * d
+    explicit = count_flops(lambda: torch.softmax(q @ k.transpose(-1, -2) / d ** 0.5, -1) @ v)
+    assert explicit == 4 * B * H * N * M * d
