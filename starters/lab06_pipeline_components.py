@@ -50,8 +50,9 @@ def encode_prompt(tokenizer, text_encoder, prompts, device):
     """The prompt embeddings c = E(prompt), as `StableDiffusionPipeline.encode_prompt(...)[0]`.
 
     The tokenizer turns each prompt into ids [BOS, w_1, ..., w_k, EOS, PAD, ..., PAD], always
-    of length L = tokenizer.model_max_length (77 for SD's CLIP, 16 for tiny-sd): padded
-    ("max_length") when shorter, cut ("truncation") when longer. The text encoder (CLIP's text
+    of length L = tokenizer.model_max_length (77 for SD's CLIP, 16 for tiny-sd), however short
+    or long the prompt (which arguments of the tokenizer call do that: read the pipeline's
+    call). The text encoder (CLIP's text
     transformer, Radford et al. 2021) maps them to its LAST hidden state (after the final layer
     norm), one D-vector per position, padding positions included: the UNet cross-attends to all
     L of them (Rombach et al. 2022, eq. 3, with tau_theta(y) = the text encoder). No attention
@@ -84,12 +85,10 @@ def prepare_latents(batch_size, num_channels, height, width, vae_scale_factor, g
     f = H / h), so the noise has the LATENT shape (B, C, H // f, W // f), (batch, channels,
     rows, columns): height goes before width.
 
-    eps ~ N(0, I) is drawn from `generator` the way diffusers' `randn_tensor` does it:
-    - on the generator's device (a CPU generator draws on the CPU, then the result moves to
-      `device`: the same seed then gives the same latents on every machine),
-    - in `dtype` directly,
-    - a list of B generators draws sample i from generator i, shape (1, C, h, w) each, then
-      concatenates (each image then depends on its own seed only, not on the batch).
+    eps ~ N(0, I) is drawn from `generator` exactly as diffusers' `randn_tensor` draws it: read
+    it for the device it draws on (why does the same seed give the same latents on every
+    machine?), the dtype, and what it does with a list of B generators (why does each image
+    then depend on its own seed only?).
 
     `init_noise_sigma` is the std of x_T the scheduler expects: 1 for the DDPM-type
     schedulers (DDPM, DDIM, PNDM, DPM-Solver: x_T = sqrt(abar_T) x_0 + sqrt(1 - abar_T) eps is
@@ -136,8 +135,9 @@ def generate(components, prompt, negative_prompt=None, num_inference_steps=25, g
 
     Per step, `scheduler.scale_model_input(x, t)` is what the UNet sees (the identity for
     DDPM-type schedulers, x / sqrt(sigma_t^2 + 1) for Euler-type ones) while `scheduler.step`
-    gets the UNSCALED x_t. When `scheduler.step` accepts a `generator` (stochastic samplers such
-    as Euler ancestral), the same generator is passed, as the pipeline does.
+    gets the UNSCALED x_t. Which extra arguments `scheduler.step` gets (and when) is the
+    pipeline's `prepare_extra_step_kwargs`: read it (eta keeps its default here, 0).
+    The latents live on the UNet's device.
 
     The decoder undoes the scaling of the latent space (Rombach et al. 2022, Sec. 4.3.2 and
     App. D.1: the latents were multiplied by scaling_factor = 1 / std during training): image =
@@ -157,7 +157,8 @@ def generate(components, prompt, negative_prompt=None, num_inference_steps=25, g
         generator: a `torch.Generator` (or a list of B) for the starting noise and the
             scheduler's steps.
         height, width: image size in pixels; None: unet.config.sample_size * f (64 for
-            tiny-sd, 512 for SD 1.5).
+            tiny-sd, 512 for SD 1.5), each on its own (the pipeline itself resets both when
+            either is missing; the check passes both or neither).
 
     Returns:
         (images, latents): images (B, 3, height, width) in [0, 1]; latents (B, C, height / f,
@@ -178,22 +179,15 @@ def img2img_timesteps(scheduler, num_inference_steps, strength, device=None):
 
     SDEdit (Meng et al. 2022, "SDEdit: Guided Image Synthesis and Editing with Stochastic
     Differential Equations", Sec. 3): the input image is noised to an intermediate time t_0 and
-    the reverse process runs from there. With the n-step schedule t_1 > ... > t_n of
-    `scheduler.set_timesteps(n)`, img2img keeps the LAST k = floor(n * s) of the n steps
-    (k = n at most; the floor is Python's int() of the float product n * s, as diffusers
-    computes it) and skips the first n - k; the image enters at the first kept timestep.
+    the reverse process runs from there. Which of the n steps of `scheduler.set_timesteps(n)`
+    img2img runs for strength s, how many, and how diffusers rounds n * s: read `get_timesteps`.
 
-    Two things make this more than slicing a list of n numbers:
-    - `scheduler.timesteps` holds `scheduler.order` entries per step for some schedulers
-      (2 for Heun and KDPM2, which evaluate the model twice per step: their list has
-      2 n - 1 entries, the last step being a single evaluation); PNDM's has n + 1 entries
-      (with skip_prk_steps, its first step is evaluated twice) and order 1. Steps are skipped
-      in units of `order` entries, counted from the start of the list.
-    - A stateful scheduler counts its steps (`step_index`); the index of the first kept entry
-      must be announced to it with `scheduler.set_begin_index(i)` AFTER `set_timesteps` (which
-      resets it), so that its first `step` / `scale_model_input` / `add_noise` use the right
-      sigma. Schedulers without that method (DDIM, PNDM, DDPM) look nothing up by index and
-      are left as they are.
+    Two things make this more than slicing a list of n numbers, and both are in the source:
+    - `scheduler.timesteps` does not always hold one entry per step (Heun's list has 2 n - 1
+      entries, PNDM's n + 1): what does `scheduler.order` change in the slicing?
+    - A stateful scheduler counts its steps (`step_index`) and must be told where the run
+      begins: with which method, when (`set_timesteps` resets it), and which schedulers have
+      no such method and are left as they are?
 
     Args:
         scheduler: any diffusers scheduler; its schedule is (re)set here, for n steps, on `device`
