@@ -398,7 +398,7 @@ def test_sincos_pos_embed_2d_bug_helper_is_right_when_off():
 
 @pytest.mark.parametrize("bug,phrase", [
     ("rows_first", "the row's code in the first half"),
-    ("column_major", "column-major"),  # named as such once a non-square grid comes
+    ("column_major", "your tokens run column by column"),  # named as such once a non-square grid comes
     ("no_rescale", "positions not rescaled"),
     ("interp_mul", "interpolation_scale multiplies the positions"),
     ("one_size", "both axes rescaled with the same grid size"),

@@ -436,9 +436,10 @@ def pos_variant(D, grid, base, s, *, bug=None):
 POS_BUGS = [
     ("rows_first", "the row's code in the first half: diffusers puts the COLUMN's (x, w) code first, then the row's "
                    "(meshgrid(grid_w, grid_h, indexing=\"xy\"): \"here w goes first\"; on a square grid this is "
-                   "also what tokens in column-major order give: token n = r * K + c, row by row)."),
-    ("column_major", "tokens in column-major order: token n = r * K + c (row r, column c), row by row like patchify "
-                     "and PatchEmbed's flatten."),
+                   "also what tokens run column by column give, token n = c * R + r; they must run row by row, "
+                   "token n = r * K + c)."),
+    ("column_major", "your tokens run column by column (token n = c * R + r); they must run row by row, token "
+                     "n = r * K + c (row r, column c), like patchify and PatchEmbed's flatten."),
     ("no_rescale", "positions not rescaled: read how get_2d_sincos_pos_embed rescales its arange by grid_size, "
                    "base_size and interpolation_scale."),
     ("rescale_inverted", "positions rescaled the wrong way: read the division of the arange in "
