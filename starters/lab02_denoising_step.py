@@ -22,7 +22,7 @@ on the right):
                  (Salimans & Ho 2022): the signal and noise coefficients of x_t
     x_t          the noisy sample,  x_t = cos(phi_t) x_0 + sin(phi_t) eps     (DDPM eq. 4)
     eps, x_0, v  what a network may predict: the noise, the clean sample, or the
-                 "velocity" v = cos(phi_t) eps - sin(phi_t) x_0 (Salimans & Ho 2022)
+                 "velocity" v, the derivative of x_t along phi_t (Salimans & Ho 2022)
 
 alpha_t keeps DDPM's meaning (one step's kept signal); the coefficients of x_t are written
 cos(phi_t), sin(phi_t), never "alpha" and "sigma". Every symbol above is a per-step
@@ -34,7 +34,7 @@ One step (DDPM eq. 6-7, "fixed_small" variance):
 
     x_0_hat   = what the model's output says x_0 is                          (eq. 15 for eps)
     mu        = the posterior mean of eq. 7, a weighted sum of x_0_hat and x_t
-    var       = beta_tilde_t = (1 - abar_t') / (1 - abar_t) * beta_t             (eq. 7)
+    var       = beta_tilde_t, the posterior variance                           (eq. 7)
     x_t'      = mu + sqrt(var) * z,   z ~ N(0, I),   no noise at t = 0
 
 The functions below are, in order: x_0 from any of the three predictions, the v target,
@@ -63,8 +63,9 @@ def pred_original_sample(model_output, timesteps, sample, alphas_cumprod, predic
       from eq. 4 with eps = eps_hat.
     - "sample" (the network predicts x_0 directly): x_0_hat is the output.
     - "v_prediction" (Salimans & Ho 2022, "Progressive Distillation", Sec. 4 and App. D;
-      SD 2.x 768-v): the output is v_hat, v = cos(phi_t) eps - sin(phi_t) x_0; rotating
-      (x_t, v) by the angle phi_t gives x_0_hat = cos(phi_t) x_t - sin(phi_t) v_hat.
+      SD 2.x 768-v): the output is v_hat (v as in `get_velocity`); (x_t, v) is (x_0, eps)
+      rotated by the angle phi_t, so x_0_hat is a rotation of (x_t, v_hat): work out which
+      (or read it in `DDPMScheduler.step`).
 
     Args:
         model_output: (B, ...) the network's output (eps_hat, x_0_hat or v_hat).
@@ -91,10 +92,10 @@ def get_velocity(sample, noise, timesteps, alphas_cumprod):
     """The v-prediction target v, as `DDPMScheduler.get_velocity`.
 
     Salimans & Ho 2022 ("Progressive Distillation for Fast Sampling of Diffusion Models",
-    Sec. 4): with x_t = cos(phi_t) x_0 + sin(phi_t) eps, the velocity is the derivative of
-    x_t along the angle, v = d x_t / d phi_t = cos(phi_t) eps - sin(phi_t) x_0, where
-    cos(phi_t) = sqrt(abar_t) and sin(phi_t) = sqrt(1 - abar_t). A v-model is trained to
-    regress this target (instead of eps).
+    Sec. 4): with x_t = cos(phi_t) x_0 + sin(phi_t) eps, where cos(phi_t) = sqrt(abar_t) and
+    sin(phi_t) = sqrt(1 - abar_t), the velocity is the derivative of x_t along the angle,
+    v = d x_t / d phi_t: differentiate. A v-model is trained to regress this target (instead
+    of eps).
 
     Args:
         sample: (B, ...) the CLEAN sample x_0 (diffusers' name; not x_t).
@@ -123,13 +124,10 @@ def ddpm_step(model_output, timestep, prev_timestep, sample, alphas_cumprod, var
     Conventions (diffusers'): abar_t' = alphas_cumprod[prev_timestep], and 1 when
     prev_timestep < 0 (diffusers' `self.one`); alpha_t = abar_t / abar_t' and
     beta_t = 1 - alpha_t belong to the jump from t to t' (prev_timestep), not to a single
-    training step. The sampler replaces x_0 by the model's x_0_hat (`pred_original_sample`)
-    and draws
-
-        x_t' = mu~ + sqrt(beta~_t) z,   z = variance_noise      for t > 0
-        x_t' = mu~                                              for t = 0 (no noise at the end)
-
-    ("fixed_small", diffusers' default variance_type; DDPM's sigma_t^2 = beta~_t). No
+    training step. The sampler replaces x_0 by the model's x_0_hat (your
+    `pred_original_sample`, so x_0_hat uses abar_t in the sample's dtype) and samples the
+    posterior with `variance_noise` as its standard normal draw, except at t = 0 (no noise at
+    the end) ("fixed_small", diffusers' default variance_type; DDPM's sigma_t^2 = beta~_t). No
     clipping of x_0_hat: this is diffusers with clip_sample=False, Stable Diffusion's setting
     (latents are not confined to [-1, 1]). Like diffusers, the schedule's scalars stay float32
     (alphas_cumprod's dtype) and beta~_t is clamped below at 1e-20.

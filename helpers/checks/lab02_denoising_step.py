@@ -691,11 +691,13 @@ def _variance_bugs(t, prev, abar, vtype, pv):
                  ("fixed_small returns the VARIANCE beta_tilde_t itself, not its square root.",
                   V(as_variance="std_small"))]
     if vtype == "fixed_small_log":
-        bugs += [("despite its name, diffusers' fixed_small_log returns a STANDARD DEVIATION, "
-                  "exp(0.5 * log(beta_tilde_t)) = sqrt(beta_tilde_t), not the log-variance log(beta_tilde_t): "
-                  "read how step uses it (it multiplies the noise by it directly).", V(as_variance="log_small")),
-                 ("fixed_small_log returns sqrt(beta_tilde_t) (exp of HALF the log); you returned the variance "
-                  "beta_tilde_t itself.", V(as_variance="small")),
+        bugs += [("you returned the log-variance log(beta_tilde_t), but despite its name diffusers' "
+                  "fixed_small_log does not return a log: read the two lines of its branch in _get_variance, "
+                  "then its case in step's '6. Add noise' (what does step do with the value before it meets "
+                  "the noise?).", V(as_variance="log_small")),
+                 ("you returned the variance beta_tilde_t itself: read the two lines of the fixed_small_log "
+                  "branch in _get_variance again (what does the second do to the first's log?).",
+                  V(as_variance="small")),
                  ("fixed_small_log is built on the posterior variance beta_tilde_t, not on beta_t.",
                   V(as_variance="std_large"))]
     if vtype == "fixed_large":
@@ -704,16 +706,17 @@ def _variance_bugs(t, prev, abar, vtype, pv):
     if vtype == "fixed_large_log":
         bugs += [("fixed_large_log is the log of beta_t (GLIDE's max_log); you returned the log of the posterior "
                   "variance beta_tilde_t.", V(as_variance="log_small")),
-                 ("fixed_large_log returns the LOG-variance log(beta_t); you returned beta_t itself.",
-                  V(as_variance="large")),
-                 ("fixed_large_log returns log(beta_t), not a standard deviation exp(0.5 * log(beta_t)).",
-                  V(as_variance="std_large"))]
+                 ("you returned beta_t itself: read the line of the fixed_large_log branch in _get_variance "
+                  "(what does it do to current_beta_t?).", V(as_variance="large")),
+                 ("you returned the standard deviation sqrt(beta_t): read the line of the fixed_large_log "
+                  "branch in _get_variance (one function of current_beta_t, nothing else).", V(as_variance="std_large"))]
     if vtype == "learned_range":
         bugs += [("the interpolation weights are swapped: f = (predicted_variance + 1) / 2 weighs the LARGE "
                   "log-variance log(beta_t), 1 - f the small one log(beta_tilde_t).", V(frac_swapped=True)),
                  ("predicted_variance is in [-1, 1]: map it to f = (predicted_variance + 1) / 2 in [0, 1] "
                   "before interpolating.", V(frac_raw=True)),
-                 ("learned_range returns the LOG-variance (step takes exp(0.5 * it)); you returned its exp.",
+                 ("the interpolation is right but you returned its exp: read where the learned_range branch of "
+                  "_get_variance stops, and its case in step's '6. Add noise'.",
                   V().exp()),
                  ("the log of an unclamped variance: at the last step beta_tilde_t = 0 and log(0) = -inf; "
                   "clamp beta_tilde_t at 1e-20 BEFORE taking its log, as diffusers does.", V(no_clamp=True))]
