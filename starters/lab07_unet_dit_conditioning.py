@@ -21,13 +21,10 @@ Three signals enter a text-to-image denoiser eps_theta(x_t, t, c):
     x_t the noisy latent: a feature map (B, C, H, W) in the UNet; in a DiT, cut into p x p
         patches, one token per patch (Dosovitskiy et al. 2021, ViT; Peebles & Xie 2023)
 
-Attention (Vaswani et al. 2017, eq. 1, with multiple heads, sec. 3.2.2), as diffusers'
-`Attention` computes it for a query sequence of N tokens and a key/value sequence of M:
-
-    Q = X W_q (B, N, D),  K = Y W_k (B, M, D),  V = Y W_v (B, M, D)   (Y = X: self-attention)
-    split D = heads * d, one head per slice of d channels: (B, heads, N, d)
-    out_h = softmax(Q_h K_h^T / sqrt(d)) V_h                           (B, heads, N, d)
-    concatenate the heads back: (B, N, D), then the output projection W_o
+Attention (Vaswani et al. 2017, eq. 1, with multiple heads, sec. 3.2.2) lets each of N query
+tokens take a weighted average of M value tokens; in diffusers' `Attention` the queries come
+from the image and the keys and values from the text (cross-attention) or from the image
+itself (self-attention). Each head works on its own slice of the channels.
 
 The functions below are, in order: the timestep embedding, multi-head attention, one
 diffusers `Attention` module computed from its own weights, patchify / unpatchify, the 2-D
@@ -45,38 +42,33 @@ __all__ = ["timestep_embedding", "attention", "cross_attention", "patchify", "un
 
 def timestep_embedding(timesteps, embedding_dim, flip_sin_to_cos=False, downscale_freq_shift=1, scale=1,
                        max_period=10000):
-    """Sinusoidal timestep embedding, as `diffusers.models.embeddings.get_timestep_embedding`.
+    """Sinusoidal timestep embedding (Vaswani et al. 2017, sec. 3.5; DDPM, Ho et al. 2020),
+    equal to `diffusers.models.embeddings.get_timestep_embedding` for every argument.
 
-    Notation: D = embedding_dim, h = floor(D / 2) frequencies, P = max_period,
-    s = downscale_freq_shift, a = scale. For frequency index i = 0 .. h-1 (Vaswani et al.
-    2017, sec. 3.5):
-
-        f_i       = P^( -i / (h - s) )              (f_0 = 1, decaying geometrically)
-        theta_i   = a * t * f_i                     (one angle per sample and frequency)
-        emb(t)    = ( sin theta_0 .. sin theta_{h-1} | cos theta_0 .. cos theta_{h-1} )
-                    two contiguous HALVES, sin half first; the cos half first when
-                    flip_sin_to_cos is True; one zero column at the end when D is odd.
-
-    Stable Diffusion's UNet uses flip_sin_to_cos=True, freq_shift=0 (cos first, frequencies
-    from 1 down to P^(-(h-1)/h), just above 1/P); DDPM's original code is sin first with
-    shift 1 (the slowest frequency exactly 1/P). The fastest frequency (1 rad per step)
-    tells neighbouring timesteps apart, the slowest spans the whole range of t; the MLP after
-    it (`TimestepEmbedding`) learns what to do with them. diffusers builds the frequencies in
-    float32 and casts t to float32 before the product.
+    D = embedding_dim. About D/2 frequencies, from 1 radian per step down to about
+    1/max_period; each timestep gets the sine and the cosine of its angle at every frequency.
+    What you read in get_timestep_embedding (the notebook's Reading 1 prints it): how the
+    frequencies are built from max_period and downscale_freq_shift, where scale enters, how the
+    sines and cosines are laid out along the D channels and what flip_sin_to_cos changes in
+    that layout, and what the last column holds when D is odd. Stable Diffusion's UNet calls
+    it with flip_sin_to_cos=True, downscale_freq_shift=0; DDPM's original code corresponds to
+    False and 1. The fast frequencies tell neighbouring timesteps apart, the slow ones span the
+    whole range of t; the MLP after it (`TimestepEmbedding`) learns what to do with them.
+    diffusers builds the frequencies in float32 and casts t to float32 before the product.
 
     Args:
         timesteps: (B,) int or float tensor, one timestep per sample (may be fractional).
         embedding_dim: an integer D.
-        flip_sin_to_cos: bool, cos half first when True.
-        downscale_freq_shift: a number s (1 or 0 in practice).
-        scale: a number a, multiplies every angle.
-        max_period: a number P, the slowest period.
+        flip_sin_to_cos: bool, diffusers' flag of that name.
+        downscale_freq_shift: a number (1 or 0 in practice).
+        scale: a number (1 in the UNets; larger when t comes in [0, 1]).
+        max_period: a number, 10000 by default.
 
     Returns:
         (B, embedding_dim) float32, on timesteps' device.
     """
     # TODO: the sinusoidal embedding of the docstring, exactly as get_timestep_embedding in
-    # TODO: diffusers/models/embeddings.py computes it (its flags, the halves, the odd width).
+    # TODO: diffusers/models/embeddings.py computes it (every flag, the channel layout, the odd width).
     # Stuck? hint("lab07", "timestep_embedding") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab07): timestep_embedding")
 
@@ -116,21 +108,18 @@ def attention(query, key, value, heads):
 
 def cross_attention(attn_module, hidden_states, encoder_hidden_states=None):
     """One diffusers `Attention` module (the `attn1` / `attn2` of a UNet or PixArt block),
-    computed from its own weights with `attention` above.
+    computed from its own layers (`to_q`, `to_k`, `to_v`, `to_out`) and your `attention`
+    over `attn_module.heads` heads: the output of the module's own forward.
 
-    Notation: X the image tokens (B, N, query_dim), Y the text tokens (B, M,
-    cross_attention_dim), or Y = X when encoder_hidden_states is None (self-attention).
-    W_q, W_k, W_v, W_o the module's four linear layers (`to_q`, `to_k`, `to_v`, `to_out[0]`):
-
-        out = Dropout( W_o( MultiHead(X W_q, Y W_k, Y W_v) ) )     (B, N, query_dim)
-
-    with MultiHead your `attention` over `attn_module.heads` heads, and the Dropout
-    `to_out[1]` (the identity in eval mode). In a UNet's `attn2` the queries are the latent
-    pixels of one resolution (N = h * w) and the keys the prompt's L token states (width
+    What you read in `AttnProcessor2_0.__call__` (the notebook's Reading 3 prints it): which
+    of the two inputs each projection is applied to, what stands in for the text when
+    encoder_hidden_states is None (self-attention, `attn1`), and what the module applies after
+    the attention. In a UNet's `attn2` the queries come from the latent pixels of one
+    resolution (N = h * w) and the keys from the prompt's L token states (width
     `cross_attention_dim`, 768 for SD 1.5): every pixel reads a weighted average of the text
     tokens (Rombach et al. 2022, sec. 3.3). Only the modules used in SD and PixArt blocks are
     covered: no group norm, no norm_cross, no residual connection inside the module,
-    rescale_output_factor = 1.
+    rescale_output_factor = 1, eval mode.
 
     Args:
         attn_module: a `diffusers.models.attention_processor.Attention`.
@@ -149,16 +138,17 @@ def cross_attention(attn_module, hidden_states, encoder_hidden_states=None):
 def patchify(latents, patch_size):
     """Cut a latent into p x p patches, one token per patch, as a DiT's patch embedding sees it.
 
-    Notation: latent z of shape (B, C, H, W), patch size p, a grid of R = H/p rows and
-    K = W/p columns of patches. Token number n = r*K + c (row-major: row r, column c) holds
-    the C*p*p values of the patch z[:, :, r*p:(r+1)*p, c*p:(c+1)*p], ordered channel first,
-    then row inside the patch, then column inside the patch:
+    Notation: latent of shape (B, C, H, W), patch size p, a grid of R = H/p rows and
+    K = W/p columns of non-overlapping p x p patches. The convention:
 
-        token[b, r*K + c, ch*p*p + u*p + v] = z[b, ch, r*p + u, c*p + v]
+    - token order: the patches row by row (the grid's first row left to right, then the
+      second row, ...), so token n = r*K + c is the patch in grid row r, column c;
+    - inside a token: the patch's C*p*p values channel by channel, and within a channel its
+      p x p block row by row.
 
-    That is the order of a Conv2d weight (D, C, p, p), so a linear layer on these tokens
-    with that weight flattened to (D, C*p*p) is diffusers' `PatchEmbed.proj` (a Conv2d with
-    kernel = stride = p), whose output `PatchEmbed` flattens to tokens in the same row-major order.
+    That is the order of a Conv2d weight (D, C, p, p): a linear layer on these tokens with that
+    weight flattened to (D, C*p*p) is diffusers' `PatchEmbed.proj` (a Conv2d with kernel =
+    stride = p), whose output `PatchEmbed` flattens to tokens in the same order.
 
     Args:
         latents: (B, C, H, W), H and W divisible by patch_size.
@@ -167,7 +157,7 @@ def patchify(latents, patch_size):
     Returns:
         (B, (H/p) * (W/p), C * p * p), same dtype and device.
     """
-    # TODO: the token layout of the docstring's index equation, the layout PatchEmbed.forward
+    # TODO: the token layout of the docstring, the layout PatchEmbed.forward
     # TODO: (diffusers/models/embeddings.py) produces with its convolution and flatten.
     # Stuck? hint("lab07", "patchify") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab07): patchify")
@@ -176,10 +166,9 @@ def patchify(latents, patch_size):
 def unpatchify(tokens, patch_size, height, width, channels):
     """The exact inverse of `patchify`: tokens (B, (H/p)(W/p), C*p*p) -> (B, C, H, W).
 
-    `height` and `width` are the LATENT's H and W (not the patch grid's). The index equation
-    is patchify's, read the other way:
-
-        z[b, ch, r*p + u, c*p + v] = token[b, r*K + c, ch*p*p + u*p + v],   K = W/p
+    `height` and `width` are the LATENT's H and W (not the patch grid's). The convention is
+    patchify's: tokens row by row over the grid of patches, (C, p, p) inside a token, and
+    unpatchify(patchify(z, p), p, H, W, C) == z exactly.
 
     diffusers' transformers end with the same rearrangement of their `proj_out` tokens,
     e.g. `PixArtTransformer2DModel`'s "nhwpqc->nchpwq"; there the values inside a token are
@@ -196,7 +185,7 @@ def unpatchify(tokens, patch_size, height, width, channels):
     Returns:
         (B, C, H, W), same dtype and device.
     """
-    # TODO: undo patchify (its index equation read backwards); compare the end of
+    # TODO: undo patchify exactly (the docstring's convention); compare the end of
     # TODO: PixArtTransformer2DModel.forward (diffusers/models/transformers/pixart_transformer_2d.py).
     # Stuck? hint("lab07", "unpatchify") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab07): unpatchify")
@@ -241,16 +230,17 @@ def sincos_pos_embed_2d(embed_dim, grid_size, base_size=16, interpolation_scale=
 
 
 def modulate(x, shift, scale):
-    """adaLN modulation (Peebles & Xie 2023, DiT, sec. 3.2 and their `modulate`):
+    """adaLN modulation (Peebles & Xie 2023, DiT, sec. 3.2): applied to the output of a
+    LayerNorm WITHOUT its own affine weights, it scales and shifts the normalised tokens per
+    sample and per channel, with `scale` and `shift` regressed from the timestep (and class or
+    pooled text) embedding, in the form where scale = shift = 0 leaves x unchanged. Read the
+    form in diffusers: the modulation line of `AdaLayerNormZero.forward`
+    (diffusers/models/normalization.py, DiT) or of the "ada_norm_single" branch of
+    `BasicTransformerBlock.forward` (diffusers/models/attention.py, PixArt; Reading 4).
 
-        out = (1 + gamma) ⊙ x + beta,    gamma = scale, beta = shift  (per sample and channel)
-
-    applied to the LayerNorm output (a LayerNorm WITHOUT its own affine weights): the
-    timestep (and class or pooled text) embedding sets a per-sample, per-channel scale and
-    shift. The "1 +" makes gamma = beta = 0 the identity, which is how DiT initialises it
-    (adaLN-Zero: the modulation MLP's last layer is zeroed, plus gates zeroed, so every block
-    starts as the identity). diffusers: `AdaLayerNormZero.forward` (DiT), and the
-    "ada_norm_single" branch of `BasicTransformerBlock.forward` (PixArt).
+    (adaLN-Zero also regresses a gate for each residual branch, applied outside this
+    function; the gate starts at zero, and that is what makes every DiT block start as the
+    identity.)
 
     Args:
         x: (B, N, D) normalised tokens.

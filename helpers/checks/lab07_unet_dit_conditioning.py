@@ -104,9 +104,10 @@ EMB_BUGS = [
 
 
 def check_timestep_embedding(fn, gen):
-    """Tiny fractional t (every argument small, so a wrong frequency shows exactly), Stable Diffusion's setting (cos first, shift 0, int timesteps 0..999), DDPM's (sin first,
-    shift 1, odd width), fractional t in [0, 1] with scale = 1000 (as flow-matching models feed
-    sigma), and another max_period; each compared with diffusers' get_timestep_embedding."""
+    """Tiny fractional t (every argument small, so a wrong frequency shows exactly), Stable
+    Diffusion's setting (cos first, shift 0, int timesteps 0..999), DDPM's (sin first, shift 1,
+    odd width), fractional t in [0, 1] with scale 100 or 1000 (as flow-matching models feed
+    sigma), and max_period 100 or 1000; each compared with diffusers' get_timestep_embedding."""
     cases = [  # the first: tiny t, where every frequency's argument is small and exact in float32
         dict(dim=2 * randint(gen, 8, 40), flip=choice(gen, [True, False]), shift=1, scale=1, max_period=10000,
              kind="tiny"),
