@@ -54,10 +54,11 @@ class LoRALinear(nn.Module):
         base     the nn.Linear it wraps (the same object, not a copy), every parameter frozen
                  (requires_grad False): it computes W x + b
         down     an nn.Linear without bias from base's d_in input features to r features:
-                 A, weight of shape (r, d_in), initialised like peft's lora_A (and like any
-                 nn.Linear: torch's default kaiming-uniform init, random)
+                 A, weight of shape (r, d_in), initialised as peft's
+                 LoraLayer.reset_lora_parameters initialises lora_A with its default
+                 init_lora_weights=True
         up       an nn.Linear without bias from r features to base's d_out: B, weight of
-                 shape (d_out, r), initialised to all ZEROS (peft's lora_B)
+                 shape (d_out, r), initialised as the same function initialises lora_B
         rank, alpha   the numbers given, kept as they are (an integer and a number)
         scaling  s = alpha / r, a number; forward reads this attribute, so a caller
                  can turn the update down or up afterwards (diffusers' "LoRA scale":
@@ -146,14 +147,16 @@ def merge_lora(base_weight, down_weight, up_weight, alpha, rank):
 
 def dora_weight(base_weight, lora_A, lora_B, magnitude, scaling):
     """DoRA's merged weight (Liu et al. 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation",
-    eq. 5 with the detached norm of Sec. 4.3): what peft writes into the base layer when a LoRA
+    eq. 5, with the gradients of Sec. 4.3): what peft writes into the base layer when a LoRA
     with `LoraConfig(..., use_dora=True)` is merged, and what its forward computes.
 
     DoRA splits the LoRA-merged weight V = W + s B A into a magnitude and a direction: the
     trainable vector m (d_out numbers) sets the magnitudes, V the directions, through a norm of
     V taken one way across the matrix (the paper's eq. 5). Which way that norm runs in PyTorch's
-    (out, in) layout (the paper writes W as d x k, with a different convention), how m starts,
-    and how the norm enters the gradients (Sec. 4.3) are what you read in the paper and in peft.
+    (out, in) layout (the paper writes W as d x k, with a different convention) and how the
+    norm enters the gradients (Sec. 4.3) are what you read in the paper and in peft: its
+    DoraLinearLayer.get_weight_norm and DoraLinearLayer.forward (peft/tuners/lora/dora.py).
+    m is an input here: starting it is the job of a layer (the stretch's DoRALinear).
 
     Args:
         base_weight: W, (d_out, d_in), frozen.
@@ -167,8 +170,9 @@ def dora_weight(base_weight, lora_A, lora_B, magnitude, scaling):
         W', (d_out, d_in), a new tensor in base_weight's dtype and device; the inputs are not
         modified.
     """
-    # TODO: W' by DoRA eq. 5 with the norm detached (Sec. 4.3), as peft merges a DoRA layer:
-    # TODO: DoraLinearVariant.merge_safe (peft/tuners/lora/variants.py) with DoraLinearLayer.get_weight_norm
-    # TODO: (peft/tuners/lora/dora.py). Mind which dimension the norm runs over.
+    # TODO: W' by DoRA eq. 5, its norm's gradients as Sec. 4.3 says: read DoraLinearLayer.get_weight_norm
+    # TODO: (which dimension the norm runs over) and DoraLinearLayer.forward (how the norm enters the
+    # TODO: gradients) in peft/tuners/lora/dora.py; DoraLinearVariant.merge_safe (peft/tuners/lora/variants.py)
+    # TODO: puts the same pieces together into the merged weight.
     # Stuck? hint("lab08", "dora_weight") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab08): dora_weight")
