@@ -51,7 +51,7 @@ EQ_DECODE = ("undo encode's scaling, then decode: the vae.decode line of StableD
              "processor's postprocess does that afterwards).")
 EQ_SCALE = ("LDM (Rombach et al. 2022), appendix D.1: the factor that gives the latents unit "
             "variance; ONE scalar over every element of the unscaled latents (batch, channels, height, width), "
-            "from the std with the unbiased n - 1 estimator (torch's default), computed in float64.")
+            "from the std with the unbiased n - 1 estimator (torch's default); float32 arithmetic is precise enough.")
 EQ_RATIO = ("how many numbers the image holds per number of the latent: every dimension of each shape counts "
             "(channels too, not only LDM's per-side factor f); a float, not necessarily an integer.")
 
@@ -596,8 +596,9 @@ def check_blend_h(fn, gen):
 EQ_TILED = ("AutoencoderKL.tiled_decode in diffusers' autoencoders/autoencoder_kl.py: read how its first lines "
             "derive the tile stride (in latents), the blend extent and the row limit (in pixels) from "
             "tile_latent_min_size, tile_sample_min_size and tile_overlap_factor; every latent tile goes through "
-            "post_quant_conv, then the decoder; each tile is blended with its ALREADY blended neighbours, the one "
-            "above first, then the one on the left; then cropped, and the tiles joined row by row.")
+            "post_quant_conv (when vae.config.use_post_quant_conv), then the decoder; each tile is blended with "
+            "its ALREADY blended neighbours, the one above first, then the one on the left; then cropped, and the "
+            "tiles joined row by row.")
 
 
 def _tiled_bugs(vae, z):
@@ -636,8 +637,8 @@ def _tiled_bugs(vae, z):
          "each blended tile back in your grid.", lambda: run(raw_neighbours=True)),
         ("you blended with the left neighbour first; diffusers blends with the tile above (blend_v), then with "
          "the one on the left (blend_h).", lambda: run(h_first=True)),
-        ("you skipped post_quant_conv: diffusers runs it on each latent tile before the decoder (when the VAE has "
-         "one).", lambda: run(pqc=False)),
+        ("you skipped post_quant_conv: diffusers runs it on each latent tile before the decoder (when "
+         "vae.config.use_post_quant_conv is True).", lambda: run(pqc=False)),
         ("your blend extent is in latents (int(T * r)); the blend happens on decoded tiles, in pixels (read how "
          "tiled_decode computes blend_extent).", lambda: run(extent=int(T * r), keep=P - int(T * r))),
         ("you kept whole tiles (or cropped by the latent overlap); diffusers crops each tile to its row_limit of "
