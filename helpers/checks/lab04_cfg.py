@@ -29,7 +29,7 @@ TOL_RESCALE = dict(atol=1e-5, rtol=1e-5)
 # One batched forward vs two separate ones: convolution algorithms may differ by ~1e-6, times w.
 TOL_UNET = dict(atol=1e-4, rtol=1e-4)
 
-EQ6 = ("Ho & Salimans 2022, eq. 6, in diffusers' convention (guidance_scale is the paper's 1 + w: w = 1 "
+EQ6 = ("Ho & Salimans 2022, eq. 6, in diffusers' convention (guidance_scale is the paper's 1 + w': w = 1 "
        "returns eps_text, w = 0 returns eps_uncond); read the line under \"perform guidance\" in "
        "StableDiffusionPipeline.__call__.")
 RESCALE_EQ = ("Lin et al. 2023, sec. 3.4, as diffusers' rescale_noise_cfg (pipeline_stable_diffusion.py): one "
@@ -79,10 +79,10 @@ def _cfg_bugs(u, c, w):
          "Guidance starts from the UNconditional prediction and extrapolates towards (and past) the "
          "conditional one (Ho & Salimans eq. 6).", c + w * (u - c)),
         ("you used Ho & Salimans' (1 + w) convention, (1 + w) * eps_text - w * eps_uncond = eps_text + "
-         "w * (eps_text - eps_uncond). diffusers' guidance_scale is the paper's w + 1, so w = 1 means no "
+         "w * (eps_text - eps_uncond). diffusers' guidance_scale is the paper's w' + 1, so w = 1 means no "
          "guidance (read the pipeline's \"perform guidance\" line).", c + w * (c - u)),
         ("you subtracted 1 from w: eps_uncond + (w - 1) * (eps_text - eps_uncond). diffusers' guidance_scale "
-         "already is the paper's 1 + w; use it as it is.", u + (w - 1) * (c - u)),
+         "already is the paper's 1 + w'; use it as it is.", u + (w - 1) * (c - u)),
         ("sign error in w * eps_text + (1 - w) * eps_uncond: you wrote w * eps_text - (1 - w) * eps_uncond. "
          "The two weights must add up to 1; check w = 1 (eps_text) and w = 0 (eps_uncond) by hand.",
          w * c - (1 - w) * u),

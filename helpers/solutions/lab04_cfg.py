@@ -10,14 +10,14 @@ Notation (Ho & Salimans 2022, "Classifier-Free Diffusion Guidance"; diffusers' n
     w            the guidance scale                                   `guidance_scale`
 
 One denoiser, trained with the caption dropped (replaced by "") 10% of the time, gives both
-predictions. CFG extrapolates from the unconditional one past the conditional one:
+predictions. CFG extrapolates from the unconditional one past the conditional one: Ho & Salimans
+2022, eq. 6, which the pipeline writes as one line ("perform guidance" in
+`StableDiffusionPipeline.__call__`; the lab's page states it in "Read first").
 
-    eps_cfg = eps(x_t, 0) + w * (eps(x_t, c) - eps(x_t, 0))          (diffusers' convention)
-
-Ho & Salimans write eq. 6 as eps~ = (1 + w') eps(x_t, c) - w' eps(x_t, 0), with w' = 0 meaning
-no guidance. It is the same line with w = 1 + w': diffusers' `guidance_scale = 7.5` is the
-paper's w' = 6.5, and `guidance_scale = 1` is the plain conditional model (no guidance). Imagen
-(Saharia et al. 2022, eq. 2) uses diffusers' convention.
+Conventions: Ho & Salimans weight eq. 6 by w', with w' = 0 meaning no guidance. diffusers (like
+Imagen, Saharia et al. 2022, eq. 2) uses w = 1 + w': `guidance_scale = 1` is the plain
+conditional model (no guidance), and diffusers' 7.5 is the paper's w' = 6.5. Every function
+here takes diffusers' w.
 
 The functions below are, in order: the guidance line itself, the rescale of Lin et al. 2023
 that tames its over-exposure, one guided UNet call with the batch [uncond, cond] exactly as
@@ -33,12 +33,10 @@ __all__ = ["classifier_free_guidance", "rescale_noise_cfg", "guided_noise_pred",
 
 
 def classifier_free_guidance(noise_pred_uncond, noise_pred_text, guidance_scale):
-    """Ho & Salimans 2022, eq. 6, in diffusers' convention, as `StableDiffusionPipeline.__call__`.
+    """The guided prediction of Ho & Salimans 2022, eq. 6, in diffusers' convention (w = 1 + w',
+    see the module docstring), as the "perform guidance" line of `StableDiffusionPipeline.__call__`.
 
-        eps_cfg = eps_u + w (eps_c - eps_u)
-
-    w = 1: no guidance, eps_c itself; w = 0: eps_u itself; w > 1: extrapolate past eps_c, away
-    from eps_u. The paper's (1 + w') eps_c - w' eps_u is the same line with w = 1 + w'. Do not
+    w = 1 must return eps_c itself (no guidance); w > 1 moves past eps_c, away from eps_u. Do not
     change the inputs in place (the pipeline still needs them).
 
     Args:
@@ -63,22 +61,19 @@ def classifier_free_guidance(noise_pred_uncond, noise_pred_text, guidance_scale)
 
 
 def rescale_noise_cfg(noise_cfg, noise_pred_text, guidance_rescale=0.0):
-    """Rescale the guided prediction to the std of the conditional one, then mix, as diffusers'
-    `rescale_noise_cfg` (pipelines/stable_diffusion/pipeline_stable_diffusion.py).
+    """Guidance rescale (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are
+    Flawed", sec. 3.4), equal to diffusers' `rescale_noise_cfg`, the function defined above the
+    pipeline class in diffusers/pipelines/stable_diffusion/pipeline_stable_diffusion.py: read its
+    lines there.
 
-    Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", sec. 3.4
-    (the paper states it for its own v-prediction model; diffusers applies the same
-    lines to whatever the UNet predicts, eps here): a large w inflates the std of the guided
-    prediction above that of any real one, which over-exposes the image. Per sample b, with
-    sigma(.) the standard deviation over ALL the sample's values (every dim but the batch one):
-
-        eps_rescaled[b] = eps_cfg[b] * sigma(eps_c[b]) / sigma(eps_cfg[b])
-        out[b]          = phi * eps_rescaled[b] + (1 - phi) * eps_cfg[b]        phi = guidance_rescale
-
-    phi = 0 returns eps_cfg unchanged; phi = 1 returns the fully rescaled one (the paper
-    recommends phi = 0.7: fully rescaled images look plain). Any rank >= 2. diffusers uses the
-    unbiased std (divisor n - 1); the biased one (divisor n) gives the same result, because the
-    correction cancels in the ratio of two stds over the same number of values.
+    The paper states it for its own v-prediction model: a large w makes the guided prediction
+    larger than any real prediction, which over-exposes the image, and the rescale brings it
+    back to the size of the conditional prediction, then blends. diffusers applies the same
+    lines to whatever the UNet predicts, eps here. Read in diffusers' function which statistic
+    it matches, over which dims it computes it, and how guidance_rescale = phi blends: phi = 0
+    must return noise_cfg unchanged (the paper recommends phi = 0.7: fully rescaled images look
+    plain). Any rank >= 2, the batch dim first. Where a statistic has a choice of divisor (n or
+    n - 1), either passes the check.
 
     Args:
         noise_cfg: (B, ...) eps_cfg, the output of classifier_free_guidance.
