@@ -27,9 +27,9 @@ A sampler has two halves, and diffusers keeps them in two methods:
 
 The caller writes the loop: `for t in scheduler.timesteps: eps = unet(x, t); x = scheduler.step(eps, t, x)`.
 
-The k-diffusion / EDM view (Karras et al. 2022) writes the same forward process as
-x_t / sqrt(abar_t) = x_0 + sigma_t * eps with sigma_t = sqrt((1 - abar_t) / abar_t): a noise
-level on an unscaled ("variance exploding") sample. Euler, Euler ancestral, DPM++ and UniPC in
+The k-diffusion / EDM view (Karras et al. 2022) writes the same forward process divided by
+sqrt(abar_t), as x_t / sqrt(abar_t) = x_0 + sigma_t * eps, which defines sigma_t: a noise level
+on an unscaled ("variance exploding") sample. Euler, Euler ancestral, DPM++ and UniPC in
 diffusers think in these sigmas.
 """
 
@@ -46,18 +46,22 @@ def ddim_timesteps(num_inference_steps, num_train_timesteps=1000, timestep_spaci
     Flawed", Table 2), for T = num_train_timesteps and n = num_inference_steps:
 
     - "leading" (DDIM's original choice, Stable Diffusion's config with steps_offset=1): the
-      multiples i * floor(T / n) for i = 0 .. n-1 (an INTEGER step ratio), each plus
-      steps_offset. The largest is (n-1) * floor(T / n) + steps_offset: for T = 1000, n = 10
-      that is 901 (with SD's offset 1), so sampling never starts from the noisiest step 999.
+      multiples i * floor(T / n) for i = 0 .. n-1 (an INTEGER step ratio; diffusers still
+      passes them through .round(), which changes no integer), each plus steps_offset. The
+      largest is (n-1) * floor(T / n) + steps_offset: for T = 1000, n = 10 that is 901 (with
+      SD's offset 1), so sampling never starts from the noisiest step 999.
     - "trailing": with the FLOAT ratio r = T / n, the values T, T - r, T - 2r, ... (all > 0),
       each rounded to the nearest integer, minus 1: always starts at T-1.
     - "linspace": n values evenly spaced over [0, T-1], both ends included, rounded.
 
     Every spacing is returned in descending order. steps_offset is added only for "leading"
-    (that is what DDIMScheduler does). Rounding is numpy's round-half-to-even, done in float64,
-    before the cast to int64. diffusers' float arange for "trailing" keeps one value too many
-    for a few (T, n) (the lab shows it); the check draws no such (T, n), so either behaviour
-    passes there.
+    (that is what DDIMScheduler does). Round to the nearest integer before the cast to int64
+    (diffusers: numpy's round-half-to-even on float64 values). Where the exact value is halfway
+    between two integers ("trailing": T - i * T / n; "linspace": i * (T - 1) / (n - 1)),
+    diffusers' float arithmetic lands a hair to one side of the half before rounding, so its
+    choice there is float luck: the check accepts either neighbour at those ties and compares
+    exactly everywhere else. diffusers' float arange for "trailing" keeps one value too many
+    for a few (T, n) (the lab shows it); the check draws no such (T, n).
 
     Args:
         num_inference_steps: n, 1 <= n <= T.
@@ -82,26 +86,27 @@ def ddim_step(model_output, timestep, prev_timestep, sample, alphas_cumprod, fin
               eta=0.0, variance_noise=None, prediction_type="epsilon"):
     """One DDIM update x_t -> x_{t'}, as `DDIMScheduler.step(...).prev_sample`.
 
-    Song et al. 2021 (DDIM), eq. 12, with a = abar_t and a' = abar_{t'} (t' = prev_timestep):
+    Song et al. 2021 (DDIM): eq. 12 (three terms: "predicted x_0", "direction pointing to x_t",
+    "random noise") with the noise's standard deviation sigma_t(eta) from eq. 16, where the
+    paper's alpha_t is our abar_t (a = abar_t, a' = abar_{t'}, t' = prev_timestep). In
+    diffusers, read DDIMScheduler.step (diffusers/schedulers/scheduling_ddim.py): step 2
+    (`alpha_prod_t`, `alpha_prod_t_prev`), step 3 (`pred_original_sample`, `pred_epsilon`),
+    step 5 (`_get_variance` and `std_dev_t`), steps 6-7 (`pred_sample_direction`,
+    `prev_sample`) and the `eta > 0` block after them. Conventions to keep:
 
-        x0_hat = (x_t - (1 - a)^(1/2) eps) / a^(1/2)                        "predicted x_0"
-        x_{t'} = a'^(1/2) x0_hat
-               + (1 - a' - sigma_t^2)^(1/2) eps                             "direction pointing to x_t"
-               + sigma_t z,        z ~ N(0, I)  (`variance_noise`)          "random noise"
-
-    and eq. 16, the noise level (a standard deviation), with eta in [0, 1]:
-
-        sigma_t(eta)^2 = eta^2 (1 - a') / (1 - a) (1 - a / a')
-
-    eta = 0 is deterministic DDIM; eta = 1 gives DDPM's posterior variance. At the last step
-    there is no previous timestep (t' < 0): a' is `final_alpha_cumprod` (1.0 when the config
-    says set_alpha_to_one=True, else abar_0; Stable Diffusion uses abar_0).
-
-    prediction_type "v_prediction" (Salimans & Ho 2022): the model predicts
-    v = a^(1/2) eps - (1 - a)^(1/2) x_0; solve x_t = a^(1/2) x_0 + (1 - a)^(1/2) eps and v for
-    x0_hat and eps_hat (a rotation by the angle whose cosine is a^(1/2)), and eq. 12 uses eps_hat
-    as the noise. (No clipping or thresholding: SD's config has
-    clip_sample=False.)
+    - a' at the last step: there is no previous timestep (t' < 0), and a' is
+      `final_alpha_cumprod` (1.0 when the config says set_alpha_to_one=True, else abar_0;
+      Stable Diffusion uses abar_0), never alphas_cumprod[t'] (a negative index wraps around).
+    - eta in [0, 1] scales eq. 16's standard deviation: eta = 0 is deterministic DDIM (no noise
+      term), eta = 1 gives DDPM's posterior variance.
+    - the noise term is added only when eta > 0: sigma_t(eta) times `variance_noise`, a
+      standard Gaussian z of sample's shape (drawn with torch.randn_like when None).
+    - prediction_type "v_prediction" (Salimans & Ho 2022): the model predicts
+      v = a^(1/2) eps - (1 - a)^(1/2) x_0; with x_t = a^(1/2) x_0 + (1 - a)^(1/2) eps, solve
+      for x0_hat and eps_hat (step 3 of DDIMScheduler.step), and eq. 12 uses eps_hat as the noise.
+    - no clipping or thresholding (SD's config has clip_sample=False).
+    - the arithmetic runs in the dtype of alphas_cumprod and sample (float32 here); the result
+      has sample's shape and dtype.
 
     Args:
         model_output: (B, ...) eps_theta(x_t, t), or v for "v_prediction".
@@ -126,15 +131,16 @@ def ddim_step(model_output, timestep, prev_timestep, sample, alphas_cumprod, fin
 
 
 def sigmas_from_alphas_cumprod(alphas_cumprod):
-    """The k-diffusion noise levels sigma_t = sqrt((1 - abar_t) / abar_t), indexed like abar.
+    """The k-diffusion noise levels sigma_t of the same schedule, indexed like abar.
 
     Karras et al. 2022 (EDM), Sec. 2 and Table 1: a variance-preserving x_t =
-    abar_t^(1/2) x_0 + (1 - abar_t)^(1/2) eps, divided by abar_t^(1/2), is x_0 + sigma_t eps. So
-    the same schedule is a list of noise levels sigma_t that grow with t (sigma_t^2 = 1 / SNR_t,
-    a standard deviation, not a variance). `EulerDiscreteScheduler.__init__` computes exactly
-    this, then stores it FLIPPED (largest sigma first, the sampling order) with a 0 appended for
-    the end of sampling. set_timesteps later interpolates these values at the chosen timesteps. This function returns them in the order of t, before any
-    flip, append or interpolation.
+    abar_t^(1/2) x_0 + (1 - abar_t)^(1/2) eps, divided by abar_t^(1/2), is x_0 + sigma_t eps,
+    which defines sigma_t. So the same schedule is a list of noise levels sigma_t that grow
+    with t (sigma_t is a standard deviation, not a variance). `EulerDiscreteScheduler.__init__`
+    computes exactly this, then stores it FLIPPED (largest sigma first, the sampling order) with
+    a 0 appended for the end of sampling. set_timesteps later interpolates these values at the
+    chosen timesteps. This function returns them in the order of t, before any flip, append or
+    interpolation.
 
     Args:
         alphas_cumprod: (T,) abar_0 .. abar_{T-1} (any shape works: the formula is elementwise).
@@ -181,13 +187,13 @@ def euler_step(model_output, sigma, sigma_next, sample, prediction_type="epsilon
     """One Euler step of the probability-flow ODE in sigma, as `EulerDiscreteScheduler.step(...).prev_sample`
     with s_churn = 0 (no noise added: the deterministic sampler).
 
-    Karras et al. 2022 (EDM), eq. 4 and Algorithm 1 without the second-order correction. The
+    Karras et al. 2022 (EDM), Algorithm 1 without the second-order correction. The
     sample lives in the k-diffusion parametrisation x = x_0 + sigma * eps (NOT divided by
     sqrt(1 + sigma^2): that scaling is `scale_model_input`'s, applied to the UNet's INPUT only).
     The step has three parts: the denoised estimate D (`pred_original_sample`; for
     "v_prediction" a c_skip/c_out mix of x and v, which you read in `step`), the ODE's
-    derivative dx/dsigma (EDM eq. 4, written with D), and one Euler step from sigma to
-    sigma_next along it.
+    derivative dx/dsigma written with D (EDM eq. 1 with eq. 3's score and sigma(t) = t, as in
+    Algorithm 1, line 4), and one Euler step from sigma to sigma_next along it.
 
     The last step has sigma_next = 0 and lands on D itself. diffusers upcasts the sample to
     float32 for this arithmetic and casts the result to model_output's dtype.
@@ -203,7 +209,7 @@ def euler_step(model_output, sigma, sigma_next, sample, prediction_type="epsilon
         (B, ...) x at sigma_next, same shape as sample, model_output's dtype.
     """
     # TODO: the s_churn = 0 path of EulerDiscreteScheduler.step (diffusers/schedulers/
-    # TODO: scheduling_euler_discrete.py): steps 1 and 2 there; EDM eq. 4 and Algorithm 1.
+    # TODO: scheduling_euler_discrete.py): steps 1 and 2 there; EDM eqs. 1 and 3, Algorithm 1.
     # TODO: ValueError for any other prediction_type.
     # Stuck? hint("lab03", "euler_step") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab03): euler_step")

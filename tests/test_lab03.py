@@ -40,6 +40,54 @@ def test_reference_passes_the_timesteps_check_on_many_seeds():
         run("ddim_timesteps", ref.ddim_timesteps, seed)
 
 
+def trailing_from_integers(n, T=1000, spacing="leading", offset=0):
+    """A correct reading of Lin et al.'s 'trailing' spacing from integer step indices, exact at
+    the halves (numpy's round-half-to-even of T - i * T / n); linspace likewise from i * (T - 1) / (n - 1)."""
+    if spacing == "trailing":
+        return torch.from_numpy(np.round(T - np.arange(n) * T / n).astype(np.int64) - 1)
+    if spacing == "linspace":
+        return torch.from_numpy(np.round(np.arange(n) * (T - 1) / max(n - 1, 1))[::-1].astype(np.int64))
+    return ref.ddim_timesteps(n, T, spacing, offset)
+
+
+def trailing_round_offset(n, T=1000, spacing="leading", offset=0):
+    """Another: round the distance from T (i * T / n) instead of the timestep; ties go the other way."""
+    if spacing == "trailing":
+        return torch.from_numpy(T - np.round(np.arange(n) * T / n).astype(np.int64) - 1)
+    return ref.ddim_timesteps(n, T, spacing, offset)
+
+
+@pytest.mark.parametrize("fn", [trailing_from_integers, trailing_round_offset])
+def test_tie_rounding_forms_pass_many_seeds(fn):
+    """T = 1000, n = 48: T - 3 * T / n = 937.5 exactly; diffusers' float arange gives 936 (937.49...
+    rounded), the integer form 937 (half to even). 49 values of n at T = 1000 and about 15 % of the
+    (T, n) the check draws have such a tie: those learners must pass, as long as every other
+    timestep equals diffusers'."""
+    assert ref.ddim_timesteps(48, 1000, "trailing")[3] == 936 and trailing_from_integers(48, 1000, "trailing")[3] == 937
+    differed = []
+
+    def recording(n, T=1000, spacing="leading", offset=0):
+        out = fn(n, T, spacing, offset)
+        differed.append(out.shape == (n,) and not torch.equal(out, ref.ddim_timesteps(n, T, spacing, offset)))
+        return out
+
+    for seed in range(200):
+        run("ddim_timesteps", recording, seed)
+    assert sum(differed) >= 10, sum(differed)  # the seeds did draw ties
+
+
+def test_a_tie_rounded_to_neither_neighbour_fails():
+    expected = ref.ddim_timesteps(48, 1000, "trailing")
+    tie, low = checks._ties(48, 1000, "trailing")
+    assert tie.nonzero().flatten().tolist() == [3, 9, 15, 21, 27, 33, 39, 45] and low[3] == 936  # 937.5 - 1, ...
+    for wrong in (low - 1, low + 2):
+        answer = torch.where(tie, wrong, expected)
+        with pytest.raises(CheckFailed):
+            checks._check_timesteps_case(lambda *a, out=answer: out.clone(), 48, 1000, "trailing", 0)
+    checks._check_timesteps_case(lambda *a: torch.where(tie, low + 1, expected), 48, 1000, "trailing", 0)
+    checks._check_timesteps_case(lambda *a: expected.clone(), 48, 1000, "trailing", 0)
+
+
 def test_timesteps_errors():
     with pytest.raises(ValueError):
         ref.ddim_timesteps(10, 1000, "uniform")
