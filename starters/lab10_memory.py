@@ -55,11 +55,11 @@ VAE_LIVE_TENSORS = 3
 def attention_scores_bytes(batch, heads, query_len, key_len, dtype):
     """Bytes of one attention-score matrix Q K^T, as `Attention.get_attention_scores` allocates it.
 
-    The classic processor reshapes (B, H, L, D) to (B * H, L, D) (`head_to_batch_dim`) and calls
-    `torch.baddbmm(empty(B * H, Lq, Lk), query, key.transpose(-1, -2))`: one score per
-    (batch, head, query token, key token), each of bytes(dtype) bytes:
-
-        bytes = B · H · Lq · Lk · bytes(dtype)
+    What to count: the tensor `get_attention_scores` (diffusers/models/attention_processor.py)
+    allocates and hands to `torch.baddbmm`, after `head_to_batch_dim` has folded the heads of
+    (B, H, L, D) into the batch: read its shape there, then the bytes of one element of `dtype`
+    from the dtype itself (torch.dtype has an attribute for it; a tensor's `element_size()` says
+    the same), never from a table of your own: the check tries float8 and float64 too.
 
     Args:
         batch: int, the batch the attention layer sees (2 x images with classifier-free guidance).
@@ -85,8 +85,10 @@ def sliced_attention(query, key, value, slice_size):
     over the KEYS (last axis of the scores) and the dot product sums over the whole head
     dimension D, so neither of those axes may be split. The (batch, head) pairs are
     independent, so diffusers flattens them into one axis of B * H rows (`head_to_batch_dim`)
-    and loops over it: only the scores of `slice_size` rows, (slice_size, Lq, Lk), exist at
-    any time, instead of (B * H, Lq, Lk). The result equals
+    and loops over it. Memory: at any moment at most two (slice_size, Lq, Lk) tensors may be
+    alive, one slice's scores and their softmax (`get_attention_scores` holds two), instead of
+    the (B * H, Lq, Lk) scores. Tensors of the PREVIOUS iteration count too: one still bound to
+    a name while the next slice's scores and softmax are computed adds to those two. The result equals
     `torch.nn.functional.scaled_dot_product_attention(query, key, value)` (no mask, no dropout,
     scale 1 / sqrt(D)).
 
@@ -102,7 +104,8 @@ def sliced_attention(query, key, value, slice_size):
     """
     # TODO: Vaswani et al. 2017, eq. 1, as diffusers' SlicedAttnProcessor.__call__ computes it
     # TODO: (diffusers/models/attention_processor.py): slice_size (batch, head) pairs at a time, in the
-    # TODO: inputs' dtype. The check also watches the largest tensor your function creates.
+    # TODO: inputs' dtype. The check also watches the largest tensor your function creates and
+    # TODO: measures how much is alive at once (two slices' scores at most, the previous iteration's included).
     # Stuck? hint("lab10", "sliced_attention") in the notebook shows the next hint.
     raise NotImplementedError("TODO(lab10): sliced_attention")
 
@@ -149,13 +152,14 @@ def chunked_feed_forward(ff, hidden_states, chunk_dim, chunk_size):
 
 
 def param_bytes(model, dtype=None):
-    """Bytes of a model's weights: its parameter count times the bytes per element.
+    """Bytes of a model's weights: its parameters, in bytes of `dtype` ("if I cast it to dtype") or,
+    with dtype=None, each in the bytes of the dtype it is stored in now.
 
-        bytes = sum over parameters p of numel(p) * bytes(dtype)       (dtype given: "if I cast to it")
-        bytes = sum over parameters p of numel(p) * bytes(p.dtype)     (dtype=None: as stored now)
-
-    Counts `model.parameters()`: every parameter once, even when two layers share it (tied
-    weights), and no buffers (running statistics, position ids). Reads only shapes and dtypes,
+    What to count: the parameters diffusers' `ModelMixin.num_parameters`
+    (diffusers/models/modeling_utils.py) counts: every parameter once, even when two layers
+    share it (tied weights), and no buffers (running statistics, position ids). Where to read
+    the bytes of one element: from the dtype itself, or from each parameter (torch's
+    `Tensor.element_size()`). Reads only shapes and dtypes,
     so it works on a model built on the meta device (`with torch.device("meta"): Model(config)`),
     which holds no data: that is how the lab sizes SDXL and FLUX without downloading them.
 
@@ -174,10 +178,10 @@ def param_bytes(model, dtype=None):
 
 
 def latent_shape(height, width, vae_scale_factor=8, channels=4):
-    """(channels, height // f, width // f): the latent a VAE with downsampling factor f makes
-    of a height x width image, as `StableDiffusionPipeline.prepare_latents` shapes it
-    (`(batch, num_channels_latents, height // vae_scale_factor, width // vae_scale_factor)`,
-    without the batch).
+    """The shape of the latent a VAE with downsampling factor f makes of a height x width image,
+    as `StableDiffusionPipeline.prepare_latents` shapes it
+    (diffusers/pipelines/stable_diffusion/pipeline_stable_diffusion.py: read the shape it
+    builds), without the batch.
 
     Args:
         height: int, image height in pixels (rows).
@@ -186,7 +190,8 @@ def latent_shape(height, width, vae_scale_factor=8, channels=4):
         channels: int, latent channels (4 for SD 1.x/2.x/SDXL, 16 for SD3 and FLUX).
 
     Returns:
-        a tuple of three integers (channels, rows, columns) = (C, floor(height / f), floor(width / f)).
+        a tuple of three integers (channels, rows, columns), channels first; rows and columns
+        rounded as prepare_latents rounds them when height or width is not a multiple of f.
     """
     # TODO: the latent's (C, rows, columns) as StableDiffusionPipeline.prepare_latents shapes it
     # TODO: (diffusers/pipelines/stable_diffusion/pipeline_stable_diffusion.py), without the batch.
@@ -208,7 +213,8 @@ def estimate_peak_memory(n_params, height, width, heads, vae_channels, *, dtype=
                       (h, w) the latent's rows and columns (from `latent_shape`); its batch B' is
                       the number of images, doubled under classifier-free guidance (cfg=True);
                       "classic": two score matrices of B' · heads rows (`get_attention_scores`:
-                                 the scores and their softmax coexist), each of
+                                 baddbmm's empty input and its output, then the scores
+                                 and their softmax, coexist), each of
                                  attention_scores_bytes(...) bytes
                       "sliced":  two score matrices of one slice: slice_size (batch, head) pairs,
                                  or all B' · heads of them if there are fewer

@@ -5,9 +5,12 @@ reference solution AND with an independent ground truth: the bytes of a real (me
 tensor for the attention scores, ``torch.nn.functional.scaled_dot_product_attention`` for sliced
 attention, diffusers' ``ModelMixin.num_parameters`` for the weights, the shape of
 ``StableDiffusionPipeline.prepare_latents`` for the latent. ``sliced_attention`` is also
-checked for memory: the largest tensor it creates (every operator's output, seen through a
-``TorchDispatchMode``) may not exceed one slice's scores. When a wrong result matches what a
-typical bug returns, the message names that bug.
+checked for memory, twice: the largest tensor it creates (every operator's output, seen through a
+``TorchDispatchMode``) may not exceed one slice's scores, and the memory alive at once (the CPU
+allocator's events, recorded by the profiler through ``helpers.memory.measure_peak``) may not
+exceed two slices' scores (the scores and their softmax), so that a slice's tensor kept alive
+into the next iteration fails. When a wrong result matches what a typical bug returns, the
+message names that bug.
 """
 import copy
 from types import SimpleNamespace
@@ -21,6 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from helpers.checks._core import (require_raises, CheckFailed, as_number, as_numbers, assert_close, choice, describe, randint,
                                   require_unchanged)
+from helpers.memory import measure_peak
 from helpers.solutions import lab10_memory as ref
 
 LAB = "lab10"
@@ -284,14 +288,56 @@ def _memory_case(fn, gen):
         f"saved.\nHint: {ATTN_EQ}")
 
 
+def _alive_case(fn, gen):
+    """How much is alive at once, measured: self-attention with many tokens and head dimension 2,
+    slice_size 1 or 2, so one slice's (slice_size, L, L) scores are over 4 times the inputs and
+    the output together. diffusers' loop holds two slices' worth at its peak (baddbmm's empty
+    input and its output, then the scores and their softmax); a tensor of the previous slice
+    still bound to a name makes three or more. Allowed: two slices, half a slice of slack (the
+    boolean mask of SDPA's math backend per slice takes a quarter), the output and one copy of
+    the inputs."""
+    B, H = 2, randint(gen, 3, 5)
+    L, D, s = randint(gen, 320, 384), 2, randint(gen, 1, 2)
+    q = torch.randn(B, H, L, D, generator=gen) * 1.5
+    k, v = torch.randn(B, H, L, D, generator=gen), torch.randn(B, H, L, D, generator=gen)
+    name = (f"sliced_attention(query {tuple(q.shape)}, key {tuple(k.shape)}, value {tuple(v.shape)}, "
+            f"slice_size={s}) [float32, B * H = {B * H} rows]")
+    inputs = [t.clone() for t in (q, k, v)]
+    with sdpa_kernel(SDPBackend.MATH):  # SDPA per slice materialises that slice's scores, like the classic loop
+        m = measure_peak(lambda: fn(q, k, v, s), "cpu")
+    require_unchanged(name, inputs, (q, k, v), "query, key or value")
+    assert_close(name, m.output, F.scaled_dot_product_attention(q, k, v), **TOL[torch.float32], hint=ATTN_EQ)
+    one_slice = s * L * L * q.element_size()
+    output = B * H * L * D * q.element_size()
+    copies = sum(t.numel() * t.element_size() for t in (q, k, v))
+    allowed = 2.5 * one_slice + output + copies
+    if m.extra <= allowed:
+        return
+    held = (m.extra - output) / one_slice
+    where = f" (at the peak: {' > '.join(m.at_peak)})" if m.at_peak else ""
+    raise CheckFailed(
+        f"Likely bug: a tensor of the previous slice is still alive while the next slice is computed: a name "
+        f"bound in one iteration (the previous slice's softmax, or its scores) keeps its tensor until the name "
+        f"is reassigned, so it sits beside the next slice's scores and softmax. `del` it at the end of the "
+        f"iteration, or reassign one variable as SlicedAttnProcessor does (attn_slice = get_attention_scores(...); "
+        f"attn_slice = torch.bmm(attn_slice, ...)).\n{name}: at the peak {m.extra:,} bytes were alive above the "
+        f"inputs{where}, about {held:.2f} slices' scores (one slice, (slice_size, Lq, Lk) = ({s}, {L}, {L}) in "
+        f"float32, is {one_slice:,} bytes) besides the output; allowed: two (the scores and their softmax, as in "
+        f"Attention.get_attention_scores), half a slice of slack, the output and a copy of the inputs, "
+        f"{int(allowed):,} bytes. The "
+        f"output is right, but the memory is not what slicing promises.\nHint: {ATTN_EQ}")
+
+
 def check_sliced_attention(fn, gen):
     """Self- and cross-attention shapes, B * H not a multiple of slice_size, slice_size >= B * H,
     head dimensions of values different from queries', float64 / float32 / bfloat16; each result
     against float64 math and `scaled_dot_product_attention`. Then the memory: with few queries
     and many keys, the largest tensor created may not exceed one slice's (slice_size, Lq, Lk)
-    scores (or the inputs and output). There `scaled_dot_product_attention` runs on its math
-    backend, which materialises the scores like the classic processor: SDPA on one slice is
-    fine, SDPA on all B * H rows at once is not slicing."""
+    scores (or the inputs and output); with many tokens, the memory alive at once (measured)
+    may not exceed two slices' scores, the previous iteration's leftovers included. There
+    `scaled_dot_product_attention` runs on its math backend, which materialises the scores
+    like the classic processor: SDPA on one slice is fine, SDPA on all B * H rows at once is
+    not slicing."""
     # 1. float64, D = Dv, Lq != Lk, a remainder slice.
     B, H = randint(gen, 1, 3), randint(gen, 2, 5)
     sizes = [s for s in (2, 3, 4) if (B * H) % s and B * H > s]  # some full slices and a shorter last one
@@ -309,8 +355,9 @@ def check_sliced_attention(fn, gen):
     _sliced_case(fn, gen, B, H, L, L, 8, 8, B * H + randint(gen, 0, 3), torch.float32)
     # 4. bfloat16: the output keeps the inputs' dtype.
     _sliced_case(fn, gen, 2, randint(gen, 2, 3), 12, 12, 8, 8, randint(gen, 2, 3), torch.bfloat16, diagnose=False)
-    # 5. memory.
+    # 5. memory: the largest tensor, then what is alive at once.
     _memory_case(fn, gen)
+    _alive_case(fn, gen)
 
 
 # --------------------------------------------------------------------------- chunked_feed_forward
@@ -650,8 +697,8 @@ ESTIMATE_BUGS = {
     "no_text": "text_tokens ignored: in FLUX's joint attention the text tokens are queries and keys too.",
     "no_cfg": "CFG ignored: with classifier-free guidance the denoiser runs on 2 * batch_size (uncond and cond).",
     "always_cfg": "cfg=False: the denoiser's batch is batch_size, not doubled (no unconditional branch).",
-    "once": "the classic processor holds the scores AND their softmax at once (get_attention_scores: baddbmm, then "
-            "softmax before `del attention_scores`).",
+    "once": "the classic processor holds two score matrices at once (get_attention_scores: baddbmm's empty input "
+            "beside its output, then the scores beside their softmax before `del attention_scores`).",
     "slice_ignored": "slice_size ignored: with slicing only one slice of (batch, head) pairs has scores at a time.",
     "no_cap": "slice_size is larger than the B' * heads (batch, head) pairs there are: a slice cannot hold more "
               "pairs than exist (diffusers' set_attention_slice even refuses a "
