@@ -53,7 +53,8 @@ def make_betas(schedule, num_train_timesteps=1000, beta_start=1e-4, beta_end=0.0
     - "laplace" (Hang et al. 2024, "Improved Noise Schedule for Diffusion Training"): built by
       `betas_for_alpha_bar` exactly like the cosine one (same ratios, same cap, same float64
       arithmetic, beta_start/beta_end ignored), with another function of u in place of the
-      cosine's, whose log-SNR follows a Laplace quantile. Read it in `betas_for_alpha_bar`'s
+      cosine's, built from a log-SNR that follows a Laplace quantile (what diffusers then
+      returns as abar is not sigmoid of that log-SNR). Read it in `betas_for_alpha_bar`'s
       laplace branch as it stands (its 1e-6, its square root, and its sign convention; at
       u = 1/2, reached for even T, a sign of 0 moves two betas by about 0.05%, within the
       check's tolerance).
