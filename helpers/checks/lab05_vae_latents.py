@@ -596,9 +596,9 @@ def check_blend_h(fn, gen):
 EQ_TILED = ("AutoencoderKL.tiled_decode in diffusers' autoencoders/autoencoder_kl.py: read how its first lines "
             "derive the tile stride (in latents), the blend extent and the row limit (in pixels) from "
             "tile_latent_min_size, tile_sample_min_size and tile_overlap_factor; every latent tile goes through "
-            "post_quant_conv (when vae.config.use_post_quant_conv), then the decoder; each tile is blended with "
-            "its ALREADY blended neighbours, the one above first, then the one on the left; then cropped, and the "
-            "tiles joined row by row.")
+            "post_quant_conv (when vae.config.use_post_quant_conv), then the decoder; then read the blending loop: "
+            "which tiles each tile is blended with, in which order, and what those neighbours ARE by then; "
+            "hint(\"lab05\", \"tiled_decode\") gives more.")
 
 
 def _tiled_bugs(vae, z):

@@ -524,10 +524,9 @@ def check_merge_lora(fn, gen):
 
 # --------------------------------------------------------------------------- dora_weight
 
-EQ_DORA = ("DoRA (Liu et al. 2024) eq. 5 and Sec. 4.3: the LoRA-merged weight (d_out, d_in), each ROW brought to "
-           "length m_i (one L2 norm per output feature, over the d_in inputs), the norm detached from the graph; "
-           "read peft's DoraLinearLayer.get_weight_norm (peft/tuners/lora/dora.py) and "
-           "DoraLinearVariant.merge_safe")
+EQ_DORA = ("DoRA (Liu et al. 2024) eq. 5 and Sec. 4.3: read which way peft's DoraLinearLayer.get_weight_norm "
+           "takes the norm of the LoRA-merged (d_out, d_in) weight, and how DoraLinearLayer.forward treats that "
+           "norm for the gradients (peft/tuners/lora/dora.py); hint(\"lab08\", \"dora_weight\") gives more")
 
 
 def _dora64(W, A, B, m, s, detach=True):

@@ -256,8 +256,8 @@ def euler_step(model_output, sigma, sigma_next, sample, prediction_type="epsilon
     derivative dx/dsigma written with D (EDM eq. 1 with eq. 3's score and sigma(t) = t, as in
     Algorithm 1, line 4), and one Euler step from sigma to sigma_next along it.
 
-    The last step has sigma_next = 0 and lands on D itself. diffusers upcasts the sample to
-    float32 for this arithmetic and casts the result to model_output's dtype.
+    The last step has sigma_next = 0 and lands on D itself. diffusers casts the sample to
+    float32 for this arithmetic (an upcast from float16, a downcast from float64) and casts the result to model_output's dtype.
 
     Args:
         model_output: (B, ...) eps_theta, or v for "v_prediction", from the UNet at this step.

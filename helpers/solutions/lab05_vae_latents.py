@@ -115,7 +115,7 @@ def estimate_scaling_factor(latents):
     The convention the check follows: the UNBIASED variance estimator (n - 1 in the denominator),
     which is what LDM's code computed when it set SD's 0.18215 on its first training batch; the
     appendix's formula has n. The two differ by a factor sqrt(n / (n - 1)):
-    nothing for the thousands of elements of a real batch (under 1e-3 for n >= 500), but 7 % for
+    nothing for the thousands of elements of a real batch (under 1e-3 for n > 500), but 7 % for
     n = 8, and the check also gives you a few elements, where it expects the unbiased estimate.
     The mean is taken out inside the estimate, not from the latents: SD 1.x/2.x scale only; SD3
     and FLUX also shift (`shift_factor`).
