@@ -420,49 +420,14 @@ def count_flops(fn) -> int:
 
 
 def forward_flops(calls: dict) -> dict:
-    """FLOPs of one forward of each model, attention included. calls: {name: (model, fn)},
-    fn() running model once. Counted with diffusers' classic AttnProcessor (explicit
-    matmuls), because FlopCounterMode does not see the fused scaled_dot_product_attention
-    kernel on a CPU; each model's processors are restored afterwards (SD3's joint attention
-    gets `JointAttnMatmul`, the same computation with explicit matmuls). Returns {name: FLOPs}."""
-    from diffusers.models.attention_processor import AttnProcessor, JointAttnProcessor2_0
-
+    """FLOPs of one forward of each model, attention included (`count_flops` counts
+    scaled_dot_product_attention's matmuls). calls: {name: (model, fn)}, fn() running model
+    once. Returns {name: FLOPs}."""
     out = {}
-    for name, (model, call) in calls.items():
-        saved = model.attn_processors
-        model.set_attn_processor({k: JointAttnMatmul() if isinstance(p, JointAttnProcessor2_0) else AttnProcessor()
-                                  for k, p in saved.items()})
-        try:
-            with torch.no_grad():
-                out[name] = count_flops(call)
-        finally:
-            model.set_attn_processor(saved)
+    for name, (_model, call) in calls.items():
+        with torch.no_grad():
+            out[name] = count_flops(call)
     return out
-
-
-class JointAttnMatmul:
-    """diffusers' JointAttnProcessor2_0 (SD3's joint attention over image and text tokens, each
-    with its own projections) with softmax(q k^T / sqrt(d)) v written as matmuls, so that
-    FlopCounterMode counts the attention (`forward_flops`). No QK-norm (SD3 medium has none)."""
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
-        B, n_img = hidden_states.shape[:2]
-
-        def heads(x):
-            return x.view(B, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
-
-        q, k, v = (heads(f(hidden_states)) for f in (attn.to_q, attn.to_k, attn.to_v))
-        if encoder_hidden_states is not None:
-            q = torch.cat([q, heads(attn.add_q_proj(encoder_hidden_states))], 2)
-            k = torch.cat([k, heads(attn.add_k_proj(encoder_hidden_states))], 2)
-            v = torch.cat([v, heads(attn.add_v_proj(encoder_hidden_states))], 2)
-        w = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)
-        out = (w @ v).transpose(1, 2).reshape(B, -1, attn.heads * q.shape[-1])
-        img = attn.to_out[1](attn.to_out[0](out[:, :n_img]))
-        if encoder_hidden_states is None:
-            return img
-        ctx = out[:, n_img:]
-        return img, (ctx if attn.context_pre_only else attn.to_add_out(ctx))
 
 
 def param_count(module) -> int:

@@ -123,17 +123,11 @@ def test_judge_sees_real_renders():
     assert shapes.judge((b["pixel_values"] + 1) / 2, targets=b["attributes"]).accuracy["color"] == 1.0
 
 
-def test_joint_attn_matmul_is_joint_attention(pipe):
-    """evaluate.JointAttnMatmul (what forward_flops swaps in to count SD3's attention) computes
-    exactly what JointAttnProcessor2_0 computes, and forward_flops restores the processors."""
+def test_forward_flops_counts_joint_attention(pipe):
+    """forward_flops counts SD3's joint attention (JointAttnProcessor2_0's fused attention, on its math
+    backend) and both streams, and leaves the processors as they were."""
     tr = pipe.transformer
     x, c, p, t = torch.randn(2, 4, 8, 8), torch.randn(2, 20, 128), torch.randn(2, 128), torch.tensor([300.0, 800.0])
-    with torch.no_grad():
-        ref = tr(hidden_states=x, encoder_hidden_states=c, pooled_projections=p, timestep=t).sample
-        tr.set_attn_processor(evaluate.JointAttnMatmul())
-        got = tr(hidden_states=x, encoder_hidden_states=c, pooled_projections=p, timestep=t).sample
-        tr.set_attn_processor(JointAttnProcessor2_0())
-    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     flops = evaluate.forward_flops({"sd3": (tr, lambda: tr(hidden_states=x, encoder_hidden_states=c,
                                                            pooled_projections=p, timestep=t))})["sd3"]
     assert flops > 2 * evaluate.param_count(tr.transformer_blocks) * 2   # attention and both streams counted
