@@ -1,4 +1,4 @@
-"""scripts/gpu_nbval.sh (nbval over every notebook, one at a time, with a time table) and the
+"""scripts/gpu_nbval.sh (nbval over every notebook, one or --jobs N at a time, with a time table) and the
 shell entry points' syntax. Fast: a dry run over the real notebooks, real runs only over two
 tiny notebooks, and the install step with a recording stand-in for pip."""
 from __future__ import annotations
@@ -98,10 +98,37 @@ def test_real_run_passes_and_fails_and_times(tmp_path, tiny):
     total = r["**total, 2 notebooks**"]
     assert total[0] == "1 passed, 1 failed"
     assert float(total[2]) == pytest.approx(float(r["ok"][2]) + float(r["bad"][2]), abs=0.11)
+    elapsed = r["**elapsed, 2 notebooks, 1 at a time**"]
+    assert float(elapsed[2]) >= float(total[2]) - 0.5, "one at a time: the runs' walls add up to the elapsed time"
+    assert "| notebooks at a time | 1 (--jobs) |" in table
     assert "planted failure" in (tmp_path / "gpu_nbval.log").read_text(), "the log keeps nbval's output"
     saved = nbformat.read(tmp_path / "ok.ipynb", as_version=4)
     assert saved.cells[1].outputs[0]["text"].strip() == "2", "--save keeps the executed notebook's outputs"
     assert "| device | " in table and "| GPU | " in table
+
+
+def test_jobs_run_notebooks_at_once(tmp_path):
+    """--jobs 2: two notebooks that each sleep 6 s take well under the sum of their walls, each
+    still gets its own row (in the notebooks' order, whatever finished first), a failure still
+    fails the script, and each run gets OMP_NUM_THREADS = cores / jobs when it is unset."""
+    for name, extra in (("a_sleeps", ""), ("b_sleeps", "raise ValueError('planted')")):
+        cells = [new_code_cell("import os, time; time.sleep(6); print(os.environ.get('OMP_NUM_THREADS'))")]
+        nbformat.write(new_notebook(cells=cells + ([new_code_cell(extra)] if extra else [])), tmp_path / f"{name}.ipynb")
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "PYTHONPATH", "OMP_NUM_THREADS")}
+    env.update(PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(SCRIPT), "--jobs", "2", "--no-install", "--out", str(tmp_path / "out"),
+                           str(tmp_path / "a_sleeps.ipynb"), str(tmp_path / "b_sleeps.ipynb")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    table = (tmp_path / "out" / "gpu_nbval.md").read_text()
+    r = rows(table)
+    assert list(r)[:2] == ["a_sleeps", "b_sleeps"]
+    assert r["a_sleeps"][:2] == ["passed", "1/1"] and r["b_sleeps"][:2] == ["FAILED (exit 1)", "1/2"], table
+    total, elapsed = float(r["**total, 2 notebooks**"][2]), float(r["**elapsed, 2 notebooks, 2 at a time**"][2])
+    assert elapsed < total - 3, f"two runs at once: elapsed {elapsed} s against {total} s one after the other"
+    assert f"OMP_NUM_THREADS={max(1, (os.cpu_count() or 1) // 2)}" in table
+    assert "| notebooks at a time | 2 (--jobs) |" in table
+    assert run_script("--jobs", "0", "--out", tmp_path).returncode == 2
 
 
 FAKE_PYTHON = """#!/usr/bin/env bash
