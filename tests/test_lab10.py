@@ -158,7 +158,7 @@ def _softmax_attn(q, k, v, scale, dim=-1):
 
 def _get_attention_scores(query, key, scale, dim=-1):
     """Attention.get_attention_scores without a mask: torch.empty, baddbmm with beta=0, softmax, dels."""
-    baddbmm_input = torch.empty(query.shape[0], query.shape[1], key.shape[1], dtype=query.dtype)
+    baddbmm_input = torch.empty(query.shape[0], query.shape[1], key.shape[1], dtype=query.dtype, device=query.device)
     attention_scores = torch.baddbmm(baddbmm_input, query, key.transpose(-1, -2), beta=0, alpha=scale)
     del baddbmm_input
     attention_probs = attention_scores.softmax(dim=dim)
@@ -175,6 +175,10 @@ def sliced_variant(bug):
         dim = -2 if bug == "softmax_dim" else -1
         if bug == "sdpa_whole":
             return F.scaled_dot_product_attention(query, key, value)
+        if bug == "cpu_buffer_off_cpu":  # right on the CPU; elsewhere the output stays in a CPU buffer
+            if query.device.type == "cpu":
+                return sliced_variant(None)(query, key, value, slice_size)
+            return torch.zeros(B, H, Lq, Dv, dtype=query.dtype)
         if bug == "keys_sum":  # each key chunk its own softmax, summed
             return sum(_softmax_attn(query, key[:, :, i:i + slice_size], value[:, :, i:i + slice_size], scale)
                        for i in range(0, Lk, slice_size))
@@ -192,7 +196,7 @@ def sliced_variant(bug):
             return torch.cat([_softmax_attn(query[i:i + slice_size], key[i:i + slice_size], value[i:i + slice_size],
                                             scale) for i in range(0, B, slice_size)])
         q, k, v = (t.reshape(B * H, *t.shape[2:]) for t in (query, key, value))
-        out = torch.zeros(B * H, Lq, Dv, dtype=query.dtype)
+        out = torch.zeros(B * H, Lq, Dv, dtype=query.dtype, device=query.device)
         if bug == "full_scores":  # all the scores first, then the softmax in slices
             scores = torch.bmm(q, k.transpose(1, 2)) * scale
             for i in range(0, B * H, slice_size):
@@ -296,6 +300,33 @@ def test_sliced_attention_alive_check_agrees_with_the_notebook_measurement():
     assert 1.9 < held["reference"] < 2.3 and held["leftover"] > 2.9, held
 
 
+@pytest.fixture
+def another_device(monkeypatch):
+    """The checks' GPU cases (run where CUDA is available) on a machine without one: the meta device
+    stands in for CUDA, so that an output left on the CPU is seen. Values cannot be read there,
+    so only the device test runs to its end; the CPU runs the value test."""
+    monkeypatch.setattr(checks, "_gpu", lambda: torch.device("meta"))
+
+
+def test_gpu_cases_catch_an_output_left_on_the_cpu(another_device):
+    """A buffer created without device= is filled with the GPU's results and returned on the CPU:
+    the next notebook cell that mixes it with CUDA tensors fails. The checks' last case, on the
+    GPU, names it; here a CPU output for meta inputs stands in."""
+    fails("sliced_attention", sliced_variant("cpu_buffer_off_cpu"), "a tensor created without device=")
+    fails("chunked_feed_forward", ff_variant("cpu_buffer_off_cpu"), "a tensor created without device=")
+
+
+def test_gpu_cases_pass_the_reference_on_the_cpu():
+    """The GPU cases compare the values on the CPU against float64 math: on the CPU as the device, the
+    reference and the correct forms pass them."""
+    for seed in (0, 1, 2):
+        gen = make_generator(seed, "device", "test")
+        for fn in (ref.sliced_attention, sliced_variant(None), sliced_variant("diffusers")):
+            checks._sliced_device_case(fn, gen, torch.device("cpu"))
+        for fn in (ref.chunked_feed_forward, ff_variant(None), ff_variant("narrow")):
+            checks._ff_device_case(fn, gen, torch.device("cpu"))
+
+
 def test_sliced_attention_in_place_edit_fails():
     def fn(q, k, v, s):
         q.mul_(1.0 + 1e-3)
@@ -311,6 +342,10 @@ def ff_variant(bug):
         n = hidden_states.shape[chunk_dim]
         if n % chunk_size and bug != "no_error":
             raise ValueError("not divisible")
+        if bug == "cpu_buffer_off_cpu":  # right on the CPU; elsewhere the output stays in a CPU buffer
+            if hidden_states.device.type == "cpu":
+                return ff_variant(None)(ff, hidden_states, chunk_dim, chunk_size)
+            return torch.zeros(*hidden_states.shape[:-1], ff.net[-1].out_features, dtype=hidden_states.dtype)
         if bug == "whole":  # the output is right, nothing is chunked
             return ff(hidden_states)
         if bug == "whole_then_split":

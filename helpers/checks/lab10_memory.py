@@ -9,7 +9,10 @@ checked for memory, twice: the largest tensor it creates (every operator's outpu
 ``TorchDispatchMode``) may not exceed one slice's scores, and the memory alive at once (the CPU
 allocator's events, recorded by the profiler through ``helpers.memory.measure_peak``) may not
 exceed two slices' scores (the scores and their softmax), so that a slice's tensor kept alive
-into the next iteration fails. When a wrong result matches what a typical bug returns, the
+into the next iteration fails. Where a GPU is present (the notebook computes on it there),
+``sliced_attention`` and ``chunked_feed_forward`` are also called on CUDA inputs, last, and their
+output must stay on that device: a buffer created without ``device=`` passes on CPU inputs and
+breaks the notebook's cells on a GPU. When a wrong result matches what a typical bug returns, the
 message names that bug.
 """
 import copy
@@ -358,6 +361,54 @@ def check_sliced_attention(fn, gen):
     # 5. memory: the largest tensor, then what is alive at once.
     _memory_case(fn, gen)
     _alive_case(fn, gen)
+    # 6. on a GPU, the notebook's device (last, so that the cases above draw the same inputs everywhere).
+    if _gpu() is not None:
+        _sliced_device_case(fn, gen, _gpu())
+
+
+# --------------------------------------------------------------------------- on the notebook's device
+
+DEVICE_EQ = ("on a GPU the notebook calls your function with CUDA tensors; every tensor you create must be made on "
+             "the inputs' device (torch.empty(..., device=query.device, dtype=query.dtype), or torch.empty_like / "
+             "x.new_empty), as diffusers does (SlicedAttnProcessor's torch.zeros(..., device=query.device, "
+             "dtype=query.dtype)); a CPU buffer silently receives the CUDA results, and the next cell that mixes "
+             "your output with CUDA tensors fails.")
+
+
+FF_DEVICE_EQ = ("on a GPU the notebook calls your function with ff and hidden_states on CUDA; a tensor you create "
+                "(an output buffer) must be made on hidden_states' device (torch.empty(..., "
+                "device=hidden_states.device, dtype=...)), or let torch.cat join ff's outputs where they are, as "
+                "diffusers' _chunked_feed_forward does; a CPU buffer silently receives the CUDA results, and the next "
+                "cell that mixes your output with CUDA tensors fails.")
+
+
+def _gpu():
+    """CUDA where it is available (the device `setup()` gives the notebook there), else None."""
+    return torch.device("cuda") if torch.cuda.is_available() else None
+
+
+def _require_device(name, got, device, hint):
+    """got, if a tensor, must be on `device` (the inputs'); any other mistake is left to assert_close."""
+    if isinstance(got, torch.Tensor) and got.device != device:
+        raise CheckFailed(f"Likely bug: a tensor created without device=: the inputs are on {device}, your output "
+                          f"is on {got.device}.\n{name}\nHint: {hint}")
+
+
+def _sliced_device_case(fn, gen, device):
+    """sliced_attention on `device` (CUDA in check_sliced_attention), against float64 math on the CPU:
+    the output on the inputs' device, the values right. float64, so that no TF32 or kernel choice
+    blurs the comparison."""
+    B, H, L, D, s = 2, randint(gen, 2, 3), randint(gen, 8, 16), 8, 2
+    q = torch.randn(B, H, L, D, generator=gen, dtype=torch.float64) * 1.5
+    k = torch.randn(B, H, L, D, generator=gen, dtype=torch.float64)
+    v = torch.randn(B, H, L, D, generator=gen, dtype=torch.float64)
+    qd, kd, vd = (t.to(device) for t in (q, k, v))
+    name = (f"sliced_attention(query {tuple(q.shape)}, key {tuple(k.shape)}, value {tuple(v.shape)}, "
+            f"slice_size={s}) [float64, on {qd.device}]")
+    got = fn(qd, kd, vd, s)
+    _require_device(name, got, qd.device, DEVICE_EQ)
+    assert_close(name, got.detach().cpu() if isinstance(got, torch.Tensor) else got, _attn64(q, k, v),
+                 **TOL[torch.float64], hint=ATTN_EQ)
 
 
 # --------------------------------------------------------------------------- chunked_feed_forward
@@ -489,6 +540,27 @@ def check_chunked_feed_forward(fn, gen):
         require_raises(f"chunked_feed_forward(ff, hidden_states {tuple(x.shape)}, chunk_dim=1, chunk_size=3)",
                        lambda: fn(ff, x, 1, 3), f"{L} positions are not a multiple of 3, as diffusers' "
                        "_chunked_feed_forward raises", note=f"\nHint: {FF_EQ}")
+    # on a GPU, the notebook's device (last, so that the cases above draw the same inputs everywhere)
+    if _gpu() is not None:
+        _ff_device_case(fn, gen, _gpu())
+
+
+def _ff_device_case(fn, gen, device):
+    """chunked_feed_forward with ff and hidden_states on `device` (CUDA in check_chunked_feed_forward),
+    against float64 math on the CPU: the output on the inputs' device, the values right."""
+    with torch.random.fork_rng(devices=[]):  # the weights come from gen, not the global RNG
+        torch.manual_seed(randint(gen, 0, 2**31 - 1))
+        ff = FeedForward(8, mult=2, activation_fn="geglu").eval().double()
+    x = torch.randn(2, 6, 8, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        exact = ff(x)
+        ffd, xd = copy.deepcopy(ff).to(device), x.to(device)
+        name = (f"chunked_feed_forward(FeedForward(8, mult=2, activation_fn='geglu'), hidden_states {tuple(x.shape)} "
+                f"[float64, on {xd.device}], chunk_dim=1, chunk_size=3)")
+        got = fn(ffd, xd, 1, 3)
+    _require_device(name, got, xd.device, FF_DEVICE_EQ)
+    assert_close(name, got.detach().cpu() if isinstance(got, torch.Tensor) else got, exact,
+                 **TOL[torch.float64], hint=FF_EQ)
 
 
 # --------------------------------------------------------------------------- param_bytes
