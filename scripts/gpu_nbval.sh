@@ -14,8 +14,9 @@
 #                   cells passed, wall and CPU (user+sys) seconds, the total, and the elapsed
 #                   time of all the notebooks' runs (with --jobs N, less than the total)
 #   gpu_nbval.log   the install step and every nbval run's full output
-#   <stem>.ipynb    for each --save NOTEBOOK: that notebook executed (nbclient), outputs kept
-#                   (lab 10's CUDA memory table, say)
+#   <stem>.ipynb    for each --save NOTEBOOK: that notebook executed (nbclient, every cell even
+#                   after an error), outputs kept (lab 10's CUDA memory table, say); compare
+#                   their claims with the CPU's: python -m scripts.claim_drift DIR
 # Exit status: 0 when every notebook (and --unit-tests) passed, 1 otherwise, 2 on bad usage
 # or a failed install.
 #
@@ -227,11 +228,16 @@ NB_WALL=$WALL NB_CPU=$CPU NB_N=${#NOTEBOOKS[@]} NB_FAILED=$FAILED
 if [ "$UNIT" = 1 ]; then
   run_one "unit tests (pytest tests/)" "$PYTHON" -m pytest tests/ -q -p no:cacheprovider
 fi
+# The saved runs (--save), $JOBS at a time too: every cell runs even after an error (so every
+# claim is measured: python -m scripts.claim_drift DIR compares them with solutions/), and the
+# run fails when any cell raised. Figures are kept (MPLBACKEND unset for the kernel).
+i=0
 for nb in "${SAVE[@]}"; do
   stem=$(basename "$nb" .ipynb)
   log "== save $stem executed: $OUTDIR/$stem.ipynb"
-  [ "$DRY" = 1 ] && continue
-  "$PYTHON" - "$nb" "$OUTDIR/$stem.ipynb" >>"$LOG" 2>&1 <<'PY' || { log "-- save $stem: FAILED (log above)"; FAILED=$((FAILED + 1)); }
+  if [ "$DRY" = 0 ]; then
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+    ( rc=0; env -u MPLBACKEND "$PYTHON" - "$nb" "$OUTDIR/$stem.ipynb" >"$RUNS/save$i.out" 2>&1 <<'PY' || rc=$?
 import os, sys
 import nbformat
 from jupyter_client import KernelManager
@@ -241,11 +247,28 @@ src, dst = sys.argv[1:3]
 nb = nbformat.read(src, as_version=4)
 km = KernelManager(kernel_name=CURRENT_ENV_KERNEL_NAME, kernel_spec_manager=NbvalKernelspecManager())
 try:
-    NotebookClient(nb, km=km, timeout=300,
+    NotebookClient(nb, km=km, timeout=300, allow_errors=True,
                    resources={"metadata": {"path": os.path.dirname(os.path.abspath(src))}}).execute()
 finally:
     nbformat.write(nb, dst)
+errors = [o.get("ename", "") + ": " + o.get("evalue", "")[:300] for c in nb.cells if c.cell_type == "code"
+          for o in c.get("outputs", []) if o.get("output_type") == "error"]
+print("\n".join(errors) or "no cell raised")
+sys.exit(1 if errors else 0)
 PY
+      echo "$rc" >"$RUNS/save$i.res" ) &
+  fi
+  i=$((i + 1))
+done
+wait
+i=0
+for nb in "${SAVE[@]}"; do
+  stem=$(basename "$nb" .ipynb)
+  if [ "$DRY" = 0 ]; then
+    { echo "== save $stem: output"; cat "$RUNS/save$i.out"; } >>"$LOG"
+    if [ "$(cat "$RUNS/save$i.res")" != 0 ]; then log "-- save $stem: FAILED (log above)"; FAILED=$((FAILED + 1)); fi
+  fi
+  i=$((i + 1))
 done
 
 # ---------------------------------------------------------------------------- the table

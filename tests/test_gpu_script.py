@@ -113,17 +113,22 @@ def test_jobs_run_notebooks_at_once(tmp_path):
     fails the script, and each run gets OMP_NUM_THREADS = cores / jobs when it is unset."""
     for name, extra in (("a_sleeps", ""), ("b_sleeps", "raise ValueError('planted')")):
         cells = [new_code_cell("import os, time; time.sleep(6); print(os.environ.get('OMP_NUM_THREADS'))")]
-        nbformat.write(new_notebook(cells=cells + ([new_code_cell(extra)] if extra else [])), tmp_path / f"{name}.ipynb")
+        cells += [new_code_cell(extra), new_code_cell("print('after the error')")] if extra else []
+        nbformat.write(new_notebook(cells=cells), tmp_path / f"{name}.ipynb")
     env = {k: v for k, v in os.environ.items() if k not in ("OUT", "PYTHONPATH", "OMP_NUM_THREADS")}
     env.update(PYTHON=sys.executable)
     proc = subprocess.run(["bash", str(SCRIPT), "--jobs", "2", "--no-install", "--out", str(tmp_path / "out"),
+                           "--save", str(tmp_path / "b_sleeps.ipynb"),
                            str(tmp_path / "a_sleeps.ipynb"), str(tmp_path / "b_sleeps.ipynb")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     table = (tmp_path / "out" / "gpu_nbval.md").read_text()
     r = rows(table)
     assert list(r)[:2] == ["a_sleeps", "b_sleeps"]
-    assert r["a_sleeps"][:2] == ["passed", "1/1"] and r["b_sleeps"][:2] == ["FAILED (exit 1)", "1/2"], table
+    assert r["a_sleeps"][:2] == ["passed", "1/1"] and r["b_sleeps"][:2] == ["FAILED (exit 1)", "2/3"], table
+    saved = nbformat.read(tmp_path / "out" / "b_sleeps.ipynb", as_version=4)  # every cell ran, the error kept
+    assert saved.cells[1].outputs[0]["ename"] == "ValueError" and "after the error" in saved.cells[2].outputs[0]["text"]
+    assert "-- save b_sleeps: FAILED" in (tmp_path / "out" / "gpu_nbval.log").read_text()
     total, elapsed = float(r["**total, 2 notebooks**"][2]), float(r["**elapsed, 2 notebooks, 2 at a time**"][2])
     assert elapsed < total - 3, f"two runs at once: elapsed {elapsed} s against {total} s one after the other"
     assert f"OMP_NUM_THREADS={max(1, (os.cpu_count() or 1) // 2)}" in table
