@@ -118,7 +118,8 @@ def add_noise(original_samples, noise, timesteps, alphas_cumprod):
         original_samples: (B, ...) x_0, any number of dimensions after the batch one:
             (B, D) vectors, (B, C, H, W) images, (B, C, F, H, W) videos.
         noise: (B, ...) eps, same shape as original_samples.
-        timesteps: (B,) long, one timestep in 0 .. T-1 per sample.
+        timesteps: (B,) long, one timestep in 0 .. T-1 per sample, on the CPU or on the
+            samples' device (where a training loop on a GPU draws them).
         alphas_cumprod: (T,) abar_0 .. abar_{T-1}.
 
     Returns:

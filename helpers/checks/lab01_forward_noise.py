@@ -335,7 +335,8 @@ def _compare_add_noise(name, got, x, eps, t, abar, sched, diagnose=True):
 
 def check_add_noise(fn, gen):
     """Rank 4 (interior t, then t = 0 and T-1), ranks 1, 2, 3, 5, float64 and float16, and a
-    second device (CUDA when present, else PyTorch's 'meta' device)."""
+    second device (CUDA when present, with the timesteps on the CPU and on CUDA; else PyTorch's
+    'meta' device, timesteps on the CPU)."""
     schedule, T, beta_start, beta_end = _random_schedule(gen)
     sched = _diffusers(schedule, T, beta_start, beta_end)
     abar = ref.alphas_cumprod(ref.make_betas(schedule, T, beta_start, beta_end))  # (T,) float32, CPU
@@ -368,30 +369,33 @@ def check_add_noise(fn, gen):
         name, got = _run_add_noise(fn, x, eps, t, abar)
         _compare_add_noise(name, got, x, eps, t, abar, sched, diagnose=False)
 
-    # 5. Samples on another device while alphas_cumprod stays on the CPU.
+    # 5. Samples on another device while alphas_cumprod stays on the CPU; on a GPU, the timesteps
+    # both on the CPU and on the samples' device (where a training loop draws them, and where
+    # set_timesteps(device=...) puts a sampler's), as DDPMScheduler.add_noise accepts both.
     device = "cuda" if torch.cuda.is_available() else "meta"
     x, eps, t = _noise_inputs(gen, randint(gen, 1, 5), torch.float32, T, edges=True)
     x, eps = x.to(device), eps.to(device)
-    name = _describe_inputs(x, t)
     why = ("" if device == "cuda" else
            " (the 'meta' device stands in for a GPU: its tensors have a shape and dtype but no data)")
     device_hint = ("move alphas_cumprod (and timesteps) to the samples' device, and cast it to their "
                    "dtype, before indexing, as the first lines of DDPMScheduler.add_noise do.")
-    try:
-        got = fn(x, eps, t, abar)
-    except NotImplementedError:
-        raise
-    except Exception as exc:
-        raise CheckFailed(f"Likely bug: device not kept: move alphas_cumprod to the samples' device.\n"
-                          f"{name}{why} raised {describe_exception(exc)}\nHint: {device_hint}") from exc
-    if isinstance(got, torch.Tensor) and got.device != x.device:
-        raise CheckFailed(f"Likely bug: device not kept: the output must be on the samples' device.\n"
-                          f"{name}{why}: expected the output on {x.device}, got {got.device}.\n"
-                          f"Hint: {device_hint}")
-    if device == "cuda":
-        _compare_add_noise(name, got, x, eps, t, abar, sched, diagnose=False)
-    elif not (isinstance(got, torch.Tensor) and got.shape == x.shape and got.dtype == x.dtype):
-        raise CheckFailed(f"{name}{why}: expected {describe(x)}, got {describe(got)}.")
+    for t_in in ([t, t.to(device)] if device == "cuda" else [t]):  # a meta t has no values to index with
+        name = _describe_inputs(x, t) + (f", timesteps on {t_in.device}" if device == "cuda" else "")
+        try:
+            got = fn(x, eps, t_in, abar)
+        except NotImplementedError:
+            raise
+        except Exception as exc:
+            raise CheckFailed(f"Likely bug: device not kept: move alphas_cumprod to the samples' device.\n"
+                              f"{name}{why} raised {describe_exception(exc)}\nHint: {device_hint}") from exc
+        if isinstance(got, torch.Tensor) and got.device != x.device:
+            raise CheckFailed(f"Likely bug: device not kept: the output must be on the samples' device.\n"
+                              f"{name}{why}: expected the output on {x.device}, got {got.device}.\n"
+                              f"Hint: {device_hint}")
+        if device == "cuda":
+            _compare_add_noise(name, got, x, eps, t, abar, sched, diagnose=False)
+        elif not (isinstance(got, torch.Tensor) and got.shape == x.shape and got.dtype == x.dtype):
+            raise CheckFailed(f"{name}{why}: expected {describe(x)}, got {describe(got)}.")
 
 
 # --------------------------------------------------------------------------- snr
