@@ -69,7 +69,8 @@ def pred_original_sample(model_output, timesteps, sample, alphas_cumprod, predic
 
     Args:
         model_output: (B, ...) the network's output (eps_hat, x_0_hat or v_hat).
-        timesteps: (B,) long, one timestep in 0 .. T-1 per sample.
+        timesteps: (B,) long, one timestep in 0 .. T-1 per sample, on the CPU or on the
+            sample's device (where set_timesteps(device=...) puts a sampler's).
         sample: (B, ...) x_t, same shape as model_output; any rank after the batch one.
         alphas_cumprod: (T,) abar_0 .. abar_{T-1} (float32, possibly on another device).
         prediction_type: "epsilon", "sample" or "v_prediction".
@@ -100,7 +101,8 @@ def get_velocity(sample, noise, timesteps, alphas_cumprod):
     Args:
         sample: (B, ...) the CLEAN sample x_0 (diffusers' name; not x_t).
         noise: (B, ...) eps, the noise that made x_t.
-        timesteps: (B,) long, one timestep in 0 .. T-1 per sample.
+        timesteps: (B,) long, one timestep in 0 .. T-1 per sample, on the CPU or on the
+            sample's device (where set_timesteps(device=...) puts a sampler's).
         alphas_cumprod: (T,) abar_0 .. abar_{T-1}.
 
     Returns:
@@ -134,9 +136,10 @@ def ddpm_step(model_output, timestep, prev_timestep, sample, alphas_cumprod, var
 
     Args:
         model_output: (B, ...) the network's output at timestep t (eps_hat, x_0_hat or v_hat).
-        timestep: an integer t (int or 0-d tensor; the same for the whole batch, like diffusers'
-            step).
-        prev_timestep: an integer t' (t - T/n after set_timesteps(n)); -1 after the last step.
+        timestep: an integer t (int or 0-d tensor, on the CPU or on the sample's device; the
+            same for the whole batch, like diffusers' step).
+        prev_timestep: an integer t' (t - T/n after set_timesteps(n)), an int or 0-d tensor like
+            timestep; -1 after the last step.
         sample: (B, ...) x_t, any rank after the batch one.
         alphas_cumprod: (T,) abar_0 .. abar_{T-1}.
         variance_noise: (B, ...) z ~ N(0, I), same shape as sample; ignored at t = 0.

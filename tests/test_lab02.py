@@ -258,6 +258,14 @@ def test_get_velocity_correct_variant_passes():
         run("get_velocity", v_variant(None), seed)
 
 
+def test_get_velocity_without_the_device_fails():
+    """alphas_cumprod left on the CPU: the notebook calls get_velocity on the GPU's latents."""
+    def fn(sample, noise, timesteps, alphas_cumprod):
+        a = alphas_cumprod[timesteps].reshape(-1, *[1] * (sample.ndim - 1))
+        return a.sqrt() * noise - (1 - a).sqrt() * sample
+    fails("get_velocity", fn, "device not kept")
+
+
 # --------------------------------------------------------------------------- ddpm_variance
 
 @pytest.mark.parametrize("vtype", ref.VARIANCE_TYPES)

@@ -105,6 +105,39 @@ def _shape_dtype(name, got, x):
                           f"before indexing, as in Lab 01's add_noise.")
 
 
+# --------------------------------------------------------------------------- another device
+
+DEVICE_HINT = "move alphas_cumprod (and timesteps) to sample.device before indexing, as in Lab 01's add_noise."
+
+
+def _other_device():
+    """CUDA when there is one, else PyTorch's 'meta' device (shape and dtype without data)."""
+    return "cuda" if torch.cuda.is_available() else "meta"
+
+
+def _device_timesteps(t, device):
+    """The timesteps as the notebooks hand them over: on the CPU, and on a GPU also on the samples'
+    device (set_timesteps(device=...) puts a sampler's there; diffusers accepts both). A meta
+    tensor has no values to index with, so on the CPU only the first."""
+    return [t, t.to(device)] if device == "cuda" else [t]
+
+
+def _device_case(name, fn, args, like, hint=DEVICE_HINT):
+    """fn(*args) with tensors on another device: a raise, or an output that is not a tensor of
+    `like`'s shape on `like`'s device, is a device bug. Returns the output."""
+    try:
+        got = fn(*args)
+    except NotImplementedError:
+        raise
+    except Exception as exc:
+        raise CheckFailed(f"Likely bug: device not kept.\n{name} raised {describe_exception(exc)}\n"
+                          f"Hint: {hint}") from exc
+    if not (isinstance(got, torch.Tensor) and got.device == like.device and got.shape == like.shape):
+        raise CheckFailed(f"Likely bug: device not kept.\n{name}: expected {describe(like)}, got "
+                          f"{describe(got)}.\nHint: {hint}")
+    return got
+
+
 # --------------------------------------------------------------------------- pred_original_sample
 
 def _x0_64(mo, t, x, abar, ptype):
@@ -249,21 +282,15 @@ def check_pred_original_sample(fn, gen):
         assert_close(name, got, expected, **TOL[dtype], hint=EQ_X0 + ".")
 
     # Another device (CUDA, else 'meta': shape and dtype without data).
-    device = "cuda" if torch.cuda.is_available() else "meta"
+    device = _other_device()
     x = randn(gen, _shape(gen, 4, 3)).to(device)
     t = torch.tensor([0, T // 2, T - 1])
-    name = f"pred_original_sample(sample on {device}, alphas_cumprod on the CPU)"
-    hint = "move alphas_cumprod (and timesteps) to sample.device before indexing, as in Lab 01's add_noise."
-    try:
-        got = fn(x, t, x, abar, "epsilon")
-    except NotImplementedError:
-        raise
-    except Exception as exc:
-        raise CheckFailed(f"Likely bug: device not kept.\n{name} raised {describe_exception(exc)}\n"
-                          f"Hint: {hint}") from exc
-    if not (isinstance(got, torch.Tensor) and got.device == x.device and got.shape == x.shape):
-        raise CheckFailed(f"Likely bug: device not kept.\n{name}: expected {describe(x)}, got "
-                          f"{describe(got)}.\nHint: {hint}")
+    for t_in in _device_timesteps(t, device):
+        name = f"pred_original_sample(sample on {device}, timesteps on {t_in.device}, alphas_cumprod on the CPU)"
+        got = _device_case(name, fn, (x, t_in, x, abar, "epsilon"), x)
+        if device == "cuda":
+            assert_close(name, got, ref.pred_original_sample(x, t, x, abar, "epsilon"), **TOL[torch.float32],
+                         hint=EQ_X0 + ".")
 
     # An unknown prediction type must raise ValueError (diffusers raises ValueError too).
     x = randn(gen, (2, 3))
@@ -298,7 +325,7 @@ def _v_bugs(x0, eps, t, abar):
 
 def check_get_velocity(fn, gen):
     """4-D float32 (interior t, then t = 0 and T-1), ranks 1, 2, 3, 5, float64, vs
-    DDPMScheduler.get_velocity."""
+    DDPMScheduler.get_velocity; then a second device (CUDA when present, else 'meta')."""
     sched, desc = _random_scheduler(gen, "v_prediction")
     abar = sched.alphas_cumprod.clone()
     T = abar.shape[0]
@@ -320,6 +347,15 @@ def check_get_velocity(fn, gen):
     got = _call(fn, name, x0, eps, t, abar, rank=x0.ndim)
     _shape_dtype(name, got, x0)
     assert_close(name, got, ref.get_velocity(x0, eps, t, abar), **TOL[torch.float64], hint=EQ_V + ".")
+    # Another device (CUDA, else 'meta'), alphas_cumprod on the CPU, as the notebook calls it on a GPU.
+    device = _other_device()
+    x0 = randn(gen, _shape(gen, 4, 3)).to(device)
+    eps, t = randn(gen, x0.shape).to(device), torch.tensor([0, T // 2, T - 1])
+    for t_in in _device_timesteps(t, device):
+        name = f"get_velocity(sample on {device}, noise, timesteps on {t_in.device}, alphas_cumprod on the CPU)"
+        got = _device_case(name, fn, (x0, eps, t_in, abar), x0)
+        if device == "cuda":
+            assert_close(name, got, ref.get_velocity(x0, eps, t, abar), **TOL[torch.float32], hint=EQ_V + ".")
 
 
 # --------------------------------------------------------------------------- ddpm_step
@@ -600,13 +636,15 @@ def check_ddpm_step(fn, gen):
         x = randn(gen, (2, 4, 3, 3))
         mo, z = randn(gen, x.shape), randn(gen, x.shape)
         ptype = sched.config.prediction_type
-        got = fn(mo.cuda(), t, prev, x.cuda(), sched.alphas_cumprod, z.cuda(), ptype)
-        name = f"ddpm_step(samples on cuda, alphas_cumprod on the CPU, timestep={t})"
-        if not (isinstance(got, torch.Tensor) and got.device.type == "cuda"):
-            raise CheckFailed(f"Likely bug: device not kept.\n{name}: expected the output on cuda, got "
-                              f"{describe(got)}. Move alphas_cumprod to sample.device.")
-        assert_close(name, got.cpu(), ref.ddpm_step(mo, t, prev, x, sched.alphas_cumprod, z, ptype),
-                     **TOL[torch.float32])
+        expected = ref.ddpm_step(mo, t, prev, x, sched.alphas_cumprod, z, ptype)
+        # the timesteps as ints, then as 0-d CUDA tensors (what a loop over
+        # set_timesteps(device="cuda")'s timesteps hands over, as the notebook's sampler does)
+        for t_in, prev_in, kind in ((t, prev, "ints"), (torch.tensor(t, device="cuda"),
+                                                        torch.tensor(prev, device="cuda"), "0-d tensors on cuda")):
+            name = f"ddpm_step(samples on cuda, alphas_cumprod on the CPU, timestep={t}, prev_timestep={prev} as {kind})"
+            got = _device_case(name, fn, (mo.cuda(), t_in, prev_in, x.cuda(), sched.alphas_cumprod, z.cuda(), ptype),
+                               x.cuda(), hint="move alphas_cumprod (and any timesteps tensor) to sample.device.")
+            assert_close(name, got.cpu(), expected, **TOL[torch.float32])
 
 
 # --------------------------------------------------------------------------- ddpm_variance
