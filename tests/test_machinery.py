@@ -299,5 +299,8 @@ def test_setup_makes_float32_exact_on_a_gpu():
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
         setup(quiet=True)
         assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+        # what the convolution and matmul kernels consult (the new fp32_precision API resolved too)
+        assert torch._C._get_cudnn_allow_tf32() is False and torch._C._get_cublas_allow_tf32() is False
+        assert torch.backends.cudnn.conv.fp32_precision != "tf32" and torch.backends.cuda.matmul.fp32_precision != "tf32"
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
