@@ -2,6 +2,8 @@
 
     m = measure_peak(lambda: pipe(prompt, height=256, width=256), resident=weights_bytes)
     m.peak, m.extra, m.seconds, m.method, m.at_peak      # bytes, bytes, s, how, ops at the peak (CPU)
+    conv_kernels(lambda: conv(x))                         # ("aten::mkldnn_convolution",): which library ran it
+    im2col_bytes(conv, batch, height, width)              # PyTorch's im2col kernel's columns buffer
     seconds = time_call(lambda: pipe(prompt), device)
     models = real_scale_models()                          # SD 1.5, SDXL, FLUX.1-dev on the meta device
     rows = real_scale_table(estimate_peak_memory, param_bytes)
@@ -14,7 +16,11 @@ keeps other objects alive in a notebook out of the number.
 
 - CUDA: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``, minus
   ``memory_allocated()`` before: bytes held by live tensors. Neither counts the CUDA context
-  nor the allocator's cached but free blocks (``nvidia-smi`` shows those too).
+  nor the allocator's cached but free blocks (``nvidia-smi`` shows those too). A small matrix
+  product runs first: cuBLAS allocates its workspace (32 MiB on an H100/H200) at a device's first
+  matrix product and keeps it, so a first product inside the measured call would count it as
+  the call's. The workspaces cuDNN takes for a convolution during the call are counted: they
+  are the call's.
 - CPU: PyTorch's profiler with ``profile_memory=True`` records every allocation and free of the
   CPU allocator during the call, with its time; the running sum of those sizes, at its
   maximum, is ``extra``. The profiler also says which operators were running at that moment
@@ -40,7 +46,7 @@ import torch
 
 __all__ = ["MiB", "GiB", "fmt_bytes", "Measurement", "measure_peak", "time_call", "count_forwards", "attention_facts",
            "vae_decoder_channels", "RealModel", "real_scale_models", "real_scale_table", "PUBLISHED_PARAMS",
-           "transfer_seconds"]
+           "transfer_seconds", "CONV_KERNELS", "IM2COL", "conv_kernels", "im2col_bytes"]
 
 MiB, GiB = 2**20, 2**30
 
@@ -112,6 +118,15 @@ def _native_stderr_silenced():
         os.close(devnull)
 
 
+def _warm_up_cuda(device) -> None:
+    """One small matrix product on ``device``: cuBLAS allocates its workspace (32 MiB on Hopper,
+    through PyTorch's caching allocator) at the first product on a device and stream, and keeps
+    it. Run before ``reset_peak_memory_stats`` so that a measured call is not charged for it."""
+    a = torch.ones(8, 8, device=device)
+    torch.addmm(a, a, a)  # addmm and mm: cuBLAS (and cuBLASLt, which shares the workspace)
+    a @ a
+
+
 def measure_peak(fn: Callable[[], Any], device=None, resident: int = 0) -> Measurement:
     """Run ``fn()`` once under ``torch.no_grad`` and measure its peak memory and wall time.
 
@@ -134,6 +149,7 @@ def measure_peak(fn: Callable[[], Any], device=None, resident: int = 0) -> Measu
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gc.collect()  # CUDA: earlier garbage freed during the call would be subtracted from its peak
     if device.type == "cuda":
+        _warm_up_cuda(device)  # cuBLAS's one-time workspace belongs to no measured call
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
@@ -159,6 +175,58 @@ def measure_peak(fn: Callable[[], Any], device=None, resident: int = 0) -> Measu
             extra, t_peak = current, t_ns
     at_peak = _ops_at(prof, t_peak) if t_peak is not None else ()
     return Measurement(int(resident + extra), int(extra), seconds, "torch.profiler(profile_memory=True)", at_peak, out)
+
+
+# --------------------------------------------------------------------------- convolution kernels
+# The aten operator a convolution reaches names the library that computes it; aten/src/ATen/native/
+# Convolution.cpp (_select_conv_backend) picks it. On a CPU, float32: oneDNN where PyTorch is built
+# with it (x86 and Linux-aarch64 wheels) and torch.backends.mkldnn.enabled, except small single
+# images (N * C * H * W <= 20480); else NNPACK for batches of 16 or more; else PyTorch's own
+# slow_conv2d (im2col + one matrix product), as on the macOS arm64 wheels at small batches.
+CONV_KERNELS = {
+    "aten::mkldnn_convolution": "oneDNN",
+    "aten::_slow_conv2d_forward": "PyTorch's im2col kernel, slow_conv2d",
+    "aten::_nnpack_spatial_convolution": "NNPACK",
+    "aten::cudnn_convolution": "cuDNN",
+    "aten::miopen_convolution": "MIOpen",
+    "aten::_mps_convolution": "Metal (MPS)",
+    "aten::_conv_depthwise2d": "PyTorch's depthwise kernel",
+    "aten::slow_conv_dilated2d": "PyTorch's dilated im2col kernel",
+}
+IM2COL = "aten::_slow_conv2d_forward"
+
+
+def conv_kernels(fn: Callable[[], Any]) -> tuple:
+    """The convolution kernels (keys of :data:`CONV_KERNELS`) that ``fn()`` reaches, in the order
+    of their first call, read from PyTorch's profiler (CPU-side operator events, so a CUDA
+    convolution is named too). Runs ``fn`` once under ``torch.no_grad``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with _native_stderr_silenced(), torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    calls = sorted((e.start_ns(), e.name()) for e in prof.profiler.kineto_results.events() if e.name() in CONV_KERNELS)
+    return tuple(dict.fromkeys(name for _, name in calls))
+
+
+def im2col_bytes(conv: torch.nn.Conv2d, batch: int, height: int, width: int, dtype=None) -> int:
+    """Bytes of the columns buffer PyTorch's im2col kernel (slow_conv2d, aten/src/ATen/native/
+    ConvolutionMM2d.cpp) allocates to run the undilated ``conv`` on a (batch, C_in, height, width)
+    input: each output pixel's receptive field unfolded, C_in / groups x kh x kw values per output
+    pixel and image (one group at a time), in ``dtype`` (None: the weight's). 0 for a 1 x 1
+    convolution with stride 1 and no padding, which reads its input in place. oneDNN, NNPACK and
+    cuDNN allocate other scratch: measure it with :func:`measure_peak`."""
+    kh, kw = conv.kernel_size
+    (sh, sw), (dh, dw) = conv.stride, conv.dilation
+    if isinstance(conv.padding, str):  # "same" (stride 1) or "valid"
+        ph, pw = ((dh * (kh - 1) // 2, dw * (kw - 1) // 2) if conv.padding == "same" else (0, 0))
+    else:
+        ph, pw = conv.padding
+    if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
+        return 0
+    out_h = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    itemsize = (dtype or conv.weight.dtype).itemsize
+    return batch * conv.in_channels // conv.groups * kh * kw * out_h * out_w * itemsize
 
 
 def time_call(fn: Callable[[], Any], device=None, repeats: int = 1) -> float:

@@ -47,8 +47,9 @@ __all__ = ["attention_scores_bytes", "sliced_attention", "chunked_feed_forward",
 # How many full-resolution feature maps of the VAE decoder's widest full-resolution layer are
 # alive at once at its peak: in the last up block's first ResnetBlock2D, the block's input
 # (kept for the shortcut), the GroupNorm output and the SiLU output (diffusers' ResnetBlock2D
-# does not run SiLU in place). Counted from the code, for a GPU; on a CPU, oneDNN's copy of a
-# convolution's input into its blocked layout adds about half a map more (the notebook measures it).
+# does not run SiLU in place). Counted from the code. The kernel of a convolution adds scratch the
+# count leaves out: oneDNN a copy of its input (the peak then reads about half a map above the
+# count), PyTorch's im2col kernel (slow_conv2d) nine inputs; Lab 10's experiment 3 measures both.
 VAE_LIVE_TENSORS = 3
 
 
@@ -223,11 +224,13 @@ def estimate_peak_memory(n_params, height, width, heads, vae_channels, *, dtype=
                       (the widest full-resolution feature maps of the decoder's last up block)
         peak        = weights + the larger of attention and vae_decoder
 
-    What it leaves out (so it UNDER-estimates a little): the denoiser's other activations
-    (hidden states, feed-forward, convolutions, small next to the scores at high resolution and
-    next to the weights at low), the VAE's own mid-block attention at the latent resolution, the
-    text encoders' activations, allocator rounding and fragmentation, cuDNN/cuBLAS workspaces and
-    the CUDA context (~0.3-0.5 GB, which `torch.cuda.max_memory_allocated` does not count either).
+    What it leaves out (so it UNDER-estimates: a little, unless a kernel's scratch is large): the
+    denoiser's other activations (hidden states, feed-forward, convolutions, small next to the
+    scores at high resolution and next to the weights at low), the VAE's own mid-block attention
+    at the latent resolution, the text encoders' activations, the kernels' scratch (oneDNN's copy
+    of a convolution's input; the columns of PyTorch's im2col convolution, nine times its input;
+    cuDNN's workspaces), allocator rounding and fragmentation, and the CUDA context (~0.3-0.5 GB,
+    which `torch.cuda.max_memory_allocated` does not count either).
 
     Args:
         n_params: int, parameters resident during the call (all components; with model CPU
