@@ -97,7 +97,8 @@ def emb_bug(bug):
         denom = {"shift_ignored": half, "shift_1": half - 1}.get(bug, half - downscale_freq_shift)
         mp = 10000 if bug == "max_period" else max_period
         sign = 1 if bug == "positive" else -1
-        freqs = torch.exp(sign * math.log(mp) * torch.arange(half, dtype=torch.float32) / denom)
+        on = {} if bug == "cpu_arange" else dict(device=timesteps.device)  # the GPU bug: a new tensor on the CPU
+        freqs = torch.exp(sign * math.log(mp) * torch.arange(half, dtype=torch.float32, **on) / denom)
         s = {"no_scale": 1, "divide": 1 / scale}.get(bug, scale)
         args = s * timesteps.float()[:, None] * freqs[None]
         cos_first = flip_sin_to_cos if bug != "flip" else not flip_sin_to_cos
@@ -125,6 +126,7 @@ def test_timestep_embedding_independent_variant_passes():
     ("no_scale", "missing scaling factor"),
     ("divide", "divided by scale instead of multiplying"),
     ("no_pad", "odd embedding_dim not padded"),
+    ("cpu_arange", "a tensor made on the CPU"),
 ])
 def test_timestep_embedding_bugs(bug, phrase):
     fails("timestep_embedding", emb_bug(bug), phrase)
@@ -528,3 +530,16 @@ def test_attention_token_counts():
     assert attention_tokens("SD3 medium", 1024)["tokens"] == 4096 + 77 + 256  # joint attention with the text
     assert attention_tokens("FLUX.1-dev", 1024)["tokens"] == 4096 + 512
     assert attention_tokens("FLUX.1-dev", 512)["scores_per_head"] == (1024 + 512) ** 2
+
+
+def test_timestep_embedding_device_case_judges_only_the_device():
+    """The meta-device case (a stand-in for a GPU) fails a tensor made on the CPU, and nothing that meta
+    tensors merely cannot do: a correct embedding that reads t's values (here, to check them) passes."""
+    def reads_values(timesteps, embedding_dim, *args):
+        assert bool(torch.isfinite(timesteps).all())  # NotImplementedError on the meta device: not judged there
+        return ref.timestep_embedding(timesteps, embedding_dim, *args)
+
+    for seed in SEEDS[:3]:
+        run("timestep_embedding", reads_values, seed)
+    got = ref.timestep_embedding(torch.zeros(3, device="meta"), 33)
+    assert got.device.type == "meta" and tuple(got.shape) == (3, 33)

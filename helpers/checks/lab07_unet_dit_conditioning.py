@@ -107,7 +107,9 @@ def check_timestep_embedding(fn, gen):
     """Tiny fractional t (every argument small, so a wrong frequency shows exactly), Stable
     Diffusion's setting (cos first, shift 0, int timesteps 0..999), DDPM's (sin first, shift 1,
     odd width), fractional t in [0, 1] with scale 100 or 1000 (as flow-matching models feed
-    sigma), and max_period 100 or 1000; each compared with diffusers' get_timestep_embedding."""
+    sigma), and max_period 100 or 1000; each compared with diffusers' get_timestep_embedding. Then
+    once with t on the "meta" device (a stand-in for the GPU the notebook may run on): the
+    embedding must be computed on t's device."""
     cases = [  # the first: tiny t, where every frequency's argument is small and exact in float32
         dict(dim=2 * randint(gen, 8, 40), flip=choice(gen, [True, False]), shift=1, scale=1, max_period=10000,
              kind="tiny"),
@@ -145,6 +147,31 @@ def check_timestep_embedding(fn, gen):
         diag = [(label, emb_variant(t, dim, *args, bug=b)) for b, label in EMB_BUGS]
         assert_close(name, got, ref.timestep_embedding(t, dim, *args), **tol, diagnose=diag, hint=EQ_EMB)
         assert_close(f"{name} vs diffusers' get_timestep_embedding", got, get_timestep_embedding(t, dim, *args), **tol)
+    _device_case("timestep_embedding", fn, torch.zeros(randint(gen, 2, 6), device="meta"), 2 * randint(gen, 8, 40) + 1,
+                 hint="make every new tensor (the frequencies' torch.arange) on the input's device: "
+                      "device=timesteps.device, as get_timestep_embedding does.")
+
+
+def _device_case(name, fn, *args, hint):
+    """Call ``fn`` with its tensors on PyTorch's "meta" device (shapes, no data), standing in for the GPU
+    on which the notebook calls it with CUDA tensors: a tensor the function makes without ``device=`` lands
+    on the CPU and meets the inputs in an op (an error on a GPU, and here), or the result comes back on the
+    CPU. Anything else that meta tensors cannot do (reading values) is not judged here."""
+    where = ", ".join(f"{tuple(a.shape)} on 'meta'" if isinstance(a, torch.Tensor) else repr(a) for a in args)
+    call = f"{name}({where})"
+    why = ("the notebook runs on a GPU where there is one and calls it with CUDA tensors there (this check "
+           "stands in for one with the 'meta' device)")
+    try:
+        got = fn(*args)
+    except (RuntimeError, NotImplementedError) as exc:
+        if "device" in str(exc) and "meta" in str(exc):
+            raise CheckFailed(f"Likely bug: a tensor made on the CPU. {call} raised "
+                              f"{describe_exception(exc)}\nThe function must compute where its inputs are: {why}."
+                              f"\nHint: {hint}") from exc
+        return  # meta tensors hold no values: whatever needs them is judged by the cases above
+    if isinstance(got, torch.Tensor) and got.device.type != "meta":
+        raise CheckFailed(f"Likely bug: the result is on the wrong device. {call} returned {describe(got)}: it must "
+                          f"come back on its input's device, because {why}.\nHint: {hint}")
 
 
 # --------------------------------------------------------------------------- attention
