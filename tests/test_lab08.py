@@ -109,7 +109,8 @@ def lora_variant(bug=None):
             self.base = base
             if bug != "not_frozen":
                 base.requires_grad_(False)
-            f = {} if bug == "dtype" else dict(device=base.weight.device, dtype=base.weight.dtype)
+            f = {"dtype": {}, "device": dict(dtype=base.weight.dtype)}.get(
+                bug, dict(device=base.weight.device, dtype=base.weight.dtype))
             if bug == "swapped":
                 self.down = nn.Linear(rank, base.out_features, bias=False, **f)
                 self.up = nn.Linear(base.in_features, rank, bias=False, **f)
@@ -164,6 +165,7 @@ def test_lora_linear_correct_variant_passes():
     ("not_frozen", "base not frozen"),
     ("bias", "has a bias"),
     ("dtype", "dtype not kept"),
+    ("device", "device not kept"),
     ("ignores_scaling", "forward must read self.scaling"),
     ("no_base", "base layer's output is missing"),
     ("no_bias", "bias is missing"),

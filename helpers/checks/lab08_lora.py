@@ -154,7 +154,8 @@ def _check_lora_layer(cls, gen, d_in, d_out, bias, dtype):
             raise CheckFailed(f"{name}: `{attr}` has a bias; LoRA's projections have none (bias=False), like "
                               f"peft's lora_A / lora_B: the update must be exactly the scaled low-rank product.")
     if down.dtype != dtype or up.dtype != dtype or down.device != base.weight.device:
-        raise CheckFailed(f"Likely bug: dtype not kept. {name}: down/up must be created in the base's dtype and "
+        lead = "dtype" if down.dtype != dtype or up.dtype != dtype else "device"
+        raise CheckFailed(f"Likely bug: {lead} not kept. {name}: down/up must be created in the base's dtype and "
                           f"on its device, got down {describe(down)}, up {describe(up)}.\nHint: "
                           f"nn.Linear accepts a device and a dtype; read them off the base layer's weight.")
 
@@ -262,7 +263,8 @@ def _check_lora_layer(cls, gen, d_in, d_out, bias, dtype):
 def check_LoRALinear(cls, gen):
     """Three layers (non-square with and without bias, square; one in float64): attributes and their
     shapes, frozen base, B = 0 / A random, forward at init and with random A, B (every scaling bug
-    named), the scaling attribute, gradients. Each layer is compared with the reference."""
+    named), the scaling attribute, gradients. Each layer is compared with the reference. Then a base
+    on the "meta" device (a stand-in for a GPU): down and up must be made on the base's device."""
     if not isinstance(cls, type):
         raise CheckFailed(f"LoRALinear: expected a class (an nn.Module subclass), got {describe(cls)}.")
     d_in = randint(gen, 4, 24)
@@ -271,6 +273,32 @@ def check_LoRALinear(cls, gen):
     _check_lora_layer(cls, gen, d_out, d_in, False, torch.float32)
     d = randint(gen, 6, 16)
     _check_lora_layer(cls, gen, d, d, True, torch.float64)
+    _check_lora_device(cls, gen, d_in, d_out)
+
+
+def _check_lora_device(cls, gen, d_in, d_out):
+    """A base layer on PyTorch's "meta" device (shapes, no data), standing in for a GPU: down and up must
+    be made on the base's device, or a LoRA injected into a model on a GPU (as training scripts do) meets
+    CPU weights in its first forward. What meta tensors cannot do (reading values) is left to the cases
+    above."""
+    rank, alpha = _rank_alpha(gen)
+    base = nn.Linear(d_in, d_out, device="meta")
+    name = f"LoRALinear(nn.Linear({d_in}, {d_out}, device='meta'), rank={rank}, alpha={alpha})"
+    why = ("a LoRA layer made on the CPU inside a model on a GPU stops the model's first forward with a device "
+           "error (this check stands in for a GPU with the 'meta' device)")
+    try:
+        m = _build(cls, gen, base, rank, alpha)
+    except (RuntimeError, NotImplementedError) as exc:
+        if "device" in str(exc) and "meta" in str(exc):
+            raise CheckFailed(f"Likely bug: device not kept. {name} raised {describe_exception(exc)}\n{why}.\n"
+                              f"Hint: nn.Linear accepts a device and a dtype; read them off the base layer's "
+                              f"weight.") from exc
+        return
+    devices = {attr: getattr(getattr(getattr(m, attr, None), "weight", None), "device", None) for attr in ("down", "up")}
+    if any(d is None or d.type != "meta" for d in devices.values()):
+        raise CheckFailed(f"Likely bug: device not kept. {name}: down.weight is on {devices['down']}, up.weight on "
+                          f"{devices['up']}; both must be on the base layer's device: {why}.\nHint: nn.Linear "
+                          f"accepts a device and a dtype; read them off the base layer's weight.")
 
 
 # --------------------------------------------------------------------------- inject_lora
