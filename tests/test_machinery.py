@@ -304,3 +304,33 @@ def test_setup_makes_float32_exact_on_a_gpu():
         assert torch.backends.cudnn.conv.fp32_precision != "tf32" and torch.backends.cuda.matmul.fp32_precision != "tf32"
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_device_case_judges_the_device_only():
+    """checks._core.device_case, on the 'meta' device (the stand-in for a GPU): a tensor made on
+    the CPU that meets the inputs, or a result on the CPU, fails as "device not kept"; a right
+    function passes; lenient, what meta tensors cannot do (read values) is left to other cases."""
+    from helpers.checks._core import CheckFailed, device_case, device_timesteps, is_device_error, other_device
+
+    x = torch.empty(2, 3, device="meta")
+    good = lambda x: x * torch.arange(3, device=x.device)  # noqa: E731
+    cpu_made = lambda x: x * torch.arange(3)  # noqa: E731
+    cpu_out = lambda x: torch.zeros(x.shape)  # noqa: E731
+    reads = lambda x: x * float(x.sum())  # noqa: E731  (needs values: meta cannot)
+    assert device_case("good", good, (x,), "meta", hint="h", like=x).device.type == "meta"
+    for bad in (cpu_made, cpu_out):
+        with pytest.raises(CheckFailed, match="device not kept"):
+            device_case("bad", bad, (x,), "meta", hint="h", like=x)
+    with pytest.raises(CheckFailed, match="device not kept"):
+        device_case("bad", cpu_made, (x,), "meta", hint="h", lenient=True)
+    assert device_case("reads", reads, (x,), "meta", hint="h", lenient=True) is None
+    with pytest.raises(CheckFailed, match="device not kept"):
+        device_case("reads", reads, (x,), "meta", hint="h")  # strict: any raise is judged
+    with pytest.raises(CheckFailed, match="expected tensor"):
+        device_case("shape", lambda x: x[:1], (x,), "meta", hint="h", like=x)
+    with pytest.raises(RuntimeError) as info:  # PyTorch's own message names both devices
+        cpu_made(x)
+    assert is_device_error(info.value, "meta") and not is_device_error(ValueError("bad value"), "meta")
+    assert other_device() == ("cuda" if torch.cuda.is_available() else "meta")
+    t = torch.tensor([1, 2])
+    assert len(device_timesteps(t, "meta")) == 1 and device_timesteps(t, "meta")[0] is t

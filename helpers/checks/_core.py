@@ -248,6 +248,58 @@ def _same_file(a: str, b: str) -> bool:
 _LEARNER_FILE: contextvars.ContextVar = contextvars.ContextVar("learner_file", default=None)
 
 
+def other_device() -> str:
+    """Where a check calls a function off the CPU, as the notebooks do on a GPU: ``"cuda"`` when
+    there is one, else PyTorch's ``"meta"`` device (tensors with a shape and dtype, no data), on
+    which a tensor made without ``device=`` still meets the inputs in an op and fails."""
+    return "cuda" if torch.cuda.is_available() else "meta"
+
+
+META_NOTE = " (the 'meta' device stands in for a GPU: its tensors have a shape and dtype but no data)"
+
+
+def is_device_error(exc: BaseException, device: str) -> bool:
+    """Whether ``exc`` is PyTorch's complaint about tensors on two devices, one of them ``device``."""
+    text = str(exc)
+    return "device" in text and torch.device(device).type in text
+
+
+def device_timesteps(t: torch.Tensor, device: str) -> list[torch.Tensor]:
+    """Timesteps as the notebooks hand them to a function whose samples are on ``device``: on the
+    CPU, and on a GPU also on the samples' device (where ``set_timesteps(device=...)`` puts a
+    sampler's and a training loop draws them; diffusers accepts both). A meta tensor has no values
+    to index with, so off a GPU only the first."""
+    return [t, t.to(device)] if device == "cuda" else [t]
+
+
+def device_case(name: str, fn: Callable, args: Sequence[Any], device: str, *, hint: str,
+                like: torch.Tensor | None = None, lenient: bool = False) -> Any:
+    """``fn(*args)``, its tensors placed on ``device`` (from :func:`other_device`), judged for the
+    device only: a raise is a device bug ("device not kept"), and so is a result that is not a
+    tensor on ``device`` (of ``like``'s shape, when ``like`` is given; with ``like`` None, a result
+    that is not a tensor is left to the other cases). With ``lenient``, on "meta", only a raise
+    that names the device is judged: anything else comes from meta tensors holding no values,
+    which the CPU cases judge, and ``None`` is returned. Returns the result."""
+    note = "" if device == "cuda" else META_NOTE
+    try:
+        got = fn(*args)
+    except NotImplementedError:
+        if lenient and device == "meta":
+            return None
+        raise
+    except Exception as exc:
+        if lenient and device == "meta" and not is_device_error(exc, device):
+            return None
+        raise CheckFailed(f"Likely bug: device not kept: a tensor made on the CPU.\n{name}{note} raised "
+                          f"{describe_exception(exc)}\nHint: {hint}") from exc
+    wrong = (not isinstance(got, torch.Tensor) or got.shape != like.shape) if like is not None else False
+    if wrong or (isinstance(got, torch.Tensor) and got.device.type != torch.device(device).type):
+        want = f"{describe(like)}" if like is not None else f"a result on {device}"
+        raise CheckFailed(f"Likely bug: device not kept: the result must come back on its inputs' device.\n"
+                          f"{name}{note}: expected {want}, got {describe(got)}.\nHint: {hint}")
+    return got
+
+
 def describe_exception(exc: BaseException, learner_file: str | os.PathLike | None = None) -> str:
     """``ZeroDivisionError: division by zero\\n  at lab01_x.py line 12, in add_noise: x / 0``:
     the exception and the last traceback frame inside ``learner_file`` (default: the file

@@ -13,8 +13,8 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.schedulers.scheduling_ddpm import rescale_zero_terminal_snr as diffusers_rescale
 
-from helpers.checks._core import (require_raises, CheckFailed, assert_close, choice, describe, describe_exception, randint, randn,
-                                  require_unchanged, uniform)
+from helpers.checks._core import (META_NOTE, require_raises, CheckFailed, assert_close, choice, describe, describe_exception,
+                                  device_case, device_timesteps, other_device, randint, randn, require_unchanged, uniform)
 from helpers.solutions import lab01_forward_noise as ref
 
 LAB = "lab01"
@@ -372,30 +372,18 @@ def check_add_noise(fn, gen):
     # 5. Samples on another device while alphas_cumprod stays on the CPU; on a GPU, the timesteps
     # both on the CPU and on the samples' device (where a training loop draws them, and where
     # set_timesteps(device=...) puts a sampler's), as DDPMScheduler.add_noise accepts both.
-    device = "cuda" if torch.cuda.is_available() else "meta"
+    device = other_device()
     x, eps, t = _noise_inputs(gen, randint(gen, 1, 5), torch.float32, T, edges=True)
     x, eps = x.to(device), eps.to(device)
-    why = ("" if device == "cuda" else
-           " (the 'meta' device stands in for a GPU: its tensors have a shape and dtype but no data)")
     device_hint = ("move alphas_cumprod (and timesteps) to the samples' device, and cast it to their "
                    "dtype, before indexing, as the first lines of DDPMScheduler.add_noise do.")
-    for t_in in ([t, t.to(device)] if device == "cuda" else [t]):  # a meta t has no values to index with
+    for t_in in device_timesteps(t, device):
         name = _describe_inputs(x, t) + (f", timesteps on {t_in.device}" if device == "cuda" else "")
-        try:
-            got = fn(x, eps, t_in, abar)
-        except NotImplementedError:
-            raise
-        except Exception as exc:
-            raise CheckFailed(f"Likely bug: device not kept: move alphas_cumprod to the samples' device.\n"
-                              f"{name}{why} raised {describe_exception(exc)}\nHint: {device_hint}") from exc
-        if isinstance(got, torch.Tensor) and got.device != x.device:
-            raise CheckFailed(f"Likely bug: device not kept: the output must be on the samples' device.\n"
-                              f"{name}{why}: expected the output on {x.device}, got {got.device}.\n"
-                              f"Hint: {device_hint}")
+        got = device_case(name, fn, (x, eps, t_in, abar), device, hint=device_hint, like=x)
         if device == "cuda":
             _compare_add_noise(name, got, x, eps, t, abar, sched, diagnose=False)
-        elif not (isinstance(got, torch.Tensor) and got.shape == x.shape and got.dtype == x.dtype):
-            raise CheckFailed(f"{name}{why}: expected {describe(x)}, got {describe(got)}.")
+        elif got.dtype != x.dtype:
+            raise CheckFailed(f"{name}{META_NOTE}: expected {describe(x)}, got {describe(got)}.")
 
 
 # --------------------------------------------------------------------------- snr

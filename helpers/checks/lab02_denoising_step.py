@@ -14,7 +14,7 @@ from diffusers import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from helpers.checks._core import (require_raises, CheckFailed, as_number, assert_close, choice, describe, describe_exception,
-                                 distinct, randint, randn)
+                                 device_case, device_timesteps, distinct, other_device, randint, randn)
 from helpers.solutions import lab02_denoising_step as ref
 
 LAB = "lab02"
@@ -108,34 +108,6 @@ def _shape_dtype(name, got, x):
 # --------------------------------------------------------------------------- another device
 
 DEVICE_HINT = "move alphas_cumprod (and timesteps) to sample.device before indexing, as in Lab 01's add_noise."
-
-
-def _other_device():
-    """CUDA when there is one, else PyTorch's 'meta' device (shape and dtype without data)."""
-    return "cuda" if torch.cuda.is_available() else "meta"
-
-
-def _device_timesteps(t, device):
-    """The timesteps as the notebooks hand them over: on the CPU, and on a GPU also on the samples'
-    device (set_timesteps(device=...) puts a sampler's there; diffusers accepts both). A meta
-    tensor has no values to index with, so on the CPU only the first."""
-    return [t, t.to(device)] if device == "cuda" else [t]
-
-
-def _device_case(name, fn, args, like, hint=DEVICE_HINT):
-    """fn(*args) with tensors on another device: a raise, or an output that is not a tensor of
-    `like`'s shape on `like`'s device, is a device bug. Returns the output."""
-    try:
-        got = fn(*args)
-    except NotImplementedError:
-        raise
-    except Exception as exc:
-        raise CheckFailed(f"Likely bug: device not kept.\n{name} raised {describe_exception(exc)}\n"
-                          f"Hint: {hint}") from exc
-    if not (isinstance(got, torch.Tensor) and got.device == like.device and got.shape == like.shape):
-        raise CheckFailed(f"Likely bug: device not kept.\n{name}: expected {describe(like)}, got "
-                          f"{describe(got)}.\nHint: {hint}")
-    return got
 
 
 # --------------------------------------------------------------------------- pred_original_sample
@@ -282,12 +254,12 @@ def check_pred_original_sample(fn, gen):
         assert_close(name, got, expected, **TOL[dtype], hint=EQ_X0 + ".")
 
     # Another device (CUDA, else 'meta': shape and dtype without data).
-    device = _other_device()
+    device = other_device()
     x = randn(gen, _shape(gen, 4, 3)).to(device)
     t = torch.tensor([0, T // 2, T - 1])
-    for t_in in _device_timesteps(t, device):
+    for t_in in device_timesteps(t, device):
         name = f"pred_original_sample(sample on {device}, timesteps on {t_in.device}, alphas_cumprod on the CPU)"
-        got = _device_case(name, fn, (x, t_in, x, abar, "epsilon"), x)
+        got = device_case(name, fn, (x, t_in, x, abar, "epsilon"), device, hint=DEVICE_HINT, like=x)
         if device == "cuda":
             assert_close(name, got, ref.pred_original_sample(x, t, x, abar, "epsilon"), **TOL[torch.float32],
                          hint=EQ_X0 + ".")
@@ -348,12 +320,12 @@ def check_get_velocity(fn, gen):
     _shape_dtype(name, got, x0)
     assert_close(name, got, ref.get_velocity(x0, eps, t, abar), **TOL[torch.float64], hint=EQ_V + ".")
     # Another device (CUDA, else 'meta'), alphas_cumprod on the CPU, as the notebook calls it on a GPU.
-    device = _other_device()
+    device = other_device()
     x0 = randn(gen, _shape(gen, 4, 3)).to(device)
     eps, t = randn(gen, x0.shape).to(device), torch.tensor([0, T // 2, T - 1])
-    for t_in in _device_timesteps(t, device):
+    for t_in in device_timesteps(t, device):
         name = f"get_velocity(sample on {device}, noise, timesteps on {t_in.device}, alphas_cumprod on the CPU)"
-        got = _device_case(name, fn, (x0, eps, t_in, abar), x0)
+        got = device_case(name, fn, (x0, eps, t_in, abar), device, hint=DEVICE_HINT, like=x0)
         if device == "cuda":
             assert_close(name, got, ref.get_velocity(x0, eps, t, abar), **TOL[torch.float32], hint=EQ_V + ".")
 
@@ -642,8 +614,8 @@ def check_ddpm_step(fn, gen):
         for t_in, prev_in, kind in ((t, prev, "ints"), (torch.tensor(t, device="cuda"),
                                                         torch.tensor(prev, device="cuda"), "0-d tensors on cuda")):
             name = f"ddpm_step(samples on cuda, alphas_cumprod on the CPU, timestep={t}, prev_timestep={prev} as {kind})"
-            got = _device_case(name, fn, (mo.cuda(), t_in, prev_in, x.cuda(), sched.alphas_cumprod, z.cuda(), ptype),
-                               x.cuda(), hint="move alphas_cumprod (and any timesteps tensor) to sample.device.")
+            got = device_case(name, fn, (mo.cuda(), t_in, prev_in, x.cuda(), sched.alphas_cumprod, z.cuda(), ptype),
+                              "cuda", like=x.cuda(), hint="move alphas_cumprod (and any timesteps tensor) to sample.device.")
             assert_close(name, got.cpu(), expected, **TOL[torch.float32])
 
 

@@ -16,7 +16,7 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import PatchEmbed, get_2d_sincos_pos_embed, get_timestep_embedding
 from diffusers.models.normalization import AdaLayerNormZero
 
-from helpers.checks._core import (CheckFailed, assert_close, choice, describe, describe_exception, randint,
+from helpers.checks._core import (CheckFailed, assert_close, choice, describe, describe_exception, device_case, randint,
                                   random_seed, require_unchanged)
 from helpers.solutions import lab07_unet_dit_conditioning as ref
 
@@ -153,25 +153,11 @@ def check_timestep_embedding(fn, gen):
 
 
 def _device_case(name, fn, *args, hint):
-    """Call ``fn`` with its tensors on PyTorch's "meta" device (shapes, no data), standing in for the GPU
-    on which the notebook calls it with CUDA tensors: a tensor the function makes without ``device=`` lands
-    on the CPU and meets the inputs in an op (an error on a GPU, and here), or the result comes back on the
-    CPU. Anything else that meta tensors cannot do (reading values) is not judged here."""
+    """``fn(*args)`` with its tensors on PyTorch's "meta" device, standing in for the GPU on which the
+    notebook calls it with CUDA tensors (helpers.checks._core.device_case, lenient: what meta tensors
+    cannot do, reading values, is judged by the CPU cases)."""
     where = ", ".join(f"{tuple(a.shape)} on 'meta'" if isinstance(a, torch.Tensor) else repr(a) for a in args)
-    call = f"{name}({where})"
-    why = ("the notebook runs on a GPU where there is one and calls it with CUDA tensors there (this check "
-           "stands in for one with the 'meta' device)")
-    try:
-        got = fn(*args)
-    except (RuntimeError, NotImplementedError) as exc:
-        if "device" in str(exc) and "meta" in str(exc):
-            raise CheckFailed(f"Likely bug: a tensor made on the CPU. {call} raised "
-                              f"{describe_exception(exc)}\nThe function must compute where its inputs are: {why}."
-                              f"\nHint: {hint}") from exc
-        return  # meta tensors hold no values: whatever needs them is judged by the cases above
-    if isinstance(got, torch.Tensor) and got.device.type != "meta":
-        raise CheckFailed(f"Likely bug: the result is on the wrong device. {call} returned {describe(got)}: it must "
-                          f"come back on its input's device, because {why}.\nHint: {hint}")
+    device_case(f"{name}({where})", fn, args, "meta", hint=hint, lenient=True)
 
 
 # --------------------------------------------------------------------------- attention

@@ -18,8 +18,8 @@ from diffusers.models.attention_processor import Attention
 from peft import LoraConfig, get_peft_model, inject_adapter_in_model
 from torch import nn
 
-from helpers.checks._core import (require_raises, CheckFailed, as_number, assert_close, choice, describe, describe_exception,
-                                  randint, random_seed, require_unchanged)
+from helpers.checks._core import (META_NOTE, require_raises, CheckFailed, as_number, assert_close, choice, describe,
+                                  describe_exception, is_device_error, randint, random_seed, require_unchanged)
 from helpers.solutions import lab08_lora as ref
 
 LAB = "lab08"
@@ -285,11 +285,11 @@ def _check_lora_device(cls, gen, d_in, d_out):
     base = nn.Linear(d_in, d_out, device="meta")
     name = f"LoRALinear(nn.Linear({d_in}, {d_out}, device='meta'), rank={rank}, alpha={alpha})"
     why = ("a LoRA layer made on the CPU inside a model on a GPU stops the model's first forward with a device "
-           "error (this check stands in for a GPU with the 'meta' device)")
+           f"error{META_NOTE}")
     try:
         m = _build(cls, gen, base, rank, alpha)
     except (RuntimeError, NotImplementedError) as exc:
-        if "device" in str(exc) and "meta" in str(exc):
+        if is_device_error(exc, "meta"):
             raise CheckFailed(f"Likely bug: device not kept. {name} raised {describe_exception(exc)}\n{why}.\n"
                               f"Hint: nn.Linear accepts a device and a dtype; read them off the base layer's "
                               f"weight.") from exc
