@@ -15,8 +15,8 @@ near its threshold is one to make sturdier. Exit status 1 when a claim failed, e
 
 ``--execute`` runs each notebook (nbclient, this interpreter's kernel, the learners' default
 mode, errors allowed so every claim gets its chance) with the environment as it is: set it up
-for the machine to imitate first (e.g. ``DL_PERTURB=1 PYTHONPATH=<dir of a sitecustomize.py that
-turns torch.backends.mkldnn off>``).
+for the machine to imitate first (``DL_PERTURB=1 PYTHONPATH=scripts/onednn_off``: oneDNN off in
+every process, see scripts/onednn_off/sitecustomize.py).
 """
 from __future__ import annotations
 

@@ -50,3 +50,20 @@ def test_compare_shows_moved_failed_and_not_reached(tmp_path, capsys):
     nbformat.write(ref, tmp_path / "run" / "01_x.ipynb")
     assert claim_drift.main([str(tmp_path / "run"), "--reference", str(tmp_path / "ref")]) == 0
     assert "4 claims here, 4 in the reference, 4 unchanged, 0 failed" in capsys.readouterr().out
+
+
+def test_onednn_off_switch():
+    """scripts/onednn_off on PYTHONPATH switches oneDNN off in every new process, only with DL_PERTURB set."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import labs
+
+    root = labs.repo_root()
+    probe = [sys.executable, "-c", "import torch; print(torch.backends.mkldnn.enabled)"]
+    env = {k: v for k, v in os.environ.items() if k not in ("DL_PERTURB", "PYTHONPATH")}
+    env["PYTHONPATH"] = str(root / "scripts" / "onednn_off")
+    off = subprocess.run(probe, env={**env, "DL_PERTURB": "1"}, capture_output=True, text=True, check=True)
+    on = subprocess.run(probe, env=env, capture_output=True, text=True, check=True)
+    assert off.stdout.strip() == "False" and on.stdout.strip() == "True"
