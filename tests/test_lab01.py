@@ -207,9 +207,15 @@ def add_noise_in_float64(original_samples, noise, timesteps, alphas_cumprod):
     out = torch.empty_like(x)
     for i, t in enumerate(timesteps.tolist()):
         a = float(alphas_cumprod[t])
-        out[i] = (math.sqrt(a) * x[i].double().cpu() + math.sqrt(1 - a) * noise[i].double().cpu()).to(x.dtype) \
-            if x.device.type != "meta" else x[i]
-    return out
+        out[i] = (math.sqrt(a) * x[i].double().cpu() + math.sqrt(1 - a) * noise[i].double().cpu()).to(x.dtype)
+    return out  # on the meta device (the checks' stand-in for a GPU) .cpu() cannot copy: not judged there
+
+
+def add_noise_checks_its_inputs(original_samples, noise, timesteps, alphas_cumprod):
+    """Right, and reads the samples' values first (a finite check): meta tensors have none."""
+    if not bool(torch.isfinite(original_samples).all()):
+        raise ValueError("non-finite samples")
+    return add_noise_diffusers_style(original_samples, noise, timesteps, alphas_cumprod)
 
 
 def snr_via_logs(alphas_cumprod):
@@ -219,6 +225,7 @@ def snr_via_logs(alphas_cumprod):
 EQUIVALENT_FORMS = [("make_betas", betas_other_way), ("make_betas", betas_numpy_float64),
                     ("alphas_cumprod", abar_via_logs), ("alphas_cumprod", abar_in_float64),
                     ("add_noise", add_noise_diffusers_style), ("add_noise", add_noise_in_float64),
+                    ("add_noise", add_noise_checks_its_inputs),
                     ("snr", snr_other_way), ("snr", snr_via_logs)]
 
 

@@ -258,6 +258,17 @@ def test_get_velocity_correct_variant_passes():
         run("get_velocity", v_variant(None), seed)
 
 
+def test_get_velocity_that_reads_values_passes():
+    """Right code may read its inputs' values (a finite check): the device case, on the meta device
+    where there is no GPU, does not judge what meta tensors cannot do."""
+    def fn(sample, noise, timesteps, alphas_cumprod):
+        if not bool(torch.isfinite(sample).all()):
+            raise ValueError("non-finite sample")
+        return v_variant(None)(sample, noise, timesteps, alphas_cumprod)
+    for seed in SEEDS:
+        run("get_velocity", fn, seed)
+
+
 def test_get_velocity_without_the_device_fails():
     """alphas_cumprod left on the CPU: the notebook calls get_velocity on the GPU's latents."""
     def fn(sample, noise, timesteps, alphas_cumprod):

@@ -309,7 +309,7 @@ def test_setup_makes_float32_exact_on_a_gpu():
 def test_device_case_judges_the_device_only():
     """checks._core.device_case, on the 'meta' device (the stand-in for a GPU): a tensor made on
     the CPU that meets the inputs, or a result on the CPU, fails as "device not kept"; a right
-    function passes; lenient, what meta tensors cannot do (read values) is left to other cases."""
+    function passes; what meta tensors cannot do (read values) is left to other cases."""
     from helpers.checks._core import CheckFailed, device_case, device_timesteps, is_device_error, other_device
 
     x = torch.empty(2, 3, device="meta")
@@ -321,11 +321,8 @@ def test_device_case_judges_the_device_only():
     for bad in (cpu_made, cpu_out):
         with pytest.raises(CheckFailed, match="device not kept"):
             device_case("bad", bad, (x,), "meta", hint="h", like=x)
-    with pytest.raises(CheckFailed, match="device not kept"):
-        device_case("bad", cpu_made, (x,), "meta", hint="h", lenient=True)
-    assert device_case("reads", reads, (x,), "meta", hint="h", lenient=True) is None
-    with pytest.raises(CheckFailed, match="device not kept"):
-        device_case("reads", reads, (x,), "meta", hint="h")  # strict: any raise is judged
+    # right code may read values, which meta tensors cannot: not judged there (the CPU cases judge it)
+    assert device_case("reads", reads, (x,), "meta", hint="h", like=x) is None
     with pytest.raises(CheckFailed, match="expected tensor"):
         device_case("shape", lambda x: x[:1], (x,), "meta", hint="h", like=x)
     with pytest.raises(RuntimeError) as info:  # PyTorch's own message names both devices

@@ -273,22 +273,22 @@ def device_timesteps(t: torch.Tensor, device: str) -> list[torch.Tensor]:
 
 
 def device_case(name: str, fn: Callable, args: Sequence[Any], device: str, *, hint: str,
-                like: torch.Tensor | None = None, lenient: bool = False) -> Any:
+                like: torch.Tensor | None = None) -> Any:
     """``fn(*args)``, its tensors placed on ``device`` (from :func:`other_device`), judged for the
     device only: a raise is a device bug ("device not kept"), and so is a result that is not a
     tensor on ``device`` (of ``like``'s shape, when ``like`` is given; with ``like`` None, a result
-    that is not a tensor is left to the other cases). With ``lenient``, on "meta", only a raise
-    that names the device is judged: anything else comes from meta tensors holding no values,
+    that is not a tensor is left to the other cases). On "meta" only a raise that names the device
+    is judged: any other comes from meta tensors holding no values (right code may read them),
     which the CPU cases judge, and ``None`` is returned. Returns the result."""
     note = "" if device == "cuda" else META_NOTE
     try:
         got = fn(*args)
     except NotImplementedError:
-        if lenient and device == "meta":
+        if device == "meta":
             return None
         raise
     except Exception as exc:
-        if lenient and device == "meta" and not is_device_error(exc, device):
+        if device == "meta" and not is_device_error(exc, device):
             return None
         raise CheckFailed(f"Likely bug: device not kept: a tensor made on the CPU.\n{name}{note} raised "
                           f"{describe_exception(exc)}\nHint: {hint}") from exc

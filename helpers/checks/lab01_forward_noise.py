@@ -382,7 +382,7 @@ def check_add_noise(fn, gen):
         got = device_case(name, fn, (x, eps, t_in, abar), device, hint=device_hint, like=x)
         if device == "cuda":
             _compare_add_noise(name, got, x, eps, t, abar, sched, diagnose=False)
-        elif got.dtype != x.dtype:
+        elif got is not None and got.dtype != x.dtype:
             raise CheckFailed(f"{name}{META_NOTE}: expected {describe(x)}, got {describe(got)}.")
 
 

@@ -154,10 +154,10 @@ def check_timestep_embedding(fn, gen):
 
 def _device_case(name, fn, *args, hint):
     """``fn(*args)`` with its tensors on PyTorch's "meta" device, standing in for the GPU on which the
-    notebook calls it with CUDA tensors (helpers.checks._core.device_case, lenient: what meta tensors
-    cannot do, reading values, is judged by the CPU cases)."""
+    notebook calls it with CUDA tensors (helpers.checks._core.device_case: what meta tensors cannot do,
+    reading values, is judged by the CPU cases)."""
     where = ", ".join(f"{tuple(a.shape)} on 'meta'" if isinstance(a, torch.Tensor) else repr(a) for a in args)
-    device_case(f"{name}({where})", fn, args, "meta", hint=hint, lenient=True)
+    device_case(f"{name}({where})", fn, args, "meta", hint=hint)
 
 
 # --------------------------------------------------------------------------- attention
