@@ -89,17 +89,12 @@ def attention(query, key, value, heads):
     `to_q/to_k/to_v` projections and `to_out`.
 
     Notation: D = heads * d channels per token, N queries, M keys. Head k (k = 0 .. heads-1)
-    owns the CONTIGUOUS channels k*d .. (k+1)*d - 1 of every token:
+    owns the CONTIGUOUS channels k*d .. (k+1)*d - 1 of every token; each head attends on its
+    own (eq. 1 of the paper, on its d channels), and its result goes back to its channels.
 
-        Q_k, K_k, V_k = those channels of query, key, value    (N x d, M x d, M x d per sample)
-        A_k  = softmax_rows( Q_k K_k^T / sqrt(d) )              (N x M; each row, one query's
-                                                                 weights over the M keys, sums to 1)
-        O_k  = A_k V_k                                          (N x d)
-        out  = [O_0 | O_1 | ... ]: head k's result back in channels k*d .. (k+1)*d - 1
-
-    Equal to `torch.nn.functional.scaled_dot_product_attention` on the split heads (what
-    `AttnProcessor2_0` calls) and to `AttnProcessor`'s explicit `get_attention_scores`
-    (scale d^(-1/2), d the HEAD dim, not D).
+    Must equal `torch.nn.functional.scaled_dot_product_attention` on the split heads (read how
+    `AttnProcessor2_0.__call__` splits and merges them) and `AttnProcessor`'s explicit path
+    (`Attention.get_attention_scores`: read which dimension its scale uses).
 
     Args:
         query: (B, N, D) queries (the image tokens).
