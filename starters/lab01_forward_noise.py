@@ -136,8 +136,9 @@ def snr(alphas_cumprod):
 
     Kingma et al. 2021 ("Variational Diffusion Models", eq. 2-3, where the forward process is
     defined) define SNR(t) = alpha_t^2 / sigma_t^2 for z_t = alpha_t x + sigma_t eps: the signal's
-    variance over the noise's. Translate alpha_t and sigma_t into DDPM's notation (eq. 4) to get
-    SNR_t in terms of abar_t. It is what diffusers' `training_utils.compute_snr`
+    variance over the noise's. Their alpha_t and sigma_t are the two coefficients of x_t, not this
+    module's alpha_t = 1 - beta_t: translate them into DDPM's notation (eq. 4) to get SNR_t in
+    terms of abar_t. It is what diffusers' `training_utils.compute_snr`
     returns (for Min-SNR loss weighting); log-SNR is the natural axis to compare schedules.
 
     Args:
