@@ -379,13 +379,15 @@ def _step_tol(mo, t, prev, x, abar, z, ptype, dtype):
     the bound in 4 of 180 check runs; with K = 32 in none of 300)."""
     u = {torch.float64: 2.0**-53, torch.float32: EPS32}.get(dtype, EPS32)
     K, db = 32.0, 8 * EPS32  # roundings per term; beta_t's absolute uncertainty (float32 schedule)
+    # |x0_hat| from the signed model output (with |model_output| its terms could cancel into a
+    # bound near 0 where x0_hat is not: a v-prediction step at prev_t = 0 failed at 1.24 times it)
+    x0 = _x0_64(mo, torch.full((x.shape[0],), t, dtype=torch.long), x, abar, ptype).abs()
     mo, x, z, abar = mo.double().abs(), x.double(), z.double().abs(), abar.double()
     a_t = abar[t]
     a_p = abar[prev] if prev >= 0 else abar.new_ones(())
     beta = 1 - a_t / a_p
     c0 = (a_p.sqrt() * beta / (1 - a_t)).abs()
     ct = ((a_t / a_p).sqrt() * (1 - a_p) / (1 - a_t)).abs()
-    x0 = _x0_64(mo, torch.full((x.shape[0],), t, dtype=torch.long), x, abar, ptype).abs()
     x0_terms = {"epsilon": (x.abs() + (1 - a_t).sqrt() * mo) / a_t.sqrt(),
                 "v_prediction": a_t.sqrt() * x.abs() + (1 - a_t).sqrt() * mo, "sample": mo}[ptype]
     tol = K * u * (c0 * x0_terms + ct * x.abs())  # rounding of the terms in the samples' dtype
