@@ -14,7 +14,8 @@ on the right):
 
     abar_t       alphas_cumprod[t], the signal variance left in x_t   (`alpha_prod_t`)
     t' = prev_t  the timestep the step goes to: t - 1 when sampling with all T steps,
-                 t - T/n after `set_timesteps(n)`; -1 after the last step
+                 the next (smaller) entry of `set_timesteps(n)`'s timesteps (t - T/n when n divides T,
+                 with "leading" spacing); -1 after the last step
     abar_t'      alphas_cumprod[prev_t], or 1 when prev_t < 0        (`alpha_prod_t_prev`)
     alpha_t      abar_t / abar_t', the signal kept by THIS step       (`current_alpha_t`)
     beta_t       1 - alpha_t, the noise variance added by this step   (`current_beta_t`)
@@ -138,8 +139,8 @@ def ddpm_step(model_output, timestep, prev_timestep, sample, alphas_cumprod, var
         model_output: (B, ...) the network's output at timestep t (eps_hat, x_0_hat or v_hat).
         timestep: an integer t (int or 0-d tensor, on the CPU or on the sample's device; the
             same for the whole batch, like diffusers' step).
-        prev_timestep: an integer t' (t - T/n after set_timesteps(n)), an int or 0-d tensor like
-            timestep; -1 after the last step.
+        prev_timestep: an integer t' (the next timestep of set_timesteps(n); t - T/n when n divides
+            T), an int or 0-d tensor like timestep; -1 after the last step.
         sample: (B, ...) x_t, any rank after the batch one.
         alphas_cumprod: (T,) abar_0 .. abar_{T-1}.
         variance_noise: (B, ...) z ~ N(0, I), same shape as sample; ignored at t = 0.
@@ -177,7 +178,7 @@ def ddpm_variance(t, prev_t, alphas_cumprod, variance_type, predicted_variance=N
     Args:
         t: an integer timestep in 0 .. T-1.
         prev_t: an integer, the timestep the step goes to (`scheduler.previous_timestep(t)`:
-            t - T/n after set_timesteps(n)); -1 after the last step.
+            the next timestep of set_timesteps(n)); -1 after the last step.
         alphas_cumprod: (T,) float32 abar_0 .. abar_{T-1}.
         variance_type: one of "fixed_small", "fixed_small_log", "fixed_large",
             "fixed_large_log", "learned", "learned_range".
