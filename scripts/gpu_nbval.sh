@@ -170,25 +170,30 @@ counts() {
   e=$(grep -oE '[0-9]+ errors?' <<<"$line" | grep -oE '[0-9]+' || echo 0)
   echo "$p/$((p + f + e))"
 }
-run_one() {  # run_one LABEL CMD...: append a table row and the output to the log
-  local label=$1 res cells; shift
-  log "== $label: $*"
-  if [ "$DRY" = 1 ]; then
-    ROWS+=("| $label | not run (dry run) | | | |"); return
-  fi
-  local o; o=$(mktemp)
-  timed "$o" "$@"
-  cat "$o" >>"$LOG"
-  cells=$(counts "$o"); rm -f "$o"
+add_row() {  # add_row LABEL OUTFILE: a finished run's output to the log, its table row (RC, SECS, CPUS set)
+  local label=$1 out=$2 res cells
+  cat "$out" >>"$LOG"
+  cells=$(counts "$out")
   if [ "$RC" = 0 ]; then res=passed; PASSED=$((PASSED + 1)); else res="FAILED (exit $RC)"; FAILED=$((FAILED + 1)); fi
   log "-- $label: $res, $cells passed, ${SECS}s wall, ${CPUS}s CPU"
   ROWS+=("| $label | $res | $cells | $SECS | $CPUS |")
   WALL=$(awk -v a="$WALL" -v b="$SECS" 'BEGIN {print a + b}')
   CPU=$(awk -v a="$CPU" -v b="$CPUS" 'BEGIN {print a + b}')
 }
+run_one() {  # run_one LABEL CMD...: run CMD now, then add_row
+  local label=$1; shift
+  log "== $label: $*"
+  if [ "$DRY" = 1 ]; then
+    ROWS+=("| $label | not run (dry run) | | | |"); return
+  fi
+  local o; o=$(mktemp)
+  timed "$o" "$@"
+  add_row "$label" "$o"
+  rm -f "$o"
+}
 
 # The notebooks: each run in the background ($JOBS at a time), its output to $RUNS/I.out and
-# "RC SECS CPUS" to $RUNS/I.res; then, in the notebooks' order, a row each (as run_one).
+# "RC SECS CPUS" to $RUNS/I.res; then, in the notebooks' order, add_row for each.
 if [ "$JOBS" -gt 1 ] && [ -z "${OMP_NUM_THREADS:-}" ]; then
   OMP_NUM_THREADS=$(( $(get cores) / JOBS )); [ "$OMP_NUM_THREADS" -ge 1 ] || OMP_NUM_THREADS=1
   export OMP_NUM_THREADS
@@ -214,13 +219,8 @@ for nb in "${NOTEBOOKS[@]}"; do
     ROWS+=("| $label | not run (dry run) | | | |")
   else
     read -r RC SECS CPUS <"$RUNS/$i.res"
-    { echo "== $label: output"; cat "$RUNS/$i.out"; } >>"$LOG"
-    cells=$(counts "$RUNS/$i.out")
-    if [ "$RC" = 0 ]; then res=passed; PASSED=$((PASSED + 1)); else res="FAILED (exit $RC)"; FAILED=$((FAILED + 1)); fi
-    log "-- $label: $res, $cells passed, ${SECS}s wall, ${CPUS}s CPU"
-    ROWS+=("| $label | $res | $cells | $SECS | $CPUS |")
-    WALL=$(awk -v a="$WALL" -v b="$SECS" 'BEGIN {print a + b}')
-    CPU=$(awk -v a="$CPU" -v b="$CPUS" 'BEGIN {print a + b}')
+    echo "== $label: output" >>"$LOG"
+    add_row "$label" "$RUNS/$i.out"
   fi
   i=$((i + 1))
 done
