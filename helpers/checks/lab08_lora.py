@@ -19,7 +19,7 @@ from peft import LoraConfig, get_peft_model, inject_adapter_in_model
 from torch import nn
 
 from helpers.checks._core import (META_NOTE, require_raises, CheckFailed, as_number, assert_close, choice, describe,
-                                  describe_exception, is_device_error, randint, random_seed, require_unchanged)
+                                  describe_exception, device_case, randint, random_seed, require_unchanged)
 from helpers.solutions import lab08_lora as ref
 
 LAB = "lab08"
@@ -286,19 +286,14 @@ def _check_lora_device(cls, gen, d_in, d_out):
     name = f"LoRALinear(nn.Linear({d_in}, {d_out}, device='meta'), rank={rank}, alpha={alpha})"
     why = ("a LoRA layer made on the CPU inside a model on a GPU stops the model's first forward with a device "
            f"error{META_NOTE}")
-    try:
-        m = _build(cls, gen, base, rank, alpha)
-    except (RuntimeError, NotImplementedError) as exc:
-        if is_device_error(exc, "meta"):
-            raise CheckFailed(f"Likely bug: device not kept. {name} raised {describe_exception(exc)}\n{why}.\n"
-                              f"Hint: nn.Linear accepts a device and a dtype; read them off the base layer's "
-                              f"weight.") from exc
+    hint = "nn.Linear accepts a device and a dtype; read them off the base layer's weight."
+    m = device_case(name, _build, (cls, gen, base, rank, alpha), "meta", hint=hint)
+    if m is None:  # a raise that is not about devices: meta tensors hold no values, the cases above judge it
         return
     devices = {attr: getattr(getattr(getattr(m, attr, None), "weight", None), "device", None) for attr in ("down", "up")}
     if any(d is None or d.type != "meta" for d in devices.values()):
         raise CheckFailed(f"Likely bug: device not kept. {name}: down.weight is on {devices['down']}, up.weight on "
-                          f"{devices['up']}; both must be on the base layer's device: {why}.\nHint: nn.Linear "
-                          f"accepts a device and a dtype; read them off the base layer's weight.")
+                          f"{devices['up']}; both must be on the base layer's device: {why}.\nHint: {hint}")
 
 
 # --------------------------------------------------------------------------- inject_lora
