@@ -60,21 +60,29 @@ def build_notebook(page: Path) -> Path:
     return target
 
 
-def execute(notebook: Path, timeout: int = 600) -> Path:
-    """Run ``notebook`` with the references; write ``solutions/<name>.ipynb`` with outputs."""
+def run_notebook(notebook: Path, target: Path, timeout: int = 600, allow_errors: bool = False) -> None:
+    """Execute ``notebook`` (nbclient, the python3 kernel, offline, figures kept inline) with the
+    environment as it is, and write it with its outputs to ``target`` (also when a cell raised
+    and ``allow_errors`` is False: the error is then raised after writing)."""
     from nbclient import NotebookClient
 
-    target = ROOT / "solutions" / notebook.name
-    target.parent.mkdir(exist_ok=True)
     nb = nbformat.read(notebook, as_version=4)
-    os.environ["DIFFUSION_LABS_MODE"] = "solutions"
     os.environ.pop("MPLBACKEND", None)  # let the kernel's inline backend capture figures
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(notebook.parent)}})
-    client.execute()
-    nbformat.write(nb, target)
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
+                       resources={"metadata": {"path": str(notebook.parent)}}).execute()
+    finally:
+        nbformat.write(nb, target)
+
+
+def execute(notebook: Path, timeout: int = 600) -> Path:
+    """Run ``notebook`` with the references; write ``solutions/<name>.ipynb`` with outputs."""
+    target = ROOT / "solutions" / notebook.name
+    target.parent.mkdir(exist_ok=True)
+    os.environ["DIFFUSION_LABS_MODE"] = "solutions"
+    run_notebook(notebook, target, timeout)
     return target
 
 

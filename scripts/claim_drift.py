@@ -87,22 +87,16 @@ def compare(run: Path, reference: Path) -> tuple[list[str], int]:
 
 
 def execute(notebook: Path, target: Path, timeout: int) -> float:
-    """Execute ``notebook`` (errors allowed) into ``target``; the seconds it took."""
-    from nbclient import NotebookClient
+    """Execute ``notebook`` (errors allowed) in the learners' default mode into ``target``; the seconds it took."""
+    from scripts.build_solutions import run_notebook
 
-    nb = nbformat.read(notebook, as_version=4)
-    env_mode = os.environ.pop("DIFFUSION_LABS_MODE", None)
-    os.environ.pop("MPLBACKEND", None)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    mode = os.environ.pop("DIFFUSION_LABS_MODE", None)
     t0 = time.perf_counter()
     try:
-        NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
-                       resources={"metadata": {"path": str(notebook.parent)}}).execute()
+        run_notebook(notebook, target, timeout, allow_errors=True)
     finally:
-        if env_mode is not None:
-            os.environ["DIFFUSION_LABS_MODE"] = env_mode
-        nbformat.write(nb, target)
+        if mode is not None:
+            os.environ["DIFFUSION_LABS_MODE"] = mode
     return time.perf_counter() - t0
 
 
